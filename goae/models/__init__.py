@@ -1,0 +1,1 @@
+"""Neural network components of goae (one module per model family)."""
