@@ -1,0 +1,533 @@
+"""Official checkpoints -> goae folders, without ever running the checkpoints' code.
+
+An official EG3D network pickle (`ffhqrebalanced512-128.pkl`) embeds the *source code* of its
+classes and the official loader `exec`s it; any pickle can also call any importable function.
+We never do either. `OfficialUnpickler` resolves only the handful of globals an EG3D network
+pickle contains (README of parity/eg3d §7) and turns every official class into inert data:
+
+  * `torch_utils.persistence._reconstruct_persistent_obj(meta)` -> `PickledObject(class_name, state)`
+    (meta['module_src'] is ignored, never exec'd);
+  * non-persistent official classes (OSGDecoder, renderer classes, nn.Sequential/Softplus) ->
+    stand-ins that only record the state they are given;
+  * tensors -> torch's own rebuild functions over storages read with `torch.load(weights_only=True)`.
+
+Any other global raises `UnsafePickleError` before it can be called. From the resulting record
+tree we rebuild `G_ema`'s state dict with the official key names and its constructor kwargs, and
+load them into goae's `EG3DGenerator` with strict key/shape checks.
+
+CLI:  python -m goae.convert eg3d ffhqrebalanced512-128.pkl weights/generator [--overwrite]
+      python -m goae.convert goae --eg3d PKL --encoder encoder_FFHQ.pt --afa afa_FFHQ.pt OUT
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import collections
+import copyreg
+import functools
+import io
+import os
+import pickle
+import pickletools
+import sys
+import types
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from goae.io import atomic_dir
+
+# ----------------------------------------------------------------------------- errors
+
+
+class CheckpointError(Exception):
+    """A checkpoint file cannot be used (base class of all converter errors)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist."""
+
+
+class TruncatedCheckpointError(CheckpointError):
+    """The file ends early (interrupted download or copy)."""
+
+
+class WrongCheckpointError(CheckpointError):
+    """The file is readable but is not the checkpoint that was expected."""
+
+
+class StateDictMismatchError(WrongCheckpointError):
+    """Keys or shapes of a state dict do not match the model."""
+
+
+class UnsafePickleError(CheckpointError):
+    """The pickle references code that an official checkpoint never contains."""
+
+
+# ----------------------------------------------------------------------------- inert records
+
+
+class PickledObject:
+    """An object of the official code kept as plain data: its class name and pickled __dict__."""
+
+    class_name = "?"
+
+    def __new__(cls, *args, **kwargs):  # accept NEWOBJ/REDUCE arguments, run nothing
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.state: dict = {}
+
+    def __setstate__(self, state: Any) -> None:  # pickle BUILD: just keep the state
+        self.state = dict(state) if isinstance(state, dict) else {"__state__": state}
+
+    def __repr__(self) -> str:
+        return f"PickledObject({self.class_name!r})"
+
+
+def _persistent_record(meta: Any) -> PickledObject:
+    """Stands in for torch_utils.persistence._reconstruct_persistent_obj: keep the data, skip the exec."""
+    if not (isinstance(meta, dict) and meta.get("type") == "class" and "class_name" in meta and "state" in meta):
+        raise WrongCheckpointError("malformed persistent object in the pickle (expected meta with type/class_name/state)")
+    obj = PickledObject()
+    obj.class_name = str(meta["class_name"])
+    obj.state = dict(meta["state"])
+    return obj
+
+
+_STANDINS: dict[str, type] = {}
+
+
+def _standin(fullname: str) -> type:
+    # One subclass per official class so that isinstance/class_name stay meaningful.
+    if fullname not in _STANDINS:
+        _STANDINS[fullname] = type(fullname.rsplit(".", 1)[-1], (PickledObject,), {"class_name": fullname})
+    return _STANDINS[fullname]
+
+
+# ----------------------------------------------------------------------------- safe rebuild functions
+
+
+def _load_storage(data: bytes):
+    """torch.storage._load_from_bytes, but with weights_only=True (the official one is unrestricted)."""
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise UnsafePickleError(f"an embedded tensor storage was refused by torch's weights_only loader: {_first_line(e)}") from None
+
+
+def _no_hooks(hooks: Any) -> None:
+    if hooks:  # hooks would be callables run later; official checkpoints never have any
+        raise UnsafePickleError("a pickled tensor carries backward hooks (callables); refusing to load")
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    return torch._utils._rebuild_tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    _no_hooks(backward_hooks)
+    return torch._utils._rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, collections.OrderedDict(), metadata)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    _no_hooks(backward_hooks)
+    return torch.nn.Parameter(data, requires_grad)
+
+
+def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
+    return _rebuild_parameter(data, requires_grad, backward_hooks)  # python attrs on a Parameter are not needed
+
+
+def _numpy_scalar(dtype: Any, data: bytes | None = None):
+    """numpy.core.multiarray.scalar for plain numeric dtypes only (an object dtype could smuggle objects)."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+        raise UnsafePickleError(f"refusing numpy scalar of dtype {dtype!r}")
+    return np.frombuffer(data, dtype=dtype, count=1)[0].copy()
+
+
+_INERT_CLASSES = (
+    "training.triplane.OSGDecoder",
+    "training.volumetric_rendering.ray_marcher.MipRayMarcher2",
+    "training.volumetric_rendering.ray_sampler.RaySampler",
+    "training.volumetric_rendering.renderer.ImportanceRenderer",
+    "torch.nn.modules.container.Sequential",
+    "torch.nn.modules.activation.Softplus",
+)
+
+_ALLOWED: dict[str, Any] = {
+    "torch_utils.persistence._reconstruct_persistent_obj": _persistent_record,
+    "dnnlib.util.EasyDict": dict,
+    "collections.OrderedDict": collections.OrderedDict,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.object": object,
+    "copyreg._reconstructor": copyreg._reconstructor,  # only ever gets allowed classes
+    "numpy.dtype": np.dtype,
+    "numpy.core.multiarray.scalar": _numpy_scalar,  # pickles written with numpy 1.x (the releases)
+    "numpy._core.multiarray.scalar": _numpy_scalar,  # numpy 2.x
+    "torch.storage._load_from_bytes": _load_storage,
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter_with_state,
+    **{name: _standin(name) for name in _INERT_CLASSES},
+}
+
+
+def _private_copy(obj: Any) -> Any:
+    """A per-load handle on an allowed global. A pickle can BUILD (setattr) on any object it can
+    name; handing out fresh wrappers keeps such edits inside this one load instead of mutating
+    our module-level functions/classes for every later load. Builtin types are immutable already."""
+    if isinstance(obj, type) and issubclass(obj, PickledObject):
+        return type(obj.__name__, (obj,), {})
+    if isinstance(obj, types.FunctionType) or obj is copyreg._reconstructor:
+        return functools.partial(obj)
+    return obj
+
+
+class OfficialUnpickler(pickle.Unpickler):
+    """Unpickler for EG3D network pickles that can only build data (see module docstring)."""
+
+    def __init__(self, file, **kwargs):
+        super().__init__(file, **kwargs)
+        self._globals: dict[str, Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        # Protocol-2 pickles may spell globals the Python 2 way (__builtin__, copy_reg): map them
+        # the way pickle itself does before checking, so the allowlist sees the real target.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        fullname = f"{module}.{name}"
+        if fullname not in _ALLOWED:
+            raise UnsafePickleError(
+                f"the pickle references the global '{fullname}', which an official EG3D network pickle "
+                f"never contains; refusing to load it (it could run arbitrary code)"
+            )
+        if fullname not in self._globals:
+            self._globals[fullname] = _private_copy(_ALLOWED[fullname])
+        return self._globals[fullname]
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise WrongCheckpointError("the pickle uses persistent ids (a torch.save file?), not an EG3D network pickle")
+
+
+# ----------------------------------------------------------------------------- reading a network pickle
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_TORCH_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    for s in lines:  # torch's weights_only message names the global on such a line
+        if "Unsupported global" in s or "GLOBAL" in s:
+            return s
+    return lines[0] if lines else type(e).__name__
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise WrongCheckpointError(f"{path} is a folder, expected a checkpoint file")
+
+
+def _pickle_is_complete(path: Path) -> bool:
+    # Walk the opcodes without executing anything: a truncated pickle never reaches STOP.
+    try:
+        with open(path, "rb") as f:
+            for op, _, _ in pickletools.genops(f):
+                if op.name == "STOP":
+                    return True
+    except Exception:
+        return False
+    return False
+
+
+def read_network_pickle(pkl_path: str | os.PathLike) -> dict:
+    """Unpickle an official network pickle safely; modules come back as `PickledObject`s."""
+    path = Path(pkl_path)
+    _check_exists(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise WrongCheckpointError(f"{path} is empty (0 bytes); re-download the checkpoint")
+    if head.startswith(_ZIP_MAGIC):
+        raise WrongCheckpointError(f"{path} is a torch .pt (zip) file, not an EG3D network pickle (.pkl)")
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        raise WrongCheckpointError(f"{path} is a legacy torch.save file, not an EG3D network pickle (.pkl)")
+    if head[0] != 0x80:  # official pickles use protocol >= 2, which starts with the PROTO opcode
+        raise WrongCheckpointError(f"{path} is not a network pickle (no pickle protocol header)")
+    try:
+        with open(path, "rb") as f:
+            data = OfficialUnpickler(f).load()
+    except (UnsafePickleError, WrongCheckpointError):
+        raise
+    except Exception as e:
+        if not _pickle_is_complete(path):
+            raise TruncatedCheckpointError(f"{path} is truncated (the pickle ends early: {_first_line(e)}); re-download it") from None
+        raise WrongCheckpointError(f"{path} is not a readable network pickle: {type(e).__name__}: {_first_line(e)}") from None
+    if not isinstance(data, dict):
+        raise WrongCheckpointError(f"{path} holds a {type(data).__name__}, expected a network pickle dict with 'G_ema'")
+    return data
+
+
+def module_state_dict(obj: PickledObject, prefix: str = "") -> dict[str, torch.Tensor]:
+    """torch.nn.Module.state_dict() of a pickled module record: parameters, persistent buffers, children."""
+    st = obj.state
+    if "_parameters" not in st or "_modules" not in st:
+        raise WrongCheckpointError(f"pickled object {obj.class_name!r} at '{prefix or '<root>'}' is not a torch module")
+    sd: dict[str, torch.Tensor] = {}
+    skip = st.get("_non_persistent_buffers_set") or set()
+    tensors = list(st["_parameters"].items()) + [(n, b) for n, b in st.get("_buffers", {}).items() if n not in skip]
+    for name, t in tensors:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise WrongCheckpointError(f"'{prefix}{name}' is a {type(t).__name__}, expected a tensor")
+        sd[prefix + name] = t.detach()
+    for name, child in st["_modules"].items():
+        if child is None:
+            continue
+        if not isinstance(child, PickledObject):
+            raise WrongCheckpointError(f"submodule '{prefix}{name}' is a {type(child).__name__}, not a module")
+        sd.update(module_state_dict(child, prefix + name + "."))
+    return sd
+
+
+def _plain(x: Any) -> Any:
+    """EasyDicts/OrderedDicts/numpy scalars -> JSON-friendly python (for constructor kwargs)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+@dataclass
+class OfficialGenerator:
+    """What goae needs from a pickled TriPlaneGenerator, as plain data."""
+
+    class_name: str
+    init_kwargs: dict
+    state_dict: dict[str, torch.Tensor]
+    neural_rendering_resolution: int | None
+    rendering_kwargs: dict = field(default_factory=dict)
+
+
+def read_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema") -> OfficialGenerator:
+    """Read `key` (default G_ema) of an official network pickle: state dict with official names,
+    constructor kwargs, and the pickled attributes neural_rendering_resolution / rendering_kwargs."""
+    data = read_network_pickle(pkl_path)
+    if key not in data:
+        raise WrongCheckpointError(f"{pkl_path} has no {key!r} (keys: {sorted(map(str, data))}); is it an EG3D network pickle?")
+    G = data[key]
+    if not isinstance(G, PickledObject) or "_init_kwargs" not in G.state:
+        raise WrongCheckpointError(f"{pkl_path}: {key!r} is not a persistent EG3D module (got {G!r})")
+    if G.state.get("_init_args"):
+        raise WrongCheckpointError(f"{pkl_path}: {key!r} was built with positional args {G.state['_init_args']!r}; expected keyword args only")
+    try:
+        nrr = G.state.get("neural_rendering_resolution")
+        return OfficialGenerator(
+            class_name=G.class_name,
+            init_kwargs=_plain(G.state["_init_kwargs"]),
+            state_dict=module_state_dict(G),
+            neural_rendering_resolution=None if nrr is None else int(nrr),
+            rendering_kwargs=_plain(G.state.get("rendering_kwargs") or {}),
+        )
+    except CheckpointError:
+        raise
+    except Exception as e:  # malformed records (wrong types, cycles, ...)
+        raise WrongCheckpointError(f"{pkl_path}: malformed {key!r} ({type(e).__name__}: {_first_line(e)})") from None
+
+
+# ----------------------------------------------------------------------------- state dict checks
+
+
+def shape_map(module_or_sd: torch.nn.Module | Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of a model's state dict (what the loaders validate against)."""
+    sd = module_or_sd.state_dict() if isinstance(module_or_sd, torch.nn.Module) else module_or_sd
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def _preview(items: Sequence[str], n: int = 8) -> str:
+    items = list(items)
+    more = f" ... (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more
+
+
+def check_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, Sequence[int]], what: str = "checkpoint") -> None:
+    """Raise StateDictMismatchError listing missing, unexpected and mis-shaped keys (one line)."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(expected[k])}" for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
+    if missing or unexpected or shapes:
+        parts = [f"{what} does not match the model"]
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_preview(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_preview(unexpected)}")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches: {_preview(shapes, 4)}")
+        raise StateDictMismatchError("; ".join(parts))
+
+
+# ----------------------------------------------------------------------------- EG3D
+
+
+def load_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema"):
+    """Official network pickle -> goae `EG3DGenerator` (eval mode) with the pickled weights."""
+    off = read_official_generator(pkl_path, key)  # validate the file before touching the model code
+    from goae.models.eg3d import EG3DGenerator
+
+    # GOAE copies rendering_kwargs from the pickled object (it is the same dict as the kwarg).
+    kwargs = dict(off.init_kwargs, rendering_kwargs=off.rendering_kwargs or off.init_kwargs.get("rendering_kwargs", {}))
+    G = EG3DGenerator.from_official_kwargs(kwargs, neural_rendering_resolution=off.neural_rendering_resolution)
+    check_state_dict(off.state_dict, shape_map(G), f"{pkl_path} ({key})")
+    G.load_state_dict(off.state_dict, strict=True)
+    return G.eval()
+
+
+def convert_eg3d(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a diffusers-style folder (config.json + diffusion_pytorch_model.safetensors) atomically."""
+    from safetensors.torch import load_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # fail before the (slow) load
+        raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
+    G = load_official_generator(pkl_path)
+    expected = G.state_dict()
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        G.save_pretrained(tmp, safe_serialization=True)
+        written = load_file(tmp / "diffusion_pytorch_model.safetensors")  # verify before publishing
+        if written.keys() != expected.keys() or any(not torch.equal(written[k], expected[k]) for k in expected):
+            raise CheckpointError(f"verification of the written weights in {tmp} failed")
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- GOAE .pt state dicts
+
+
+def load_official_state_dict(
+    pt_path: str | os.PathLike, expected_keys: Mapping[str, Sequence[int]] | None = None, what: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Load a flat official state dict (encoder_FFHQ.pt / afa_FFHQ.pt) with torch.load(weights_only=True)
+    and, if `expected_keys` ({key: shape}) is given, check keys and shapes against it."""
+    path = Path(pt_path)
+    what = what or str(path)
+    _check_exists(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise WrongCheckpointError(f"{path} is empty (0 bytes); re-download the checkpoint")
+    is_zip = head.startswith(_ZIP_MAGIC)
+    if not is_zip and not head.startswith(_TORCH_LEGACY_MAGIC):
+        kind = "a plain pickle (an EG3D .pkl?)" if head[0] == 0x80 else "not a torch checkpoint"
+        raise WrongCheckpointError(f"{path} is {kind}; expected a torch.save .pt state dict")
+    if is_zip and not zipfile.is_zipfile(path):  # the zip directory sits at the end of the file
+        raise TruncatedCheckpointError(f"{path} is truncated (zip central directory missing); re-download it")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise UnsafePickleError(f"{path}: refused by torch's weights_only loader: {_first_line(e)}") from None
+        raise WrongCheckpointError(f"{path} is not a readable torch checkpoint: {_first_line(e)}") from None
+    except EOFError:
+        raise TruncatedCheckpointError(f"{path} is truncated; re-download it") from None
+    except Exception as e:
+        raise WrongCheckpointError(f"{path} is not a readable torch checkpoint: {type(e).__name__}: {_first_line(e)}") from None
+    if not isinstance(sd, dict):
+        raise WrongCheckpointError(f"{path} holds a {type(sd).__name__}, expected a flat state dict")
+    bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WrongCheckpointError(f"{path} is not a flat state dict of tensors (entries {_preview(bad, 4)})")
+    if expected_keys is not None:
+        check_state_dict(sd, expected_keys, what)
+    return dict(sd)
+
+
+def load_goae_checkpoints(
+    encoder_pt: str | os.PathLike,
+    afa_pt: str | os.PathLike,
+    encoder_shapes: Mapping[str, Sequence[int]] | None = None,
+    afa_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Load encoder_FFHQ.pt and afa_FFHQ.pt, validated against the model instances' shape maps
+    (`shape_map(encoder)`, `shape_map(afa)`), so tiny configs validate the same way as the release."""
+    enc = load_official_state_dict(encoder_pt, encoder_shapes, f"encoder checkpoint {encoder_pt}")
+    afa = load_official_state_dict(afa_pt, afa_shapes, f"AFA checkpoint {afa_pt}")
+    return enc, afa
+
+
+def convert_goae(
+    eg3d_pkl: str | os.PathLike,
+    encoder_pt: str | os.PathLike,
+    afa_pt: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    overwrite: bool = False,
+    encoder_config: Mapping[str, Any] | None = None,
+    afa_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Official EG3D pickle + encoder_FFHQ.pt + afa_FFHQ.pt -> GOAEPipeline folder (model_index.json,
+    generator/, encoder/, afa/), written atomically. The configs default to the released ones."""
+    from goae.models.afa import AFA
+    from goae.models.encoder import GOAEncoder
+    from goae.pipeline import GOAEPipeline
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
+    for pt in (encoder_pt, afa_pt):  # cheap format checks before building the (large) models
+        load_official_state_dict(pt)
+    generator = load_official_generator(eg3d_pkl)
+    encoder, afa = GOAEncoder(**(encoder_config or {})), AFA(**(afa_config or {}))
+    enc_sd, afa_sd = load_goae_checkpoints(encoder_pt, afa_pt, shape_map(encoder), shape_map(afa))
+    encoder.load_state_dict(enc_sd, strict=True)
+    afa.load_state_dict(afa_sd, strict=True)
+    pipe = GOAEPipeline(generator=generator, encoder=encoder.eval(), afa=afa.eval())
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m goae.convert", description="Convert official EG3D/GOAE checkpoints to goae folders (no pickle code is run).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("eg3d", help="EG3D network pickle -> generator folder (config.json + safetensors)")
+    p.add_argument("pkl", help="official network pickle, e.g. ffhqrebalanced512-128.pkl")
+    p.add_argument("out_dir", help="output folder (written atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    g = sub.add_parser("goae", help="EG3D pickle + encoder_FFHQ.pt + afa_FFHQ.pt -> full GOAE pipeline folder")
+    g.add_argument("--eg3d", required=True, help="ffhqrebalanced512-128.pkl")
+    g.add_argument("--encoder", required=True, help="encoder_FFHQ.pt")
+    g.add_argument("--afa", required=True, help="afa_FFHQ.pt")
+    g.add_argument("out_dir")
+    g.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "eg3d":
+            out = convert_eg3d(args.pkl, args.out_dir, overwrite=args.overwrite)
+        else:
+            out = convert_goae(args.eg3d, args.encoder, args.afa, args.out_dir, overwrite=args.overwrite)
+    except (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

