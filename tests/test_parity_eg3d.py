@@ -356,6 +356,8 @@ def test_save_and_reload_pretrained(tiny_G, tmp_path):
 def test_ffhq512_state_dict_matches_official(eg3d_dir):
     spec = json.loads((eg3d_dir / "ffhq512_state_dict_shapes.json").read_text())
     kw = spec["constructor_kwargs"]
+    # goae's built-in preset is exactly the official constructor call
+    assert EG3DGenerator.ffhq512().config == EG3DGenerator.from_official_kwargs(kw, 128).config
     assert kw["z_dim"] == 512 and kw["channel_base"] == 32768 and kw["sr_num_fp16_res"] == 4
     assert kw["rendering_kwargs"]["superresolution_module"].endswith("SuperresolutionHybrid8XDC")
     G = EG3DGenerator.from_official_kwargs(kw, neural_rendering_resolution=spec["neural_rendering_resolution"])

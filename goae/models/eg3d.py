@@ -171,6 +171,25 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+# Constructor kwargs of the released FFHQ-512 generator (ffhq512-128.pkl / ffhqrebalanced512-128.pkl,
+# EG3D `train.py --cfg=ffhq --gen_pose_cond=True`); G_ema renders at neural resolution 128.
+FFHQ512_KWARGS: dict[str, Any] = {
+    "z_dim": 512, "w_dim": 512, "c_dim": 25, "img_resolution": 512, "img_channels": 3,
+    "mapping_kwargs": {"num_layers": 2}, "channel_base": 32768, "channel_max": 512,
+    "fused_modconv_default": "inference_only", "num_fp16_res": 0, "sr_num_fp16_res": 4, "conv_clamp": None,
+    "sr_kwargs": {"channel_base": 32768, "channel_max": 512, "fused_modconv_default": "inference_only"},
+    "rendering_kwargs": {
+        "image_resolution": 512, "disparity_space_sampling": False, "clamp_mode": "softplus",
+        "superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC",
+        "c_gen_conditioning_zero": False, "gpc_reg_prob": 0.8, "c_scale": 1.0, "superresolution_noise_mode": "none",
+        "density_reg": 0.25, "density_reg_p_dist": 0.004, "reg_type": "l1", "decoder_lr_mul": 1.0,
+        "sr_antialias": True, "depth_resolution": 48, "depth_resolution_importance": 48, "ray_start": 2.25,
+        "ray_end": 3.3, "box_warp": 1, "avg_camera_radius": 2.7, "avg_camera_pivot": [0, 0, 0.2],
+    },
+}
+FFHQ512_NEURAL_RENDERING_RESOLUTION = 128
+
+
 class EG3DGenerator(ModelMixin, ConfigMixin):
     """NVIDIA's TriPlaneGenerator. Config = the official constructor kwargs (the official
     `**synthesis_kwargs` collected in `synthesis_kwargs`) + `neural_rendering_resolution` + `sr_channels`."""
@@ -219,6 +238,11 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         if neural_rendering_resolution is not None:
             named["neural_rendering_resolution"] = int(neural_rendering_resolution)
         return cls(**named, synthesis_kwargs=synthesis, **overrides)
+
+    @classmethod
+    def ffhq512(cls) -> "EG3DGenerator":
+        """The released FFHQ-512 architecture (random weights; load a converted checkpoint for real ones)."""
+        return cls.from_official_kwargs(FFHQ512_KWARGS, neural_rendering_resolution=FFHQ512_NEURAL_RENDERING_RESOLUTION)
 
     # -- properties ------------------------------------------------------------------------------
     @property
