@@ -5,7 +5,6 @@ real converter (`goae.convert.load_official_generator` on the official-format pi
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from goae import camera
+from goae.convert import load_official_generator
 from goae.models import ops
 from goae.models.eg3d import EG3DConfigError, EG3DGenerator
 from goae.models.stylegan2 import InvalidNoiseModeError
@@ -60,9 +60,9 @@ def golden_sub(eg3d_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(eg3d_dir / "golden_submodules.safetensors")
 
 
-def build_tiny_generator_from_safetensors_FALLBACK(eg3d_dir: Path) -> EG3DGenerator:
-    """FALLBACK (remove once goae.convert is always present): constructor kwargs from
-    g_tiny_config.json + weights from g_tiny.safetensors, strict load."""
+def build_tiny_generator_from_safetensors(eg3d_dir: Path) -> EG3DGenerator:
+    """Constructor kwargs from g_tiny_config.json + weights from g_tiny.safetensors, strict load
+    (the second, independent way in, compared with the converter below)."""
     cfg = json.loads((eg3d_dir / "g_tiny_config.json").read_text())
     G = EG3DGenerator.from_official_kwargs(cfg["constructor_kwargs"],
                                            neural_rendering_resolution=cfg["neural_rendering_resolution"])
@@ -70,18 +70,10 @@ def build_tiny_generator_from_safetensors_FALLBACK(eg3d_dir: Path) -> EG3DGenera
     return G.eval()
 
 
-def _converter_available() -> bool:
-    return importlib.util.find_spec("goae.convert") is not None
-
-
 @pytest.fixture(scope="module")
 def tiny_G(eg3d_dir: Path) -> EG3DGenerator:
     """The tiny official generator, loaded through the real converter from the official pickle."""
-    if _converter_available():
-        from goae.convert import load_official_generator
-        G = load_official_generator(eg3d_dir / "g_tiny_official_format.pkl")
-    else:
-        G = build_tiny_generator_from_safetensors_FALLBACK(eg3d_dir)
+    G = load_official_generator(eg3d_dir / "g_tiny_official_format.pkl")
     assert not G.training
     return G
 
@@ -328,9 +320,7 @@ def test_decoder_golden(tiny_G, golden_sub):
 # loading paths, configs, real architecture
 
 def test_converter_and_safetensors_paths_identical(tiny_G, eg3d_dir, golden):
-    if not _converter_available():
-        pytest.skip("goae.convert not present yet: tiny_G already comes from safetensors")
-    ref = build_tiny_generator_from_safetensors_FALLBACK(eg3d_dir)
+    ref = build_tiny_generator_from_safetensors(eg3d_dir)
     a, b = tiny_G.state_dict(), ref.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     skip = {"neural_rendering_resolution", "_use_default_values"}
