@@ -17,6 +17,8 @@ from goae.models.afa import AFA, AFAInputError
 from goae.models.encoder import EncoderInputError, GOAEncoder
 from goae.models.occlusion import OcclusionInputError, gaussian_blur, occlusion_aware_mix, visibility_mask
 
+from tiny import tiny_afa, tiny_encoder, tiny_pipeline
+
 # README §5 (atol, rtol)
 TOL_ENCODER = (1e-5, 1e-4)
 TOL_AFA = (1e-4, 1e-4)
@@ -50,25 +52,6 @@ def tiny_config(gdir: Path) -> dict:
 @pytest.fixture(scope="module")
 def inputs(gdir: Path) -> dict[str, torch.Tensor]:
     return load_file(gdir / "tiny_inputs.safetensors")
-
-
-def tiny_encoder(tiny_config: dict) -> GOAEncoder:
-    s, derived = tiny_config["encoder"]["swin_config"], tiny_config["encoder"]["derived"]
-    ca = derived["cross_attention"]
-    return GOAEncoder(
-        img_size=s["IMG_SIZE"], patch_size=s["PATCH_SIZE"], in_chans=s["IN_CHANS"], embed_dim=s["EMBED_DIM"],
-        depths=s["DEPTHS"], num_heads=s["NUM_HEADS"], window_size=s["WINDOW_SIZE"], mlp_ratio=s["MLP_RATIO"],
-        qkv_bias=s["QKV_BIAS"], pretrained_window_sizes=s["PRETRAINED_WINDOW_SIZES"], drop_rate=s["DROP_RATE"],
-        drop_path_rate=s["DROP_PATH_RATE"], w_dim=derived["w_dim"], num_ws=tiny_config["encoder"]["ctor"]["ws_dim"],
-        mlp_layer=tiny_config["encoder"]["ctor"]["mlp_layer"], cross_att_heads=ca["nhead"],
-        cross_att_ff=ca["dim_feedforward"])
-
-
-def tiny_afa(tiny_config: dict) -> AFA:
-    # Tiny AFA = every official width divided by the same factor (README §3).
-    factor = 512 // tiny_config["afa"]["feature_channels"]
-    return AFA(stage_channels=tuple(c // factor for c in (64, 128, 256)),
-               feature_channels=tiny_config["afa"]["feature_channels"])
 
 
 @pytest.fixture(scope="module")
@@ -298,28 +281,6 @@ def test_cuda_matches_cpu(encoder, encoder_run, afa_run, mask_run, gdir, inputs)
 # aligned photos through to the mixed tri-planes, novel view and edit (README §1 steps 1-10).
 
 TOL_IMAGES = (1e-4, 1e-4)
-
-
-def tiny_generator(tiny_config: dict, gdir: Path):
-    from goae.models.eg3d import EG3DGenerator
-
-    g = tiny_config["generator"]
-    G = EG3DGenerator.from_official_kwargs(g["ctor"], neural_rendering_resolution=g["neural_rendering_resolution"],
-                                           sr_channels=[16, 8])
-    G.load_state_dict(load_file(gdir / "tiny_generator.safetensors"), strict=True)
-    return G.eval()
-
-
-def tiny_pipeline(tiny_config: dict, gdir: Path):
-    from goae.pipeline import GOAEPipeline
-
-    enc = tiny_encoder(tiny_config)
-    enc.load_state_dict(load_file(gdir / "tiny_encoder.safetensors"), strict=True)
-    afa = tiny_afa(tiny_config)
-    afa.load_state_dict(load_file(gdir / "tiny_afa.safetensors"), strict=True)
-    blur = tiny_config["pipeline"]["gaussian_blur"]["sigma_fixed"]
-    return GOAEPipeline(generator=tiny_generator(tiny_config, gdir), encoder=enc.eval(), afa=afa.eval(),
-                        mask_blur_sigma=blur, deterministic=True)
 
 
 @pytest.fixture(scope="module")

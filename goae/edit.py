@@ -1,0 +1,208 @@
+"""Semantic edit directions in W+ (InterFaceGAN style) and how GOAE combines them.
+
+A direction is a [num_ws, w_dim] tensor (14 x 512 for the released EG3D FFHQ model) added to the
+inverted code: `edit_ws = ws + offset`, then `GOAEPipeline.edit(result, offset)` re-renders it.
+
+File formats accepted by `load_direction` (decided by the file's first bytes, not its name):
+- real `.npy` (the official `age.npy`, `anger.npy`, `glass.npy`), read with `allow_pickle=False`;
+- a `torch.save` zip archive, whatever its extension (the official `cat_*.npy` are such zips),
+  read with `torch.load(weights_only=True)`, i.e. torch's restricted unpickler that only rebuilds
+  tensors and plain containers: no arbitrary code from the file runs;
+- `.npz` (one array, or an array named `direction`);
+- `.safetensors` with the tensor under the key `direction` (what `save_direction` writes).
+
+Combination rule (official `infer.py --edit`): for an attribute other than glasses the offset is
+`alpha * dir - 0.8 * glass`; for glasses it is `alpha * glass`. The fixed `- 0.8 * glass` term
+compensates for the training faces' entanglement of the attribute with glasses (age and anger
+directions also add glasses). The official script edits one attribute at a time. When several
+attributes are combined here, the compensation is applied ONCE per combined edit (it is a property
+of "a non-glasses edit was made", not of each attribute; subtracting it per attribute would remove
+glasses k times over). It is applied only when some non-glasses attribute has a non-zero strength,
+so all-zero strengths give exactly a zero offset (the official script would still subtract 0.8*glass
+for alpha = 0). For a single attribute with non-zero alpha the result equals the official offset.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load_bytes
+from safetensors.torch import save as st_save_bytes
+
+from goae.io import atomic_write_bytes
+
+NUM_WS = 14  # EG3D backbone at 256^2 tri-planes: b4..b256 -> 14 W+ rows
+DIRECTION_KEY = "direction"
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+__all__ = ["DirectionError", "EditDirection", "load_direction", "load_directions", "combine",
+           "save_direction", "validate_direction"]
+
+
+class DirectionError(ValueError):
+    """A direction file or tensor that cannot be used as a W+ edit direction."""
+
+
+@dataclass
+class EditDirection:
+    """A named W+ direction. `tensor` is float32 [num_ws, w_dim] (a leading 1 is squeezed away)."""
+
+    name: str
+    tensor: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = self.tensor.shape[-2] if getattr(self.tensor, "ndim", 0) >= 2 else NUM_WS
+        self.tensor = validate_direction(self.tensor, num_ws=n, what=f"direction {self.name!r}")
+
+    @property
+    def num_ws(self) -> int:
+        return self.tensor.shape[0]
+
+    @property
+    def w_dim(self) -> int:
+        return self.tensor.shape[1]
+
+
+def validate_direction(t: torch.Tensor | np.ndarray, num_ws: int = NUM_WS, w_dim: int | None = None,
+                       what: str = "direction") -> torch.Tensor:
+    """Check shape [1, num_ws, w_dim] or [num_ws, w_dim], real floats, all finite -> float32 [num_ws, w_dim]."""
+    if isinstance(t, np.ndarray):
+        if t.dtype.kind not in "fiu":
+            raise DirectionError(f"{what}: expected a numeric array, got dtype {t.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(t))
+    if not isinstance(t, torch.Tensor):
+        raise DirectionError(f"{what}: expected an array/tensor, got {type(t).__name__}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise DirectionError(f"{what}: expected real numbers, got dtype {t.dtype}")
+    expected = f"[1, {num_ws}, {w_dim if w_dim else 'w_dim'}] or [{num_ws}, {w_dim if w_dim else 'w_dim'}]"
+    shape = tuple(t.shape)
+    if t.ndim == 3 and shape[0] == 1:
+        t = t[0]
+    if t.ndim != 2 or t.shape[0] != num_ws or (w_dim is not None and t.shape[1] != w_dim) or t.shape[1] == 0:
+        raise DirectionError(f"{what}: shape {list(shape)} is not a W+ direction; expected {expected}")
+    t = t.detach().to("cpu", torch.float32).contiguous()
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise DirectionError(f"{what}: contains {bad} non-finite values (NaN or inf)")
+    return t
+
+
+def _from_zip(data: bytes, path: Path) -> torch.Tensor | np.ndarray:
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile as e:
+        raise DirectionError(f"{path}: damaged or truncated zip archive ({e})") from None
+    if any(n.endswith("data.pkl") for n in names):  # torch.save archive
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated records, or objects the restricted unpickler refuses
+            raise DirectionError(f"{path}: cannot read this torch archive safely ({type(e).__name__}: {e})") from None
+    elif names and all(n.endswith(".npy") for n in names):  # np.savez archive
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            obj = {k: npz[k] for k in npz.files}
+    else:
+        raise DirectionError(f"{path}: zip archive is neither a torch.save file nor an .npz ({names[:5]})")
+    if isinstance(obj, dict):
+        if DIRECTION_KEY in obj:
+            obj = obj[DIRECTION_KEY]
+        elif len(obj) == 1:
+            obj = next(iter(obj.values()))
+        else:
+            raise DirectionError(f"{path}: archive holds {sorted(obj)}; expected one tensor or key {DIRECTION_KEY!r}")
+    return obj
+
+
+def _read_array(path: Path) -> torch.Tensor | np.ndarray:
+    data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        try:
+            tensors = st_load_bytes(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise DirectionError(f"{path}: not a valid safetensors file ({e})") from None
+        if DIRECTION_KEY not in tensors:
+            raise DirectionError(f"{path}: no tensor named {DIRECTION_KEY!r} (found {sorted(tensors)})")
+        return tensors[DIRECTION_KEY]
+    if data.startswith(_NPY_MAGIC):
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError as e:  # object arrays need pickles; truncated data
+            raise DirectionError(f"{path}: cannot read this .npy as a plain numeric array ({e})") from None
+    if data.startswith(_ZIP_MAGIC):
+        return _from_zip(data, path)
+    raise DirectionError(f"{path}: unrecognised file (expected .npy, a torch.save zip, .npz or .safetensors)")
+
+
+def load_direction(path: str | os.PathLike, name: str | None = None, num_ws: int = NUM_WS,
+                   w_dim: int | None = None) -> EditDirection:
+    """Load one direction file (see module docstring for formats); `name` defaults to the file stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DirectionError(f"{path}: no such file")
+    t = validate_direction(_read_array(path), num_ws=num_ws, w_dim=w_dim, what=str(path))
+    return EditDirection(name or path.stem, t)
+
+
+def load_directions(folder: str | os.PathLike, num_ws: int = NUM_WS,
+                    w_dim: int | None = None) -> dict[str, EditDirection]:
+    """All `*.npy`, `*.pt`, `*.pth`, `*.npz`, `*.safetensors` in `folder`, keyed by file stem (sorted)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DirectionError(f"{folder}: not a folder")
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix in {".npy", ".pt", ".pth", ".npz", ".safetensors"})
+    out: dict[str, EditDirection] = {}
+    for p in files:
+        if p.stem in out:
+            raise DirectionError(f"{folder}: two files are named {p.stem!r} (different extensions)")
+        out[p.stem] = load_direction(p, num_ws=num_ws, w_dim=w_dim)
+    return out
+
+
+def combine(directions: Mapping[str, EditDirection], strengths: Mapping[str, float],
+            glasses_key: str | None = "glass", entanglement: float = 0.8) -> torch.Tensor:
+    """W+ offset [num_ws, w_dim] = sum_a alpha_a * dir_a  - entanglement * glass (once, see module doc).
+
+    `glasses_key=None` (or entanglement=0) disables the compensation, e.g. for non-face directions.
+    """
+    unknown = sorted(set(strengths) - set(directions))
+    if unknown:
+        raise DirectionError(f"unknown edit direction(s) {unknown}; available: {sorted(directions)}")
+    if not directions:
+        raise DirectionError("no edit directions given")
+    shapes = {tuple(d.tensor.shape) for d in directions.values()}
+    if len(shapes) != 1:
+        raise DirectionError(f"edit directions have different shapes: {sorted(shapes)}")
+    offset = torch.zeros(next(iter(shapes)), dtype=torch.float32)
+    compensate = False
+    for name, alpha in strengths.items():
+        alpha = float(alpha)
+        if not np.isfinite(alpha):
+            raise DirectionError(f"strength of {name!r} must be finite, got {alpha}")
+        if alpha == 0.0:
+            continue
+        offset = offset + alpha * directions[name].tensor
+        compensate |= name != glasses_key
+    if compensate and glasses_key is not None and entanglement != 0.0:
+        if glasses_key not in directions:
+            raise DirectionError(f"the glasses compensation needs a {glasses_key!r} direction "
+                                 f"(have {sorted(directions)}); pass glasses_key=None to disable it")
+        offset = offset - entanglement * directions[glasses_key].tensor
+    return offset
+
+
+def save_direction(path: str | os.PathLike, tensor: torch.Tensor | np.ndarray, num_ws: int = NUM_WS) -> Path:
+    """Write a direction as .safetensors (key 'direction', shape [1, num_ws, w_dim] like the official files)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise DirectionError(f"{path}: directions are saved as .safetensors")
+    t = validate_direction(tensor, num_ws=num_ws, what=str(path))
+    data = st_save_bytes({DIRECTION_KEY: t[None].contiguous()}, metadata={"format": "goae-w-plus-direction"})
+    return atomic_write_bytes(path, data)

@@ -1,0 +1,106 @@
+"""`goae invert` on the real example photos with the tiny pipeline (saved as a pipeline folder)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from goae import cli
+from tiny import load_tiny_config, tiny_pipeline
+
+pytest.importorskip("mediapipe")
+
+
+@pytest.fixture(scope="module")
+def weights_dir(parity_dir, tmp_path_factory) -> Path:
+    gdir = parity_dir / "goae"
+    out = tmp_path_factory.mktemp("weights") / "tiny-goae"
+    tiny_pipeline(load_tiny_config(gdir), gdir).save_pretrained(out)
+    return out
+
+
+def _landmarker_or_skip():
+    from goae.landmarker import LandmarkerModelMissing, find_landmarker
+    try:
+        find_landmarker()
+    except LandmarkerModelMissing as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def tiny_directions(tmp_path_factory) -> Path:
+    """Directions in the tiny model's W space (w_dim 32): the official ones are 512-d."""
+    import torch
+    from goae.edit import save_direction
+
+    folder = tmp_path_factory.mktemp("directions")
+    g = torch.Generator().manual_seed(0)
+    for name in ("age", "glass"):
+        save_direction(folder / f"{name}.safetensors", torch.randn(1, 14, 32, generator=g))
+    return folder
+
+
+def test_invert_batch_with_a_failure(weights_dir, tiny_directions, examples_dir, tmp_path, capsys):
+    _landmarker_or_skip()
+    photos = [examples_dir / "wild" / "astronaut.png", examples_dir / "wild" / "coffee.png",
+              examples_dir / "goae" / "real_person" / "1.jpg"]
+    out = tmp_path / "out"
+    code = cli.main(["invert", *map(str, photos), "--out", str(out), "--weights", str(weights_dir),
+                     "--views=-20:0,20:5", "--video", "--frames", "3", "--fps", "12", "--mesh",
+                     "--mesh-resolution", "32", "--edit", "age=1.5,glasses=0.5",
+                     "--directions", str(tiny_directions)])
+    err = capsys.readouterr().err
+    assert code == 1  # one photo failed
+    assert "coffee.png: error: No face found" in err, err
+    assert "2 succeeded, 1 failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["1", "astronaut"]  # no folder, no temp left for coffee
+    for name in ("astronaut", "1"):
+        meta = json.loads((out / name / "result.json").read_text())
+        listed = [f for v in meta["files"].values() for f in (v if isinstance(v, list) else [v])]
+        assert all((out / name / f).is_file() for f in listed), listed
+        assert {"aligned", "reconstruction", "depth16", "ws", "video", "edit"} <= set(meta["files"])
+        assert len(meta["files"]["views"]) == 2 and len(meta["camera"]) == 25
+        assert ("mesh_glb" in meta["files"]) != ("mesh_error" in meta)
+        assert meta["edits"] == {"age": 1.5, "glass": 0.5}
+        assert sorted(f.name for f in (out / name).iterdir()) == sorted(listed + ["result.json"])
+
+
+def test_interrupted_run_leaves_nothing(weights_dir, examples_dir, tmp_path, monkeypatch):
+    _landmarker_or_skip()
+    from goae import export
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt  # as if Ctrl-C arrived while the video was being written
+
+    monkeypatch.setattr(export, "write_video", boom)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["invert", str(examples_dir / "wild" / "obama.jpg"), "--out", str(out),
+                  "--weights", str(weights_dir), "--video", "--frames", "2"])
+    assert list(out.iterdir()) == []
+
+
+def test_official_directions_do_not_fit_the_tiny_model(weights_dir, examples_dir, tmp_path, capsys):
+    code = cli.main(["invert", str(examples_dir / "wild" / "obama.jpg"), "--out", str(tmp_path / "o"),
+                     "--weights", str(weights_dir), "--edit", "age=1",
+                     "--directions", str(examples_dir / "goae" / "ws_edit")])
+    err = capsys.readouterr().err
+    assert code == 2 and "goae: error:" in err and "32" in err, err
+
+
+def test_bad_arguments_exit_2(tmp_path, examples_dir, capsys):
+    assert cli.main(["invert", str(examples_dir / "wild" / "obama.jpg"), "--out", str(tmp_path),
+                     "--weights", str(tmp_path / "nope")]) == 2
+    assert "goae: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["invert", "x.jpg", "--out", str(tmp_path), "--edit", "age"])
+    assert e.value.code == 2
+
+
+def test_python_dash_m_entry_point(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "goae", "invert", "--help"], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and "--weights" in r.stdout
