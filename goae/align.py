@@ -293,11 +293,23 @@ def _landmarker(model_path: Path, confidence: float) -> tuple[object, threading.
             except Exception as e:
                 raise RuntimeError(f"mediapipe could not load {path}: {e}. "
                                    "Re-download it with: python -m goae.landmarker --force") from e
+            if not _LANDMARKERS:
+                _register_close_at_exit()
             _LANDMARKERS[key] = (lm, threading.Lock())
         return _LANDMARKERS[key]
 
 
-@atexit.register
+def _register_close_at_exit() -> None:
+    # mediapipe closes through a concurrent.futures executor, which Python shuts down in
+    # threading's exit hooks, *before* atexit handlers. Registered there (after mediapipe's
+    # executor, so called before it: the hooks run in reverse), close() still works at exit.
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        register(_close_landmarkers) if register else atexit.register(_close_landmarkers)
+    except RuntimeError:  # interpreter already shutting down
+        pass
+
+
 def _close_landmarkers() -> None:
     # Close before interpreter teardown; mediapipe's __del__ otherwise prints errors at exit.
     for lm, _ in _LANDMARKERS.values():
