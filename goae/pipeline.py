@@ -252,8 +252,9 @@ def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch
     if not weights:
         raise WeightsNotFoundError("no weights given (pass a pipeline folder or Hub repo id, or 'random' to try "
                                    "the real architecture on random weights). " + HOW_TO_GET_WEIGHTS.format(repo="<repo_id>"))
-    if weights == "random":
-        pipe = GOAEPipeline.from_random(seed=seed)
+    if weights in ("random", "random-small"):  # one mechanism for the CLI and the app (goae.presets)
+        from goae.presets import random_pipeline
+        pipe = random_pipeline(weights, seed=seed)
     else:
         folder = resolve_pretrained(weights)
         pipe = GOAEPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False)
