@@ -298,14 +298,8 @@ class GOAEApp:
         session = self._need_result(session)
         progress(0.1, desc=f"Sampling density on a {int(resolution)}³ grid")
         gen, planes = self.pipe.generator, session.current.planes[:1]
-        try:
-            v, f, c = export.extract_mesh(gen, planes, resolution=int(resolution))
-        except export.ExportError:
-            if not self.pipe.weights_label.startswith("random"):
-                raise
-            # Random weights rarely reach EG3D's density level 10: take the level that keeps the densest 10%.
-            sigma = export.density_grid(gen, planes, int(resolution))
-            v, f, c = export.extract_mesh(gen, planes, resolution=int(resolution), level=float(np.quantile(sigma, 0.9)))
+        # "auto": EG3D's density level 10, or the densest 10% where the density never reaches it (random weights).
+        v, f, c = export.extract_mesh(gen, planes, resolution=int(resolution), level="auto")
         progress(0.9, desc="Writing .glb and .ply")
         glb = export.save_glb(session.path("mesh.glb"), v, f, c)
         ply = export.save_ply(session.path("mesh.ply"), v, f, c)

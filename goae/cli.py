@@ -53,6 +53,16 @@ def _parse_views(text: str | None) -> list[tuple[float, float]]:
     return views
 
 
+def _parse_level(text: str) -> float | str:
+    """--mesh-level: a number or 'auto'."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mesh-level expects a number or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="goae", description="GOAE 3D GAN inversion of portrait photos.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -70,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--fps", type=int, default=30, help="turntable frames per second")
     inv.add_argument("--mesh", action="store_true", help="write mesh.ply and mesh.glb")
     inv.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid size")
+    inv.add_argument("--mesh-level", type=_parse_level, default="auto",
+                     help="density iso-level of the mesh; 'auto' (default) = EG3D's 10 where the density reaches "
+                          "it, else the densest 10%% of the grid (random weights)")
     inv.add_argument("--edit", type=_parse_edits, default=None, help="semantic edits, e.g. age=2,glass=1")
     inv.add_argument("--directions", default=None,
                      help="folder of edit direction files (.npy/.safetensors; default $GOAE_DIRECTIONS)")
@@ -121,7 +134,8 @@ def invert_one(pipe, photo: Path, out_root: Path, args, directions) -> Path:
         mesh_error = None
         if args.mesh:
             try:
-                v, f, col = export.extract_mesh(pipe.generator, result.planes[:1], resolution=args.mesh_resolution)
+                v, f, col = export.extract_mesh(pipe.generator, result.planes[:1], resolution=args.mesh_resolution,
+                                                    level=args.mesh_level)
             except export.ExportError as e:  # e.g. no surface at the density level (random weights)
                 mesh_error = str(e)
                 tqdm.write(f"{photo}: warning: no mesh: {e}", file=sys.stderr)

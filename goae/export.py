@@ -59,7 +59,7 @@ from goae.models.renderer import sample_from_planes
 
 __all__ = ["ExportError", "orbit_cameras", "view_grid_cameras", "iter_views", "render_views", "to_uint8",
            "write_video", "save_depth", "load_depth", "colorize_depth", "density_grid", "marching_cubes",
-           "extract_mesh", "save_ply", "save_glb"]
+           "extract_mesh", "resolve_mesh_level", "save_ply", "save_glb"]
 
 DEPTH_NEAR, DEPTH_FAR = 2.25, 3.3  # EG3D ffhq ray_start / ray_end
 EG3D_MESH_LEVEL = 10.0
@@ -292,12 +292,28 @@ def marching_cubes(volume: np.ndarray, level: float, bounds: float) -> tuple[np.
     return (v * step - bounds).astype(np.float32), f.astype(np.int32)
 
 
+def resolve_mesh_level(sigma: np.ndarray, level: float | str = EG3D_MESH_LEVEL, quantile: float = 0.9) -> float:
+    """The iso-level to mesh `sigma` at. A number is used as is; "auto" is EG3D's level 10 when the
+    density crosses it (always, for trained weights) and otherwise the level that keeps the densest
+    10% of the grid, so random or badly fitted tri-planes still give a shape to look at."""
+    if isinstance(level, str):
+        if level != "auto":
+            raise ExportError(f"mesh level must be a number or 'auto', got {level!r}")
+        lo, hi = float(np.min(sigma)), float(np.max(sigma))
+        return EG3D_MESH_LEVEL if lo < EG3D_MESH_LEVEL < hi else float(np.quantile(sigma, quantile))
+    level = float(level)
+    if not np.isfinite(level):
+        raise ExportError(f"mesh level must be finite, got {level}")
+    return level
+
+
 @torch.no_grad()
 def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None, resolution: int = 128,
-                 level: float = EG3D_MESH_LEVEL, chunk: int = 2 ** 18, bounds: float | None = None,
+                 level: float | str = EG3D_MESH_LEVEL, chunk: int = 2 ** 18, bounds: float | None = None,
                  border: float = 30 / 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mesh of one tri-plane set [1,96,256,256]: (vertices [V,3] float32, faces [F,3] int32, colors [V,3] uint8).
 
+    `level`: density iso-level (EG3D: 10) or "auto" (see `resolve_mesh_level`).
     `border`: fraction of the grid on every face forced empty (EG3D/GOAE shape scripts: 30/256), which
     removes the box-edge floaters and closes the surface. `ws` is accepted for symmetry with rendering;
     EG3D's decoder is not style-modulated, so the shape does not depend on it."""
@@ -306,6 +322,9 @@ def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None
     bounds = box_warp / 2 if bounds is None else float(bounds)
     sigma = density_grid(generator, planes, resolution, bounds, chunk)
     pad = int(round(border * resolution))
+    # "auto" looks only at the interior, which is what gets meshed.
+    inner = sigma[pad:resolution - pad, pad:resolution - pad, pad:resolution - pad] if 0 < pad < resolution // 2 else sigma
+    level = resolve_mesh_level(inner, level)
     if pad > 0:
         fill = min(-1000.0, level - 1000.0)
         for ax in range(3):

@@ -11,10 +11,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from goae.edit import DirectionError, EditDirection, combine, load_direction, load_directions, save_direction
-from goae.models.afa import AFA
-from goae.models.eg3d import EG3DGenerator
-from goae.models.encoder import GOAEncoder
 from goae.pipeline import GOAEPipeline
+from tiny import load_tiny_config, tiny_pipeline
 
 NAMES = ["age", "anger", "cat_black", "cat_smalleyes", "glass"]
 
@@ -148,22 +146,9 @@ def test_combine_official_rule(ws_edit_dir):
 @pytest.fixture(scope="module")
 def tiny_pipe(parity_dir: Path) -> GOAEPipeline:
     gdir = parity_dir / "goae"
-    cfg = json.loads((gdir / "tiny_config.json").read_text())
-    gen = EG3DGenerator.from_official_kwargs(cfg["generator"]["ctor"], neural_rendering_resolution=32,
-                                             sr_channels=[16, 8])
-    gen.load_state_dict(load_file(gdir / "tiny_generator.safetensors"), strict=True)
-    s, derived = cfg["encoder"]["swin_config"], cfg["encoder"]["derived"]
-    enc = GOAEncoder(
-        img_size=s["IMG_SIZE"], patch_size=s["PATCH_SIZE"], in_chans=s["IN_CHANS"], embed_dim=s["EMBED_DIM"],
-        depths=s["DEPTHS"], num_heads=s["NUM_HEADS"], window_size=s["WINDOW_SIZE"], mlp_ratio=s["MLP_RATIO"],
-        qkv_bias=s["QKV_BIAS"], pretrained_window_sizes=s["PRETRAINED_WINDOW_SIZES"], drop_rate=s["DROP_RATE"],
-        drop_path_rate=s["DROP_PATH_RATE"], w_dim=derived["w_dim"], num_ws=cfg["encoder"]["ctor"]["ws_dim"],
-        mlp_layer=cfg["encoder"]["ctor"]["mlp_layer"], cross_att_heads=derived["cross_attention"]["nhead"],
-        cross_att_ff=derived["cross_attention"]["dim_feedforward"])
-    enc.load_state_dict(load_file(gdir / "tiny_encoder.safetensors"), strict=True)
-    afa = AFA(stage_channels=(16, 32, 64), feature_channels=cfg["afa"]["feature_channels"])
-    afa.load_state_dict(load_file(gdir / "tiny_afa.safetensors"), strict=True)
-    return GOAEPipeline(generator=gen.eval(), encoder=enc.eval(), afa=afa.eval())
+    pipe = tiny_pipeline(load_tiny_config(gdir), gdir)
+    pipe.generator.neural_rendering_resolution = 32  # low neural rendering resolution for speed
+    return pipe
 
 
 def test_pipeline_edit_follows_the_offset(tiny_pipe, examples_dir, tmp_path):

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from goae.camera import yaw_pitch_from_label
 from goae.export import (ExportError, density_grid, extract_mesh, load_depth, marching_cubes, orbit_cameras,
-                         render_views, save_depth, save_glb, save_ply, to_uint8, view_grid_cameras, write_video)
+                         render_views, resolve_mesh_level, save_depth, save_glb, save_ply, to_uint8, view_grid_cameras, write_video)
 from goae.models.eg3d import EG3DGenerator
 from goae.models.renderer import sample_from_planes
 from goae.pipeline import GOAEOutput, GOAEPipeline
+from tiny import load_tiny_config, tiny_generator
 
 NEURAL_RES = 32  # low neural rendering resolution for speed (the SR still outputs 512^2)
 
@@ -29,11 +29,9 @@ NEURAL_RES = 32  # low neural rendering resolution for speed (the SR still outpu
 @pytest.fixture(scope="module")
 def generator(parity_dir: Path) -> EG3DGenerator:
     gdir = parity_dir / "goae"
-    ctor = json.loads((gdir / "tiny_config.json").read_text())["generator"]["ctor"]
-    # The tiny goldens' SR blocks are the official widths / 16 (256 -> 16, 128 -> 8), README §3.
-    g = EG3DGenerator.from_official_kwargs(ctor, neural_rendering_resolution=NEURAL_RES, sr_channels=[16, 8])
-    g.load_state_dict(load_file(gdir / "tiny_generator.safetensors"), strict=True)
-    return g.eval()
+    g = tiny_generator(load_tiny_config(gdir), gdir)
+    g.neural_rendering_resolution = NEURAL_RES
+    return g
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +249,26 @@ def test_extract_mesh_tiny_generator(generator, pipe_and_result, tmp_path):
     gv, gf, gc = read_glb(tmp_path / "m.glb")
     np.testing.assert_array_equal(gv, v), np.testing.assert_array_equal(gf, f)
     assert np.abs(linear_to_srgb_u8(gc).astype(int) - c).max() <= 1
+
+
+def test_mesh_level_auto(generator, pipe_and_result):
+    _, result = pipe_and_result
+    # Where the density crosses EG3D's level 10, "auto" is exactly 10.
+    crossing = np.linspace(-5, 30, 1000).reshape(10, 10, 10)
+    assert resolve_mesh_level(crossing, "auto") == 10.0
+    assert resolve_mesh_level(crossing, 3) == 3.0
+    # Random weights never reach 10: "auto" keeps the densest 10% of the interior and meshes.
+    sigma = density_grid(generator, result.planes, resolution=32)
+    pad = round(30 / 256 * 32)
+    inner = sigma[pad:32 - pad, pad:32 - pad, pad:32 - pad]
+    assert inner.max() < 10
+    assert resolve_mesh_level(inner, "auto") == pytest.approx(float(np.quantile(inner, 0.9)))
+    v, f, c = extract_mesh(generator, result.planes, resolution=32, level="auto")
+    assert len(f) > 50 and c.shape == (len(v), 3)
+    with pytest.raises(ExportError, match="number or 'auto'"):
+        resolve_mesh_level(inner, "high")
+    with pytest.raises(ExportError, match="finite"):
+        resolve_mesh_level(inner, float("nan"))
 
 
 # ----------------------------------------------------------------------------------------- PLY / GLB
