@@ -54,6 +54,28 @@ class OSGDecoder(nn.Module):
         rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # Mip-NeRF's widened sigmoid
         return {"rgb": rgb, "sigma": x[..., 0:1]}
 
+    def decode_plane_sum(self, feature_sum: torch.Tensor, n_planes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same MLP for the renderer's fast path: features summed over the planes [M, C] ->
+        (sigma [M], rgb [M, C']); equal to `forward` up to rounding. The plane mean's 1/n_planes is
+        folded into the first weight; softplus(h) = -logsigmoid(-h) (one pass, within 1 ulp of
+        F.softplus incl. its threshold), both negations folded exactly into the weights:
+        h' = x (-W0/n)^T - b0, out = logsigmoid(h') (-W2)^T + b2."""
+        fc0, fc2 = self.net[0], self.net[2]
+        h = _fc(fc0, feature_sum, sign=-1.0, scale=1 / n_planes)
+        out = _fc(fc2, F.logsigmoid(h), sign=-1.0, bias_sign=1.0)
+        rgb = torch.sigmoid(out[:, 1:])
+        rgb = rgb.mul_(1 + 2 * 0.001).sub_(0.001) if not torch.is_grad_enabled() else rgb * (1 + 2 * 0.001) - 0.001
+        return out[:, 0], rgb
+
+
+def _fc(fc: FullyConnectedLayer, x: torch.Tensor, sign: float = 1.0, bias_sign: float | None = None,
+        scale: float = 1.0) -> torch.Tensor:
+    """FullyConnectedLayer (linear, equalised lr: W * weight_gain, b * bias_gain) on x [M, C_in]; the
+    weight (and bias) optionally negated, which is exact in floating point, and the weight scaled."""
+    w = fc.weight.to(x.dtype) * (sign * fc.weight_gain * scale)
+    b = fc.bias.to(x.dtype) * ((sign if bias_sign is None else bias_sign) * fc.bias_gain)
+    return torch.addmm(b.unsqueeze(0), x, w.t())
+
 
 # ------------------------------------------------------------------------------------------------
 # Super-resolution: two StyleGAN2 blocks on the rendered feature image, styled by the last w.
@@ -298,7 +320,9 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         noise_mode: noise of the super-resolution blocks; None = rendering_kwargs
         'superresolution_noise_mode' (the official behaviour, 'none' for the released models).
         Returns image_raw [N,3,r,r], image_depth [N,1,r,r], feature_image [N,32,r,r], weights_sum
-        [N,1,r,r], ray_origins / ray_directions [N,r*r,3] and, if superresolution, image [N,3,R,R]."""
+        [N,1,r,r], ray_origins / ray_directions [N,r*r,3] and, if superresolution, image [N,3,R,R].
+        The volume rendering uses the renderer's fast path unless `self.renderer.fast = False`
+        (the official op order; both agree to ~1e-6, see goae/models/renderer.py)."""
         if c.ndim != 2 or c.shape[1] < 25:
             raise ValueError(f"c must be camera labels [N, 25], got {tuple(c.shape)}")
         n = planes.shape[0]
