@@ -55,7 +55,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from goae.camera import DEFAULT_FOCAL, intrinsics_from_focal, look_at_pose, make_label
 from goae.io import atomic_path, atomic_write_bytes
-from goae.models.renderer import sample_from_planes
+from goae.models.renderer import TriplaneField
 
 __all__ = ["ExportError", "orbit_cameras", "view_grid_cameras", "iter_views", "render_views", "to_uint8",
            "write_video", "save_depth", "load_depth", "colorize_depth", "density_grid", "marching_cubes",
@@ -261,21 +261,21 @@ def load_depth(path: str | os.PathLike) -> np.ndarray:
 
 @torch.no_grad()
 def density_grid(generator, planes: torch.Tensor, resolution: int = 128, bounds: float | None = None,
-                 chunk: int = 2 ** 18) -> np.ndarray:
+                 chunk: int = 2 ** 15) -> np.ndarray:
     """Raw sigma float32 [R,R,R] on the grid linspace(-bounds, bounds, R)^3, indexed [x, y, z]."""
     if resolution < 2:
         raise ExportError(f"resolution must be >= 2, got {resolution}")
     box_warp = float(generator.rendering_kwargs["box_warp"])
     bounds = box_warp / 2 if bounds is None else float(bounds)
-    planes5 = _planes5(planes)
-    dev = planes5.device
+    field = _field(generator, planes)
+    dev = field.planes.device
     axis = torch.linspace(-bounds, bounds, resolution, device=dev)
     sigma = torch.empty(resolution ** 3, dtype=torch.float32)
     for s in range(0, resolution ** 3, chunk):
         idx = torch.arange(s, min(s + chunk, resolution ** 3), device=dev)
         pts = torch.stack([axis[idx // resolution ** 2], axis[(idx // resolution) % resolution],
                            axis[idx % resolution]], dim=-1)[None]
-        sigma[s:s + idx.numel()] = _decode(generator, planes5, pts, box_warp)["sigma"][0, :, 0].float().cpu()
+        sigma[s:s + idx.numel()] = field(pts)[0][0].cpu()
     return sigma.reshape(resolution, resolution, resolution).numpy()
 
 
@@ -309,7 +309,7 @@ def resolve_mesh_level(sigma: np.ndarray, level: float | str = EG3D_MESH_LEVEL, 
 
 @torch.no_grad()
 def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None, resolution: int = 128,
-                 level: float | str = EG3D_MESH_LEVEL, chunk: int = 2 ** 18, bounds: float | None = None,
+                 level: float | str = EG3D_MESH_LEVEL, chunk: int = 2 ** 15, bounds: float | None = None,
                  border: float = 30 / 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mesh of one tri-plane set [1,96,256,256]: (vertices [V,3] float32, faces [F,3] int32, colors [V,3] uint8).
 
@@ -337,11 +337,11 @@ def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None
     if len(faces) == 0:
         raise ExportError(f"no surface at density level {level}: sigma ranges over [{sigma.min():.3g}, "
                           f"{sigma.max():.3g}] inside the box; choose a level in that range")
-    planes5 = _planes5(planes)
+    field = _field(generator, planes)
     colors = []
     for s in range(0, len(vertices), chunk):
-        pts = torch.from_numpy(vertices[s:s + chunk]).to(planes5.device)[None]
-        rgb = _decode(generator, planes5, pts, box_warp)["rgb"][0, :, :3].float().clamp(0, 1)
+        pts = torch.from_numpy(vertices[s:s + chunk]).to(field.planes.device)[None]
+        rgb = field(pts)[1][0, :, :3].clamp(0, 1)
         colors.append((rgb * 255).round().to(torch.uint8).cpu().numpy())
     return vertices, faces, np.concatenate(colors)
 
@@ -354,13 +354,10 @@ def _planes5(planes: torch.Tensor) -> torch.Tensor:
     return planes
 
 
-def _decode(generator, planes5: torch.Tensor, pts: torch.Tensor, box_warp: float) -> dict[str, torch.Tensor]:
-    """Decoder output at points [1,M,3]; dummy direction (0,0,-1) as the official shape script
-    (the OSGDecoder ignores directions)."""
-    feats = sample_from_planes(generator.plane_axes.to(pts.device), planes5, pts.to(planes5.dtype), box_warp)
-    dirs = torch.zeros_like(pts)
-    dirs[..., 2] = -1
-    return generator.decoder(feats, dirs)
+def _field(generator, planes: torch.Tensor) -> TriplaneField:
+    """The decoded density/colour field of one tri-plane set (the renderer's fast sampling + decoder)."""
+    return TriplaneField(_planes5(planes), generator.decoder, generator.plane_axes.to(planes.device),
+                         float(generator.rendering_kwargs["box_warp"]))
 
 
 def _check_mesh(v, f, colors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 __all__ = [
     "RenderingError", "generate_planes", "project_onto_planes", "sample_from_planes", "get_ray_limits_box",
     "sample_stratified", "sample_pdf", "sample_importance", "unify_samples",
-    "march_weights", "RaySampler", "MipRayMarcher2", "ImportanceRenderer",
+    "march_weights", "RaySampler", "MipRayMarcher2", "ImportanceRenderer", "TriplaneField",
 ]
 
 
@@ -464,6 +464,32 @@ class _TriplaneTaps:
             index = index + torch.arange(N, device=index.device).unsqueeze(1) * self.batch_stride
         return F.embedding_bag(index.view(N * M, P * 4), self.table, per_sample_weights=weights.to(self.table.dtype),
                                mode="sum")
+
+
+class TriplaneField:
+    """The decoded tri-plane field at arbitrary points (mesh export, density queries), through the
+    renderer's fast tri-plane taps and fused decoder when the decoder has `decode_plane_sum`
+    (OSGDecoder), else through `sample_from_planes` + `decoder(...)`. Build once per tri-plane set."""
+
+    def __init__(self, planes: torch.Tensor, decoder, plane_axes: torch.Tensor, box_warp: float) -> None:
+        if planes.ndim != 5:
+            raise RenderingError(f"planes must be [N, 3, C, H, W], got shape {tuple(planes.shape)}")
+        self.planes, self.decoder, self.plane_axes, self.box_warp = planes, decoder, plane_axes, float(box_warp)
+        fits = planes.shape[1] * (planes.shape[3] + 2) * (planes.shape[4] + 2) < 2 ** 24
+        self.taps = _TriplaneTaps(planes, plane_axes, box_warp) if hasattr(decoder, "decode_plane_sum") and fits else None
+
+    def __call__(self, coordinates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points [N, M, 3] -> (raw density sigma [N, M], features [N, M, C'] in (-0.001, 1.001))."""
+        N, M, _ = coordinates.shape
+        if self.taps is not None:
+            sigma, rgb = self.decoder.decode_plane_sum(self.taps(coordinates), self.taps.n_planes)
+            return sigma.reshape(N, M).float(), rgb.reshape(N, M, -1).float()
+        feats = sample_from_planes(self.plane_axes.to(coordinates.device), self.planes,
+                                   coordinates.to(self.planes.dtype), self.box_warp)
+        directions = torch.zeros_like(coordinates)
+        directions[..., 2] = -1  # the official shape script's dummy direction (the OSGDecoder ignores it)
+        out = self.decoder(feats, directions)
+        return out["sigma"][..., 0].float(), out["rgb"].float()
 
 
 def _composite(colors: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
