@@ -14,6 +14,8 @@ The mixed tri-planes are the cache: `render_view` re-uses them without re-encodi
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -24,6 +26,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
 
+from goae import fast as fastpath
 from goae.models.afa import AFA
 from goae.models.eg3d import EG3DGenerator
 from goae.models.encoder import GOAEncoder
@@ -111,6 +114,42 @@ class GOAEPipeline(DiffusionPipeline):
         pipe.weights_label = f"random (seed {seed})"
         return pipe
 
+    # ----------------------------------------------------------------------------- fast paths
+    @property
+    def fast_path(self) -> fastpath.FastPath | None:
+        """The active `goae.fast.FastPath`, or None on the plain fp32 (parity) path."""
+        return getattr(self, "_fast_path", None)
+
+    def enable_fast_path(self, precision: str = "auto", channels_last: bool = True,
+                         compile: bool = False) -> "GOAEPipeline":
+        """Faster inference for `__call__`, `render_view` and `edit` (outputs stay float32).
+
+        precision: 'bf16' / 'fp16' (CUDA) run the networks under torch.autocast, with the fragile
+        steps kept in fp32 (see goae.fast); 'auto' = bf16 where the device has fast bf16, else fp32.
+        channels_last: NHWC convolutions. compile: torch.compile the hot modules (needs a C++
+        compiler on a CPU; the first call of each shape then takes minutes). Returns self.
+        """
+        fast = fastpath.FastPath(precision=fastpath.resolve_precision(precision, self.device),
+                                 channels_last=bool(channels_last), compile=bool(compile),
+                                 device_type=self.device.type)
+        fastpath.apply(self, fast)
+        self._fast_path = fast
+        return self
+
+    def disable_fast_path(self) -> "GOAEPipeline":
+        """Back to the plain fp32 path (the parity path). Returns self."""
+        fastpath.reset(self)
+        self._fast_path = None
+        return self
+
+    def _autocast(self):
+        fast = self.fast_path
+        if fast is None:
+            return contextlib.nullcontext()
+        if fast.device_type != self.device.type:  # moved with .to() after enable_fast_path
+            fast = self._fast_path = dataclasses.replace(fast, device_type=self.device.type)
+        return fast.autocast()
+
     # ----------------------------------------------------------------------------- inputs
     @property
     def encoder_resolution(self) -> int:
@@ -152,17 +191,37 @@ class GOAEPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------- steps
     def encode(self, x_enc: torch.Tensor) -> torch.Tensor:
         """Encoder pass into the canonical latent space: W+ offsets from w_avg, plus w_avg."""
-        return self.encoder.canonical_ws(x_enc, self.generator.backbone.mapping.w_avg)
+        with self._autocast():
+            ws = self.encoder.canonical_ws(x_enc, self.generator.backbone.mapping.w_avg)
+        return ws.float()
 
-    def _render(self, planes, ws, c, superresolution: bool = True) -> dict[str, torch.Tensor]:
-        return self.generator.render_planes(planes, ws, c, deterministic=self.config.deterministic,
-                                            superresolution=superresolution)
+    def _backbone_to(self, ws, res):
+        with self._autocast():
+            x, img = self.generator.backbone_to(ws, res=res)
+        return x.float().contiguous(), img.float()  # x may be channels-last inside the generator
+
+    def _backbone_from(self, ws, x, img, res):
+        with self._autocast():
+            return self.generator.backbone_from(ws, x, img, res=res).float()
+
+    def _render(self, planes, ws, c, superresolution: bool = True,
+                neural_rendering_resolution: int | None = None) -> dict[str, torch.Tensor]:
+        kw = dict(deterministic=self.config.deterministic, neural_rendering_resolution=neural_rendering_resolution)
+        if self.fast_path is None or not superresolution:
+            return self.generator.render_planes(planes, ws, c, superresolution=superresolution, **kw)
+        # Fast path: volume rendering stays fp32, only the super-resolution runs under autocast.
+        out = self.generator.render_planes(planes, ws, c, superresolution=False, **kw)
+        sr_noise = self.generator.rendering_kwargs.get("superresolution_noise_mode", "none")
+        with self._autocast():
+            out["image"] = self.generator.superresolution(out["image_raw"], out["feature_image"], ws,
+                                                          noise_mode=sr_noise).float()
+        return out
 
     def _refine_and_fuse(self, ws, ws_feat, x_feat, img_feat, c, planes_w):
         """Refined (F) tri-planes from aligned features, visibility mask of their surface, mix with W.
         Returns (mixed planes, mask dict, F planes)."""
         res = self.config.afa_resolution
-        planes_f = self.generator.backbone_from(ws_feat, x_feat, img_feat, res=res)
+        planes_f = self._backbone_from(ws_feat, x_feat, img_feat, res)
         # Only the depth and rays of the F render are needed for the mask: skip super-resolution.
         render_f = self._render(planes_f, ws, c, superresolution=False)
         m = visibility_mask(render_f["ray_origins"], render_f["ray_directions"], render_f["image_depth"],
@@ -184,11 +243,16 @@ class GOAEPipeline(DiffusionPipeline):
         c = self._camera(camera, x_enc.shape[0])
         res = self.config.afa_resolution
         ws = self.encode(x_enc)
-        x_rec, img_rec = self.generator.backbone_to(ws, res=res)
-        planes_w = self.generator.backbone_from(ws, x_rec, img_rec, res=res)
+        x_rec, img_rec = self._backbone_to(ws, res)
+        planes_w = self._backbone_from(ws, x_rec, img_rec, res)
         render_w = self._render(planes_w, ws, c)
-        afa = self.afa(x_512, render_w["image"], x_rec)
+        if not return_intermediates:  # free the big render intermediates before the next stages
+            render_w = {"image": render_w["image"]}
+        with self._autocast():
+            afa = {k: v.float() for k, v in self.afa(x_512, render_w["image"], x_rec).items()}
         planes, mask, planes_f = self._refine_and_fuse(ws, ws, afa["feature_map_adain"], img_rec, c, planes_w)
+        if not return_intermediates:
+            del planes_w, planes_f
         final = self._render(planes, ws, c)
         feats = {"x_rec": x_rec, "adain_rec": afa["feature_map_adain"]}
         if return_intermediates:
@@ -201,10 +265,13 @@ class GOAEPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def render_view(self, result: GOAEOutput, camera: Any, ws: torch.Tensor | None = None,
-                    planes: torch.Tensor | None = None, superresolution: bool = True) -> dict[str, torch.Tensor]:
+                    planes: torch.Tensor | None = None, superresolution: bool = True,
+                    neural_rendering_resolution: int | None = None) -> dict[str, torch.Tensor]:
         """Render cached tri-planes at other camera(s) without re-encoding.
 
         `camera` is [25] / [B,25] (one per inversion) or [V,25] with a single inversion (V views of it).
+        `neural_rendering_resolution` (e.g. 64): explicit preview mode, fewer rays (the volume rendering
+        dominates on a CPU), the super-resolution still outputs full size. None = the model's own (128).
         """
         planes = result.planes if planes is None else planes
         ws = result.ws if ws is None else ws
@@ -215,7 +282,8 @@ class GOAEPipeline(DiffusionPipeline):
             ws = ws.expand(c.shape[0], *ws.shape[1:])
         elif c.shape[0] == 1 and planes.shape[0] > 1:
             c = c.expand(planes.shape[0], 25)
-        return self._render(planes, ws, c, superresolution=superresolution)
+        return self._render(planes, ws, c, superresolution=superresolution,
+                            neural_rendering_resolution=neural_rendering_resolution)
 
     @torch.no_grad()
     def edit(self, result: GOAEOutput, offset: torch.Tensor) -> GOAEOutput:
@@ -228,8 +296,8 @@ class GOAEPipeline(DiffusionPipeline):
         offset = offset.to(result.ws.device, result.ws.dtype)
         edit_ws = result.ws + (offset if offset.ndim == 3 else offset[None])
         c = result.camera
-        x_edit, img_edit = self.generator.backbone_to(edit_ws, res=res)
-        planes_w_edit = self.generator.backbone_from(edit_ws, x_edit, img_edit, res=res)
+        x_edit, img_edit = self._backbone_to(edit_ws, res)
+        planes_w_edit = self._backbone_from(edit_ws, x_edit, img_edit, res)
         f_edit = result.features["adain_rec"] + (x_edit - result.features["x_rec"])
         # As in the official code, the refined planes are synthesised with the un-edited codes.
         planes, mask, _ = self._refine_and_fuse(edit_ws, result.ws, f_edit, img_edit, c, planes_w_edit)

@@ -176,4 +176,6 @@ class GOAEncoder(ModelMixin, ConfigMixin):
             raise EncoderInputError(f"w_avg must hold {self.config.w_dim} values (the generator's "
                                     f"backbone.mapping.w_avg), got shape {tuple(w_avg.shape)}")
         ws, _ = self(x)
-        return ws + w_avg.reshape(1, 1, -1).to(ws)
+        # Add in the wider dtype: under a bf16 autocast the offsets are bf16, w_avg must not be rounded.
+        dtype = torch.promote_types(ws.dtype, w_avg.dtype)
+        return ws.to(dtype) + w_avg.reshape(1, 1, -1).to(device=ws.device, dtype=dtype)

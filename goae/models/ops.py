@@ -6,12 +6,22 @@ official attribute names (`weight`, `bias`, `resample_filter`, ...) so state dic
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+def no_autocast(x: torch.Tensor):
+    """Context that runs its body in fp32 when autocast is on for x's device (for the numerically
+    fragile steps of a reduced-precision fast path: styles, demodulation, attention logits)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
 
 # ------------------------------------------------------------------------------------------------
 # bias_act: bias + activation + gain + clamp.
@@ -47,20 +57,37 @@ def activation_gain(act: str) -> float:
 
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
-             alpha: float | None = None, gain: float | None = None, clamp: float | None = None) -> torch.Tensor:
-    """y = clamp(act(x + b) * gain, -clamp, clamp); `b` is broadcast along axis `dim`."""
+             alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
+             inplace: bool = False) -> torch.Tensor:
+    """y = clamp(act(x + b) * gain, -clamp, clamp); `b` is broadcast along axis `dim`.
+
+    inplace=True overwrites `x` (same math, same op order): for a fresh temporary that autograd
+    does not track, it saves one full-size allocation per step (page faults dominate otherwise)."""
     func, def_alpha, def_gain = _activation(act)
     alpha = float(def_alpha if alpha is None else alpha)
     gain = float(def_gain if gain is None else gain)
+    if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
+        raise ValueError(f"bias of shape {tuple(b.shape)} does not match axis {dim} of x {tuple(x.shape)}")
+    b = None if b is None else b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    if inplace and x.requires_grad and torch.is_grad_enabled():
+        inplace = False  # autograd may need x: never overwrite it
+    if not inplace:
+        x = x if b is None else x + b
+        x = func(x, alpha)
+        x = x * gain if gain != 1 else x
+        return x.clamp(-clamp, clamp) if clamp is not None and clamp >= 0 else x
     if b is not None:
-        if b.ndim != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"bias of shape {tuple(b.shape)} does not match axis {dim} of x {tuple(x.shape)}")
-        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
-    x = func(x, alpha)
+        x.add_(b)
+    if act == "lrelu":
+        F.leaky_relu_(x, alpha)
+    elif act == "relu":
+        x.relu_()
+    elif act != "linear":
+        x = func(x, alpha)
     if gain != 1:
-        x = x * gain
+        x.mul_(gain)
     if clamp is not None and clamp >= 0:
-        x = x.clamp(-clamp, clamp)
+        x.clamp_(-clamp, clamp)
     return x
 
 
@@ -117,25 +144,29 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0,
     downx, downy = _pair(down)
     px0, px1, py0, py1 = _padding4(padding)
 
-    # Zero insertion.
-    x = x.reshape(n, c, h, 1, w, 1)
-    x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
-    x = x.reshape(n, c, h * upy, w * upx)
+    if upx > 1 or upy > 1:  # zero insertion
+        x = x.reshape(n, c, h, 1, w, 1)
+        x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
+        x = x.reshape(n, c, h * upy, w * upx)
 
-    # Pad (positive) then crop (negative).
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    # Symmetric non-negative padding goes into the convolution itself (no padded copy);
+    # otherwise pad (positive) then crop (negative) explicitly.
+    conv_pad = (0, 0)
+    if px0 == px1 >= 0 and py0 == py1 >= 0:
+        conv_pad = (py0, px0)
+    else:
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+        x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
-    # conv2d correlates, so flip to convolve.
+    # conv2d correlates, so flip to convolve; stride == keeping every down-th output pixel.
     f = (f * (gain ** (f.ndim / 2))).to(x.dtype)
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
-        x = F.conv2d(x, f[None, None].repeat(c, 1, 1, 1), groups=c)
-    else:
-        x = F.conv2d(x, f[None, None, None, :].repeat(c, 1, 1, 1), groups=c)  # along width
-        x = F.conv2d(x, f[None, None, :, None].repeat(c, 1, 1, 1), groups=c)  # along height
-    return x[:, :, ::downy, ::downx]
+        return F.conv2d(x, f[None, None].expand(c, 1, *f.shape), padding=conv_pad, stride=(downy, downx), groups=c)
+    k = f.shape[0]
+    x = F.conv2d(x, f.reshape(1, 1, 1, k).expand(c, 1, 1, k), padding=(0, conv_pad[1]), stride=(1, downx), groups=c)
+    return F.conv2d(x, f.reshape(1, 1, k, 1).expand(c, 1, k, 1), padding=(conv_pad[0], 0), stride=(downy, 1), groups=c)
 
 
 def filter2d(x: torch.Tensor, f: torch.Tensor, padding=0, flip_filter: bool = False, gain: float = 1) -> torch.Tensor:
@@ -254,14 +285,25 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 
     if demodulate:
         w = w * dcoefs.reshape(n, -1, 1, 1, 1)
-    x = x.reshape(1, -1, *x.shape[2:])  # batch folded into channels -> groups = batch
+    if n > 1:  # batch folded into channels -> groups = batch, in the layout x came in
+        x = x.reshape(1, -1, *x.shape[2:]).contiguous(memory_format=_memory_format(x))
+    # (n == 1 skips the reshape: its odd batch stride would hide channels-last from oneDNN.)
     w = w.reshape(-1, in_ch, kh, kw)
     x = conv2d_resample(x, w.to(x.dtype), f=resample_filter, up=up, down=down, padding=padding,
                         groups=n, flip_weight=flip_weight)
-    x = x.reshape(n, -1, *x.shape[2:])
+    if n > 1:
+        x = x.reshape(n, -1, *x.shape[2:])
     if noise is not None:
-        x = x + noise
+        # x is our own fresh conv output: add in place unless autograd tracks it.
+        x = x + noise if x.requires_grad and torch.is_grad_enabled() else x.add_(noise)
     return x
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a 4-D tensor stored NHWC (and not trivially both), else contiguous."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 # ------------------------------------------------------------------------------------------------
@@ -289,7 +331,7 @@ class FullyConnectedLayer(nn.Module):
                 b = b * self.bias_gain
         if self.activation == "linear" and b is not None:
             return torch.addmm(b.unsqueeze(0), x, w.t())
-        return bias_act(x.matmul(w.t()), b, act=self.activation)
+        return bias_act(x.matmul(w.t()), b, act=self.activation, inplace=True)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -326,7 +368,7 @@ class Conv2dLayer(nn.Module):
         x = conv2d_resample(x, w.to(x.dtype), f=self.resample_filter, up=self.up, down=self.down,
                             padding=self.padding, flip_weight=(self.up == 1))
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=clamp, inplace=True)
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "

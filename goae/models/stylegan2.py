@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .ops import (FullyConnectedLayer, Conv2dLayer, activation_gain, bias_act, modulated_conv2d,
-                  normalize_2nd_moment, setup_filter, upsample2d)
+                  no_autocast, normalize_2nd_moment, setup_filter, upsample2d)
 
 NOISE_MODES = ("random", "const", "none")
 
@@ -113,7 +113,8 @@ class SynthesisLayer(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "random", fused_modconv: bool = True,
                 gain: float = 1) -> torch.Tensor:
         check_noise_mode(noise_mode)
-        styles = self.affine(w)
+        with no_autocast(w):  # styles feed the demodulation: fp32 even on a bf16 fast path
+            styles = self.affine(w.float())
         noise = None
         if self.use_noise and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device,
@@ -124,7 +125,8 @@ class SynthesisLayer(nn.Module):
                              resample_filter=self.resample_filter, flip_weight=(self.up == 1),
                              fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp)
+        return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp,
+                        inplace=True)  # x is the fresh conv output
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}, "
@@ -145,9 +147,10 @@ class ToRGBLayer(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
-        styles = self.affine(w) * self.weight_gain
+        with no_autocast(w):
+            styles = self.affine(w.float()) * self.weight_gain
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused_modconv=fused_modconv)
-        return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+        return bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp, inplace=True)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}"
@@ -176,6 +179,10 @@ class SynthesisBlock(nn.Module):
         self.use_fp16 = use_fp16  # kept for config compatibility; computation is fp32
         self.fused_modconv_default = fused_modconv_default
         self.up = up
+        # NHWC activations: oneDNN's convolutions (transposed and depthwise FIR above all) run up to
+        # 2x faster on them; results agree with NCHW to fp32 rounding. A runtime switch (goae.fast),
+        # not config, so checkpoints are unaffected.
+        self.channels_last = True
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
         self.num_conv = 0
         self.num_torgb = 0
@@ -203,24 +210,31 @@ class SynthesisBlock(nn.Module):
             raise ValueError(f"block b{self.resolution} needs ws [N, {expected}, {self.w_dim}], got {tuple(ws.shape)}")
         w_iter = iter(ws.unbind(dim=1))
         fused = _resolve_fused(self.fused_modconv_default if fused_modconv is None else fused_modconv, self.training)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         if self.in_channels == 0:
             x = self.const.to(torch.float32).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused, noise_mode=noise_mode)
+            x = self.conv1(x.contiguous(memory_format=memory_format), next(w_iter), fused_modconv=fused,
+                           noise_mode=noise_mode)
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5))
             x = self.conv0(x, next(w_iter), fused_modconv=fused, noise_mode=noise_mode)
             x = self.conv1(x, next(w_iter), fused_modconv=fused, noise_mode=noise_mode, gain=math.sqrt(0.5))
             x = y + x
         else:
-            x = self.conv0(x.to(torch.float32), next(w_iter), fused_modconv=fused, noise_mode=noise_mode)
+            # fp32 like the official non-fp16 blocks; under autocast the convs pick their own dtype.
+            dtype = x.dtype if torch.is_autocast_enabled(x.device.type) else torch.float32
+            x = self.conv0(x.to(dtype=dtype, memory_format=memory_format), next(w_iter), fused_modconv=fused,
+                           noise_mode=noise_mode)
             x = self.conv1(x, next(w_iter), fused_modconv=fused, noise_mode=noise_mode)
         if img is not None and self.up > 1:
-            img = upsample2d(img, self.resample_filter, up=self.up)
+            with no_autocast(img):  # the skip image / tri-planes accumulate in fp32
+                img = upsample2d(img.float(), self.resample_filter, up=self.up)
         if self.is_last or self.architecture == "skip":
             y = self.torgb(x, next(w_iter), fused_modconv=fused).to(torch.float32)
             # Out of place on purpose: the official in-place add overwrites the caller's tensor.
             img = y if img is None else img + y
-        return x, img
+        # img is the RGB / tri-plane output (callers view it): always plain NCHW.
+        return x, (img if img is None else img.contiguous())
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, architecture={self.architecture}, up={self.up}"

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ops import no_autocast
+
 
 class SwinInputError(ValueError):
     """The image given to the Swin backbone does not have the size it was built for."""
@@ -129,19 +131,22 @@ class WindowAttention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias).reshape(Bw, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
 
-        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()  # temperature <= 100
+        # Logits in fp32 even under autocast: cosines times a temperature up to 100 need more
+        # than bf16's 3 digits (a no-op on the plain fp32 path).
+        with no_autocast(x):
+            attn = F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).transpose(-2, -1)
+            attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()  # temperature <= 100
 
-        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
-        bias_pos = table[self.relative_position_index.view(-1)].view(N, N, -1).permute(2, 0, 1)
-        attn = attn + 16 * torch.sigmoid(bias_pos).unsqueeze(0)
+            table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+            bias_pos = table[self.relative_position_index.view(-1)].view(N, N, -1).permute(2, 0, 1)
+            attn = attn + 16 * torch.sigmoid(bias_pos).unsqueeze(0)
 
-        if mask is not None:
-            nW = mask.shape[0]
-            attn = attn.view(Bw // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, self.num_heads, N, N)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(Bw, N, C)
+            if mask is not None:
+                nW = mask.shape[0]
+                attn = attn.view(Bw // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
+                attn = attn.view(-1, self.num_heads, N, N)
+            attn = self.attn_drop(attn.softmax(dim=-1))
+        x = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(Bw, N, C)
         return self.proj_drop(self.proj(x))
 
 

@@ -1,0 +1,128 @@
+"""Fast inference paths for GOAEPipeline: bf16/fp16 autocast, channels-last convolutions, torch.compile.
+
+`GOAEPipeline.enable_fast_path(...)` builds a `FastPath` and applies it; `disable_fast_path()`
+undoes it. The plain fp32 path stays the parity path (it already runs its StyleGAN2 convolutions
+channels-last, which agrees with NCHW to fp32 rounding); a fast path trades a little accuracy
+(bf16: ~3 significant digits in the convolutions and matmuls) for speed.
+
+What stays fp32 under autocast, because it is numerically fragile or cheap:
+- the StyleGAN2 style affine layers and weight demodulation (`goae.models.stylegan2`),
+- the skip-image / tri-plane accumulation of the synthesis blocks and its FIR upsampling,
+- the cosine-attention logits and softmax of the Swin-V2 encoder (temperature up to 100),
+- LayerNorms (torch's autocast runs them in fp32), the volume renderer and the occlusion mask
+  (the pipeline runs rendering outside autocast).
+Every tensor the pipeline returns is float32.
+"""
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class FastPathError(ValueError):
+    """Bad fast-path options (unknown precision, a dtype the device cannot run, no C++ compiler)."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_fast_bf16(device: torch.device | str) -> bool:
+    """True where bf16 matmuls/convolutions are native: CUDA with bf16 support (Ampere+), or a CPU
+    with AVX512-BF16 or AMX (elsewhere torch emulates bf16 and it is slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """'auto' -> 'bf16' where the device has fast bf16, else 'fp32'; others are checked and kept."""
+    if precision not in PRECISIONS:
+        raise FastPathError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "auto":
+        return "bf16" if has_fast_bf16(device) else "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise FastPathError("fp16 autocast is for CUDA; on a CPU use precision='bf16' (or 'auto')")
+    return precision
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """An active fast path. precision is resolved ('fp32', 'bf16' or 'fp16'), never 'auto'."""
+
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    device_type: str = "cpu"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES.get(self.precision, torch.float32)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Context for the network passes: torch.autocast in the reduced precision, or nothing for fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def _synthesis_blocks(module: nn.Module) -> Iterator[nn.Module]:
+    from goae.models.stylegan2 import SynthesisBlock
+    return (m for m in module.modules() if isinstance(m, SynthesisBlock))
+
+
+def _compiled_modules(pipe) -> list[nn.Module]:
+    """The hot, shape-static modules: SR, backbone synthesis, Swin trunk, AFA."""
+    g = pipe.generator
+    return [g.superresolution, g.backbone.synthesis, pipe.encoder.swin_model, pipe.afa]
+
+
+def apply(pipe, fast: FastPath) -> None:
+    """Configure the pipeline's modules for `fast` (memory format, compilation).
+
+    compile=True uses `nn.Module.compile` in place (state_dict keys unchanged); each module then
+    compiles on its first call per input shape. Errors raised while compiling are not hidden."""
+    if fast.compile and fast.device_type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        raise FastPathError("compile=True needs a C++ compiler (g++/clang++) on PATH for torch.compile's "
+                            "CPU backend; install one or use compile=False")
+    for block in _synthesis_blocks(pipe.generator):
+        block.channels_last = fast.channels_last
+    pipe.afa.channels_last = fast.channels_last
+    if fast.compile:
+        for m in _compiled_modules(pipe):
+            m.compile(dynamic=False)  # in place: state_dict keys stay the same
+    else:
+        reset_compile(pipe)
+
+
+def reset_compile(pipe) -> None:
+    """Undo `nn.Module.compile` on the hot modules (back to eager)."""
+    for m in _compiled_modules(pipe):
+        m._compiled_call_impl = None
+
+
+def reset(pipe) -> None:
+    """Back to the plain fp32 path: default memory formats, no compilation."""
+    for block in _synthesis_blocks(pipe.generator):
+        block.channels_last = True  # the plain path's defaults (see SynthesisBlock, AFA)
+    pipe.afa.channels_last = True
+    reset_compile(pipe)

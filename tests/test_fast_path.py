@@ -1,0 +1,215 @@
+"""Fast paths (goae.fast, GOAEPipeline.enable_fast_path) against the plain fp32 path.
+
+Small random pipeline (goae.presets.small_pipeline): same code paths as the released model.
+Tolerances:
+- channels-last vs NCHW (both fp32): 1e-4 absolute (only the convolution summation order differs);
+- bf16 autocast vs fp32: image PSNR >= 30 dB (range [-1, 1]) and max abs <= 0.25, ws within 0.1;
+  bf16 keeps ~3 significant digits and the random model's outputs reach |x| ~ 3.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from goae import fast
+from goae.camera import camera_label
+from goae.models import ops
+from goae.presets import small_pipeline
+
+FIELDS = ("ws", "planes", "image", "image_raw", "image_depth", "mask")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return small_pipeline(0)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(1, 3, 512, 512, generator=g) * 2 - 1, camera_label(0.1, -0.05)
+
+
+@pytest.fixture(scope="module")
+def ref(pipe, photo):
+    pipe.disable_fast_path()
+    return pipe(*photo)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return 10 * math.log10(4.0 / ((a.double() - b.double()) ** 2).mean().item())
+
+
+def test_channels_last_matches_nchw(pipe, photo, ref):
+    pipe.enable_fast_path("fp32", channels_last=False)
+    try:
+        assert pipe.fast_path == fast.FastPath("fp32", channels_last=False, compile=False, device_type="cpu")
+        out = pipe(*photo)
+    finally:
+        pipe.disable_fast_path()
+    for k in FIELDS:
+        torch.testing.assert_close(getattr(out, k), getattr(ref, k), atol=1e-4, rtol=1e-5, msg=k)
+
+
+def test_bf16_close_to_fp32_and_float32_outputs(pipe, photo, ref):
+    pipe.enable_fast_path("bf16")
+    try:
+        assert pipe.fast_path.precision == "bf16" and pipe.fast_path.dtype == torch.bfloat16
+        out = pipe(*photo)
+        view = pipe.render_view(out, camera_label(0.3, 0.0))
+        edited = pipe.edit(out, torch.full((pipe.generator.num_ws, pipe.generator.w_dim), 0.05))
+    finally:
+        pipe.disable_fast_path()
+    for k in FIELDS:
+        assert getattr(out, k).dtype == torch.float32, k
+    assert all(v.dtype == torch.float32 for v in out.features.values())
+    assert all(v.dtype == torch.float32 for v in view.values())
+    assert edited.image.dtype == torch.float32 and edited.planes.dtype == torch.float32
+    assert (out.ws - ref.ws).abs().max() <= 0.1
+    assert psnr(out.image, ref.image) >= 30, psnr(out.image, ref.image)
+    assert (out.image - ref.image).abs().max() <= 0.25
+    # Still a different computation: bf16 really ran.
+    assert not torch.equal(out.image, ref.image)
+
+
+def test_disable_restores_exact_fp32(pipe, photo, ref):
+    pipe.enable_fast_path("bf16", channels_last=False)
+    pipe.disable_fast_path()
+    assert pipe.fast_path is None
+    out = pipe(*photo)
+    for k in FIELDS:
+        assert torch.equal(getattr(out, k), getattr(ref, k)), k
+
+
+def test_preview_resolution_shapes(pipe, ref):
+    native = pipe.generator.neural_rendering_resolution
+    full = pipe.render_view(ref, camera_label(0.2, 0.0))
+    prev = pipe.render_view(ref, camera_label(0.2, 0.0), neural_rendering_resolution=native // 2)
+    assert full["image_raw"].shape[-1] == native  # never a preview unless asked
+    assert prev["image_raw"].shape[-2:] == (native // 2, native // 2)
+    assert prev["image_depth"].shape[-2:] == (native // 2, native // 2)
+    assert prev["image"].shape == full["image"].shape == (1, 3, 512, 512)
+
+
+def _sr_and_planes(g, ws, feats):
+    """Backbone tri-planes and super-resolution of fixed low-res features (the two fp32 conv stacks)."""
+    planes = g.backbone_from(ws, *g.backbone_to(ws))
+    image = g.superresolution(feats[:, :3], feats, ws, noise_mode="none")
+    return planes, image
+
+
+def test_gradients_through_fp32_backbone_and_sr(pipe, ref):
+    """Training backpropagates through the frozen generator: the in-place fast code must step aside."""
+    g = pipe.generator
+    feats = torch.randn(1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    ws = ref.ws.clone().requires_grad_(True)
+    with torch.enable_grad():
+        planes, image = _sr_and_planes(g, ws, feats)
+        grad, = torch.autograd.grad(image.square().mean() + planes.square().mean(), ws)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    with torch.no_grad():  # the no-grad (in-place) forward computes the same numbers
+        planes0, image0 = _sr_and_planes(g, ref.ws, feats)
+    assert torch.equal(planes0, planes.detach()) and torch.equal(image0, image.detach())
+    # NCHW gives the same gradient (channels-last is a layout, not a different function).
+    blocks = [m for m in g.modules() if hasattr(m, "channels_last")]
+    for b in blocks:
+        b.channels_last = False
+    try:
+        with torch.enable_grad():
+            planes2, image2 = _sr_and_planes(g, ws, feats)
+            grad2, = torch.autograd.grad(image2.square().mean() + planes2.square().mean(), ws)
+    finally:
+        for b in blocks:
+            b.channels_last = True
+    torch.testing.assert_close(grad2, grad, atol=1e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("act", sorted(ops.ACTIVATIONS))
+def test_bias_act_inplace_equals_out_of_place(act):
+    x = torch.randn(2, 5, 7, 3)
+    b = torch.randn(5)
+    want = ops.bias_act(x, b, act=act, gain=1.3, clamp=0.8)
+    y = x.clone()
+    got = ops.bias_act(y, b, act=act, gain=1.3, clamp=0.8, inplace=True)
+    assert torch.equal(got, want)
+    # A tensor autograd tracks is never overwritten.
+    z = x.clone().requires_grad_(True)
+    out = ops.bias_act(z, b, act=act, inplace=True)
+    assert out is not z and torch.equal(z.detach(), x)
+
+
+@pytest.mark.parametrize("up,down,padding,taps", [
+    (1, 1, [1, 1, 1, 1], [1, 3, 3, 1]),       # symmetric: padding inside the conv
+    (1, 2, [1, 1, 1, 1], [1, 3, 3, 1]),       # downsampling via conv stride
+    (2, 1, [2, 1, 2, 1], [1, 3, 3, 1]),       # zero insertion + asymmetric pad
+    (1, 1, [-1, 2, 1, -2], [1, 2, 3, 4]),     # crop
+    (2, 2, [3, 3, 3, 3], list(range(1, 9))),  # separable 8-tap filter
+])
+def test_upfirdn2d_matches_direct_definition(up, down, padding, taps):
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    f = ops.setup_filter(taps).double()
+    got = ops.upfirdn2d(x, f, up=up, down=down, padding=padding, gain=2.0)
+    # Direct definition in float64: zero insertion, pad / crop, true 2-D convolution, subsample.
+    f2 = torch.outer(f, f) if f.ndim == 1 else f
+    n, c, h, w = x.shape
+    z = torch.zeros(n, c, h * up, w * up, dtype=x.dtype)
+    z[:, :, ::up, ::up] = x
+    px0, px1, py0, py1 = padding
+    z = F.pad(z, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    z = z[:, :, max(-py0, 0): z.shape[2] - max(-py1, 0), max(-px0, 0): z.shape[3] - max(-px1, 0)]
+    k = (f2 * 2.0).flip([0, 1])[None, None].repeat(c, 1, 1, 1)
+    want = F.conv2d(z, k, groups=c)[:, :, ::down, ::down]
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_channels_last_layout_reaches_the_convolutions():
+    """n == 1 batch folding must not hide the NHWC layout (the speed-up relies on it)."""
+    x = torch.randn(1, 8, 12, 12).contiguous(memory_format=torch.channels_last)
+    w, s = torch.randn(16, 8, 3, 3), torch.randn(1, 8)
+    y = ops.modulated_conv2d(x, w, s, up=2, padding=1, resample_filter=ops.setup_filter([1, 3, 3, 1]),
+                             flip_weight=False)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y_ref = ops.modulated_conv2d(x.contiguous(), w, s, up=2, padding=1,
+                                 resample_filter=ops.setup_filter([1, 3, 3, 1]), flip_weight=False)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_precision_resolution_and_errors(pipe):
+    auto = fast.resolve_precision("auto", "cpu")
+    assert auto == ("bf16" if fast.has_fast_bf16("cpu") else "fp32")
+    assert fast.resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(fast.FastPathError, match="precision must be one of"):
+        pipe.enable_fast_path("int8")
+    with pytest.raises(fast.FastPathError, match="fp16"):
+        fast.resolve_precision("fp16", "cpu")
+    assert pipe.fast_path is None
+    assert pipe.enable_fast_path("fp32") is pipe and pipe.fast_path.autocast is not None
+    pipe.disable_fast_path()
+
+
+def test_compile_needs_a_cpp_compiler(pipe, monkeypatch):
+    monkeypatch.setattr(fast.shutil, "which", lambda name: None)
+    with pytest.raises(fast.FastPathError, match="C\\+\\+ compiler"):
+        pipe.enable_fast_path("fp32", compile=True)
+    pipe.disable_fast_path()
+    assert pipe.generator.superresolution._compiled_call_impl is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("GOAE_TEST_COMPILE") != "1",
+                    reason="inductor compilation takes minutes on a 2-core CPU; set GOAE_TEST_COMPILE=1")
+def test_compile_small_sr(pipe, ref):
+    """compile=True on the small pipeline's render path (only the SR is compiled by render_view)."""
+    cam = camera_label(0.2, 0.0)
+    want = pipe.render_view(ref, cam)["image"]
+    pipe.enable_fast_path("fp32", compile=True)
+    try:
+        got = pipe.render_view(ref, cam)["image"]
+    finally:
+        pipe.disable_fast_path()
+    assert pipe.generator.superresolution._compiled_call_impl is None
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
