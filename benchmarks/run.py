@@ -1,0 +1,485 @@
+"""Speed of goae at the released FFHQ-512 sizes, stage by stage, plain fp32 path vs fast path (issue #8).
+
+    python benchmarks/run.py [--quick] [--device cpu|cuda] [--threads N] [--batch 1 8] [--repeats N]
+                             [--modes fp32 fast] [--preset full|small] [--out PATH]
+
+Random weights (`GOAEPipeline.from_random(0)`): speed does not depend on the weights. Every
+(batch, mode) pair runs in a fresh subprocess, so peak memory is that mode's own. Each stage gets a
+warm-up call, then the median of N timed calls (CUDA: synchronised). The per-stage calls mirror
+`GOAEPipeline.__call__`; `end_to_end` is the real `pipe(image, camera)`. Alignment (mediapipe, CPU)
+runs once in the parent process. Prints a table and writes benchmarks/results/<machine>.json
+atomically. benchmarks/README.md explains every row and the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import inspect
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+EXAMPLES = Path(os.environ.get("GOAE_EXAMPLES_DIR", ROOT.parent / "shared" / "examples"))
+DEFAULT_PHOTO = EXAMPLES / "wild" / "obama.jpg"
+
+# (key, label): per call / batch = seconds per photo (the view rows: per frame, B frames per call).
+STAGES = [
+    ("encode", "encode (Swin-V2 -> W+)"),
+    ("first_render", "first render (sum of the 3 below)"),
+    ("generator", "  generator (tri-plane backbone)"),
+    ("volume_rendering", "  volume rendering"),
+    ("superresolution", "  super-resolution"),
+    ("afa_mix", "AFA + occlusion-aware mix"),
+    ("final_render", "final render"),
+    ("end_to_end", "end-to-end pipe(image, camera)"),
+    ("novel_view", "novel-view frame (cached tri-planes)"),
+    ("preview_view", "PREVIEW frame (neural res {preview})"),
+]
+PIPELINE_STAGES = ("encode", "first_render", "afa_mix", "final_render")  # what end_to_end is made of
+
+# Official GOAE inference path, released sizes, random weights, fp32, CPU, 2 threads, batch 1 (issue #8).
+REFERENCE = {
+    "source": "issue #8: official GOAE code, released sizes, random weights, fp32, 2-core CPU, 2 threads, batch 1",
+    "device": "cpu", "threads": 2, "batch": 1,
+    "stages_s": {"encode": 0.56, "first_render": 6.65, "generator": 0.73, "volume_rendering": 3.3,
+                 "superresolution": 2.6, "afa_mix": 1.35, "final_render": 6.74, "end_to_end": 15.5,
+                 "novel_view": 6.35},
+    "peak_rss_gb": 2.3,
+}
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_fp16")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if platform.system() == "Darwin" else r * 1024)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> dict[str, bool]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
+    except (OSError, AttributeError):
+        return {}
+    return {f: f in flags for f in CPU_FLAGS}
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def machine_name(device: str, threads: int) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return slug(torch.cuda.get_device_name(torch.device(device)))
+    return f"{slug(cpu_model())}-{threads}t"
+
+
+def git_commit() -> dict[str, object]:
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        return {"commit": git("rev-parse", "HEAD") or None,
+                "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def timed(fn, repeats: int, warmup: int, sync) -> tuple[list[float], object]:
+    """Warm-up call(s), then `repeats` timed calls; returns (seconds per call, last output)."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+        sync()
+    samples = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        samples.append(time.perf_counter() - t)
+    return samples, out
+
+
+def stage_entry(samples: list[float], items: int) -> dict[str, object]:
+    med = statistics.median(samples)
+    return {"median_s": med, "per_item_s": med / items, "items": items, "samples_s": samples}
+
+
+# ------------------------------------------------------------------------------------------- worker
+def build_pipeline(preset: str):
+    if preset == "small":
+        from goae.presets import small_pipeline
+        return small_pipeline(0)
+    from goae.pipeline import GOAEPipeline
+    return GOAEPipeline.from_random(0)
+
+
+def autocast(pipe):
+    """The reduced-precision context the fast path runs its network passes in (GOAEPipeline wraps the
+    super-resolution and AFA calls in it; encode, the backbone and _render do it themselves), or nothing."""
+    fp = getattr(pipe, "fast_path", None)
+    ctx = getattr(fp, "autocast", None)
+    return ctx() if callable(ctx) else contextlib.nullcontext()
+
+
+def describe_fast_path(pipe) -> object:
+    fp = getattr(pipe, "fast_path", None)
+    if fp is None:
+        return None
+    if dataclasses.is_dataclass(fp):
+        values = {f.name: getattr(fp, f.name) for f in dataclasses.fields(fp)}
+        return {k: (v if isinstance(v, (bool, int, float, str, type(None))) else repr(v)) for k, v in values.items()}
+    return repr(fp)
+
+
+def worker(spec: dict) -> dict:
+    """Measure every stage for one (mode, batch) in this process."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from goae.export import extract_mesh, orbit_cameras
+
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    B, R, W = spec["batch"], spec["repeats"], spec["warmup"]
+    tag = f"[{spec['mode']} b{B}]"
+    log = lambda msg: print(f"  {tag} {msg}", file=sys.stderr, flush=True)  # noqa: E731
+
+    from goae.pipeline import GOAEPipeline
+
+    result: dict = {"mode": spec["mode"], "batch": B, "fast_path": None, "notes": []}
+    if spec["mode"] == "fast" and not hasattr(GOAEPipeline, "enable_fast_path"):
+        return {**result, "skipped": "GOAEPipeline.enable_fast_path is not in this checkout yet (fast-path API absent)"}
+    t0 = time.perf_counter()
+    pipe = build_pipeline(spec["preset"]).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if spec["mode"] == "fp32" and cuda:  # the parity path is true fp32: no TF32 convolutions or matmuls
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if spec["mode"] == "fast":
+        pipe.enable_fast_path(precision=spec["precision"], compile=spec["compile"])
+        result["fast_path"] = describe_fast_path(pipe)
+    result["build_s"] = time.perf_counter() - t0
+    result["peak_rss_build_bytes"] = peak_rss_bytes()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    image = Image.open(spec["image"]).convert("RGB")
+    camera = np.asarray(json.loads(Path(spec["camera"]).read_text()), dtype=np.float32)
+    images, cameras = [image] * B, np.repeat(camera[None], B, axis=0)
+    gen, det, res = pipe.generator, pipe.config.deterministic, pipe.config.afa_resolution
+    stages: dict[str, dict] = {}
+
+    def run(key, fn, items):
+        samples, out = timed(fn, R, W, sync)
+        stages[key] = stage_entry(samples, items)
+        log(f"{key:18s} {stages[key]['per_item_s']:8.3f} s/{'frame' if key.endswith('view') else 'photo'}")
+        return out
+
+    # The pipeline's own step helpers where it has them, so both modes run what `pipe(...)` runs.
+    backbone_to = getattr(pipe, "_backbone_to", lambda ws, res: gen.backbone_to(ws, res=res))
+    backbone_from = getattr(pipe, "_backbone_from", lambda ws, x, img, res: gen.backbone_from(ws, x, img, res=res))
+    with torch.no_grad():
+        # -- the stages of GOAEPipeline.__call__, one at a time (same calls, same order)
+        x_enc, x_512 = pipe.preprocess(images)
+        c = pipe._camera(cameras, B)
+        ws = run("encode", lambda: pipe.encode(x_enc), B)
+
+        def generator():  # the tri-plane backbone, split at the AFA resolution as the pipeline does
+            x, img = backbone_to(ws, res)
+            return x, img, backbone_from(ws, x, img, res)
+        x_rec, img_rec, planes_w = run("generator", generator, B)
+        render_w = run("volume_rendering", lambda: pipe._render(planes_w, ws, c, superresolution=False), B)
+
+        def superresolution():
+            with autocast(pipe):
+                return gen.superresolution(render_w["image_raw"], render_w["feature_image"], ws,
+                                           noise_mode="none").float()
+        image_w = run("superresolution", superresolution, B)
+        parts = [stages[k]["samples_s"] for k in ("generator", "volume_rendering", "superresolution")]
+        stages["first_render"] = stage_entry([sum(s) for s in zip(*parts)], B)
+
+        def afa_mix():
+            with autocast(pipe):
+                adain = pipe.afa(x_512, image_w, x_rec)["feature_map_adain"].float()
+            return pipe._refine_and_fuse(ws, ws, adain, img_rec, c, planes_w)[0]
+        planes = run("afa_mix", afa_mix, B)
+        run("final_render", lambda: pipe._render(planes, ws, c), B)
+
+    # -- the real thing, and views from its cached tri-planes (both honour the fast path themselves)
+    with torch.no_grad():
+        out = run("end_to_end", lambda: pipe(images, cameras), B)
+        one = {"planes": out.planes[:1], "ws": out.ws[:1]}  # the first photo's cache
+        views = orbit_cameras(B + 1, device=device)[1:]  # B turntable frames of it per call
+        run("novel_view", lambda: pipe.render_view(out, views, **one), B)
+        preview = spec["preview_res"]
+        if "neural_rendering_resolution" in inspect.signature(pipe.render_view).parameters:
+            run("preview_view", lambda: pipe.render_view(out, views, **one, neural_rendering_resolution=preview), B)
+        else:
+            result["notes"].append("render_view has no neural_rendering_resolution yet: preview row uses "
+                                   "generator.render_planes(neural_rendering_resolution=...) directly")
+            p, w = (one[k].expand(B, *one[k].shape[1:]) for k in ("planes", "ws"))
+            run("preview_view", lambda: gen.render_planes(p, w, views, neural_rendering_resolution=preview,
+                                                          deterministic=det), B)
+    result["peak_rss_bytes"] = peak_rss_bytes()  # the inversion + views, before meshing
+    if cuda:
+        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    stages_sum = sum(stages[k]["median_s"] for k in PIPELINE_STAGES)
+    result["stages_sum_s"] = stages_sum
+
+    # -- meshes (one tri-plane set; batch-independent, so only the batch-1 run measures them)
+    for r in spec["mesh"]:
+        key = f"mesh_{r}"
+        samples, mesh = timed(lambda: extract_mesh(gen, one["planes"], resolution=r, level="auto"), R, W, sync)
+        stages[key] = stage_entry(samples, 1)
+        stages[key]["vertices"] = int(len(mesh[0]))
+        log(f"{key:18s} {stages[key]['median_s']:8.3f} s")
+    result["peak_rss_total_bytes"] = peak_rss_bytes()
+    if cuda:
+        result["cuda_peak_total_bytes"] = torch.cuda.max_memory_allocated(device)
+    result["stages"] = stages
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+# ------------------------------------------------------------------------------------------- align
+def bench_align(photo: Path | None, repeats: int, warmup: int, tmp: Path) -> tuple[dict, Path, Path]:
+    """Time goae.align.align_face on a real photo; write the aligned crop + camera for the workers.
+    Without a photo (examples absent) the workers get a seeded noise image at the frontal camera."""
+    import numpy as np
+    from PIL import Image
+
+    image_path, camera_path = tmp / "aligned.png", tmp / "camera.json"
+    if photo is None:
+        from goae.camera import camera_label
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(image_path)
+        camera_path.write_text(json.dumps(camera_label(0.0, 0.0)[0].tolist()))
+        return ({"skipped": f"no example photo at {DEFAULT_PHOTO} (set GOAE_EXAMPLES_DIR or --photo); "
+                            "the pipeline rows use a noise image at the frontal camera"}, image_path, camera_path)
+    from goae.align import align_face
+    samples, aligned = timed(lambda: align_face(photo), repeats, max(warmup, 1), lambda: None)
+    aligned.image.save(image_path)
+    camera_path.write_text(json.dumps(np.asarray(aligned.camera, dtype=np.float64).tolist()))
+    return ({"photo": str(photo), "source_size": list(aligned.source_size), **stage_entry(samples, 1)},
+            image_path, camera_path)
+
+
+# ------------------------------------------------------------------------------------------- report
+def fmt(x, digits=3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def per_item(run: dict | None, key: str):
+    if not run or "stages" not in run or key not in run["stages"]:
+        return None
+    return run["stages"][key]["per_item_s"]
+
+
+def table(report: dict, batch: int) -> str:
+    runs = {r["mode"]: r for r in report["runs"] if r["batch"] == batch}
+    fp32, fast = runs.get("fp32"), runs.get("fast")
+    ref = report["reference"]["stages_s"] if report["env"]["device"] == "cpu" and batch == 1 else {}
+    cfg = report["config"]
+    head = (f"batch {batch}: seconds per photo (view rows: per frame; mesh: per mesh), median of {cfg['repeats']} "
+            f"after {cfg['warmup']} warm-up; {report['env']['device_name']}, {report['env']['threads']} threads, "
+            f"preset {cfg['preset']}")
+    rows = [head, f"{'stage':42s} {'fp32 s':>9s} {'fast s':>9s} {'ratio':>7s} {'official s':>10s}"]
+    rows.append("-" * len(rows[-1]))
+
+    def row(label, a, b, refv=None, digits=3):
+        ratio = f"{a / b:6.2f}x" if a and b else "-"
+        rows.append(f"{label:42s} {fmt(a, digits):>9s} {fmt(b, digits):>9s} {ratio:>7s} {fmt(refv, 2):>10s}")
+
+    al = report.get("align", {})
+    if batch != cfg["batches"][0]:
+        pass  # alignment and meshes are measured once, shown in the first batch's table
+    elif "median_s" in al:
+        rows.append(f"{'align (mediapipe, ' + Path(al['photo']).name + ')':42s} {fmt(al['median_s']):>9s} "
+                    f"{'(same)':>9s} {'-':>7s} {'-':>10s}")
+    else:
+        rows.append(f"{'align':42s} skipped: {al.get('skipped', 'not run')}")
+    for key, label in STAGES:
+        row(label.format(preview=cfg["preview_res"]), per_item(fp32, key), per_item(fast, key), ref.get(key))
+    for r in cfg["mesh"] if batch == cfg["batches"][0] else []:
+        row(f"mesh {r}^3 (extract_mesh)", per_item(fp32, f"mesh_{r}"), per_item(fast, f"mesh_{r}"))
+    gb = lambda run, k: run[k] / 1e9 if run and k in run else None  # noqa: E731
+    row("peak RSS, inversion + views (GB)", gb(fp32, "peak_rss_bytes"), gb(fast, "peak_rss_bytes"),
+        report["reference"]["peak_rss_gb"] if ref else None, digits=2)
+    row("peak RSS, incl. meshes (GB)", gb(fp32, "peak_rss_total_bytes"), gb(fast, "peak_rss_total_bytes"), digits=2)
+    if report["env"]["device"].startswith("cuda"):
+        row("CUDA max_memory_allocated (GB)", gb(fp32, "cuda_peak_bytes"), gb(fast, "cuda_peak_bytes"), digits=2)
+    rows.append("ratio = fp32 / fast (above 1: the fast path is faster / smaller). "
+                "(PREVIEW = explicit lower-resolution mode, not the default.)")
+    for mode, run in runs.items():
+        if "skipped" in run or "error" in run:
+            rows.append(f"{mode}: {run.get('skipped') or run.get('error')}")
+        else:
+            rows.append(f"{mode}: sum of stage medians {run['stages_sum_s'] / batch:.3f} s/photo vs end-to-end "
+                        f"{per_item(run, 'end_to_end'):.3f}; fast path {run['fast_path']}")
+            rows += [f"{mode}: note: {n}" for n in run.get("notes", [])]
+    return "\n".join(rows)
+
+
+def goals(report: dict) -> list[dict]:
+    """The issue's goals, each with the measured value (batch 1) and whether it is met."""
+    runs = {r["mode"]: r for r in report["runs"] if r["batch"] == 1 and "stages" in r}
+    out = []
+
+    def goal(name, mode, value, limit, unit, cmp="<="):
+        met = None if value is None else (value <= limit if cmp == "<=" else value >= limit)
+        out.append({"goal": name, "mode": mode, "target": f"{cmp} {limit} {unit}", "value": value, "met": met})
+
+    if report["env"]["device"] == "cpu":
+        for mode, e2e, frame in (("fp32", 6.0, 2.5), ("fast", 3.5, 1.0)):
+            r = runs.get(mode)
+            goal("CPU s/photo (end-to-end)", mode, per_item(r, "end_to_end"), e2e, "s")
+            goal("CPU s/novel-view frame", mode, per_item(r, "novel_view"), frame, "s")
+            goal("CPU peak RSS", mode, r["peak_rss_bytes"] / 1e9 if r else None, 2.0, "GB")
+    else:
+        for mode, r in runs.items():
+            goal("GPU photo inverted + first view", mode, per_item(r, "end_to_end"), 0.050, "s")
+            fps = [1 / per_item(x, "novel_view") for x in report["runs"]
+                   if x["mode"] == mode and "stages" in x and per_item(x, "novel_view")]
+            goal("GPU turntable fps (best batch)", mode, max(fps) if fps else None, 60, "fps", ">=")
+            goal("GPU 256^3 mesh", mode, per_item(r, "mesh_256"), 1.0, "s")
+    return out
+
+
+def goals_text(report: dict) -> str:
+    env = report["env"]
+    lines = ["goals (issue #8; CPU goals are for 2 threads, GPU goals for an H100; batch 1):"]
+    if env["device"] == "cpu" and env["threads"] != 2:
+        lines.append(f"  note: this run used {env['threads']} threads; the CPU goals are stated for 2")
+    for g in report["goals"]:
+        state = {True: "MET", False: "not met", None: "not measured"}[g["met"]]
+        lines.append(f"  {g['goal']:34s} {g['mode']:5s} {g['target']:>10s}  measured {fmt(g['value'])}  {state}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="batch 1, 2 repeats, mesh 128^3 only (a few minutes on a CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--batch", type=int, nargs="+", help="batch sizes (default 1 8; --quick: 1)")
+    ap.add_argument("--repeats", type=int, help="timed calls per stage, after the warm-up (default 5; --quick: 2)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls per stage first")
+    ap.add_argument("--modes", nargs="+", default=["fp32", "fast"], choices=["fp32", "fast"])
+    ap.add_argument("--precision", default="auto", help="fast path precision: auto|bf16|fp16|fp32")
+    ap.add_argument("--compile", action="store_true", help="fast path with torch.compile")
+    ap.add_argument("--preset", default="full", choices=["full", "small"], help="small: tiny model, for tests only")
+    ap.add_argument("--mesh", type=int, nargs="*", help="mesh resolutions (default 128 256; --quick: 128)")
+    ap.add_argument("--preview-res", type=int, default=64, help="neural rendering resolution of the preview row")
+    ap.add_argument("--photo", type=Path, help=f"photo for the align row (default {DEFAULT_PHOTO})")
+    ap.add_argument("--out", type=Path, help="JSON path (default benchmarks/results/<machine>.json)")
+    ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: one (mode, batch) measurement
+    args = ap.parse_args(argv)
+    args.batch = args.batch or ([1] if args.quick else [1, 8])
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.mesh = args.mesh if args.mesh is not None else ([128] if args.quick else [128, 256])
+    if min(args.batch) < 1 or args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        ap.error("--batch, --repeats and --threads must be >= 1, --warmup >= 0")
+    return args
+
+
+def spawn(spec: dict, tmp: Path) -> dict:
+    name = f"{spec['mode']}_b{spec['batch']}"
+    spec_path, result_path = tmp / f"{name}.spec.json", tmp / f"{name}.result.json"
+    spec_path.write_text(json.dumps({**spec, "result": str(result_path)}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+    proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], env=env,
+                          stdout=subprocess.PIPE, stderr=None, text=True)
+    if proc.returncode != 0 or not result_path.exists():
+        return {"mode": spec["mode"], "batch": spec["batch"],
+                "error": f"worker exited with code {proc.returncode} (its traceback is printed above)"}
+    return json.loads(result_path.read_text())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        spec = json.loads(args.worker.read_text())
+        Path(spec["result"]).write_text(json.dumps(worker(spec)))
+        return 0
+
+    import torch
+
+    from goae.io import atomic_write_bytes
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    photo = args.photo
+    if photo is not None and not photo.is_file():
+        print(f"error: --photo {photo} not found", file=sys.stderr)
+        return 2
+    if photo is None and DEFAULT_PHOTO.is_file():
+        photo = DEFAULT_PHOTO
+    cuda = args.device.startswith("cuda")
+    env = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+           "device": args.device, "threads": args.threads, "cpu_model": cpu_model(), "cpu_flags": cpu_flags(),
+           "device_name": torch.cuda.get_device_name(torch.device(args.device)) if cuda else cpu_model(),
+           **{f"git_{k}": v for k, v in git_commit().items()}}
+    machine = machine_name(args.device, args.threads)
+    out_path = args.out or ROOT / "benchmarks" / "results" / f"{machine}.json"
+    config = {"preset": args.preset, "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup,
+              "batches": args.batch, "modes": args.modes, "mesh": args.mesh, "preview_res": args.preview_res,
+              "precision": args.precision, "compile": args.compile}
+    report = {"schema": 1, "machine": machine, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+              "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+              "env": env, "config": config, "reference": REFERENCE, "runs": []}
+    print(f"goae benchmark on {machine}: preset {args.preset}, modes {args.modes}, batches {args.batch}",
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="goae-bench-") as tmp:
+        tmp = Path(tmp)
+        report["align"], image_path, camera_path = bench_align(photo, args.repeats, args.warmup, tmp)
+        for batch in args.batch:
+            for mode in args.modes:
+                spec = {"mode": mode, "batch": batch, "preset": args.preset, "device": args.device,
+                        "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
+                        "precision": args.precision, "compile": args.compile, "preview_res": args.preview_res,
+                        "mesh": args.mesh if batch == args.batch[0] else [],
+                        "image": str(image_path), "camera": str(camera_path)}
+                report["runs"].append(spawn(spec, tmp))
+    report["goals"] = goals(report)
+    print()
+    for batch in args.batch:
+        print(table(report, batch), end="\n\n")
+    print(goals_text(report))
+    atomic_write_bytes(out_path, (json.dumps(report, indent=1) + "\n").encode())
+    print(f"\nwrote {out_path}")
+    return 1 if any("error" in r for r in report["runs"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
