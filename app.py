@@ -178,9 +178,10 @@ class GOAEApp:
         self.banner, self.notes, self.examples = banner, notes or [], examples or []
         on_gpu = pipe.device.type == "cuda"
         native = int(pipe.generator.neural_rendering_resolution)
-        # Volume rendering dominates on a CPU: preview at <= 64 rays per side; the super-resolution still gives 512.
+        # The model's own resolution by default; lower ones are an explicit preview choice (fewer rays,
+        # the super-resolution still gives 512).
         self.resolutions = sorted({32, 64, native})
-        self.default_resolution = native if on_gpu else min(native, 64)
+        self.default_resolution = native
         self.default_frames = 120 if on_gpu else 24
 
     # -- helpers
@@ -196,13 +197,10 @@ class GOAEApp:
 
     def _render(self, result, cameras: torch.Tensor, resolution: int) -> dict[str, torch.Tensor]:
         """Cached tri-planes at cameras [V,25] with a chosen neural-rendering resolution (no re-encoding)."""
-        n = cameras.shape[0]
-        planes = result.planes[:1].expand(n, *result.planes.shape[1:])
-        ws = result.ws[:1].expand(n, *result.ws.shape[1:])
-        with torch.no_grad():
-            return self.pipe.generator.render_planes(planes, ws, cameras.to(planes.device),
-                                                     neural_rendering_resolution=int(resolution),
-                                                     deterministic=self.pipe.config.deterministic)
+        # render_view honours the pipeline's fast path (if enabled); a lower resolution is its preview mode.
+        native = int(self.pipe.generator.neural_rendering_resolution)
+        return self.pipe.render_view(result, cameras, ws=result.ws[:1], planes=result.planes[:1],
+                                     neural_rendering_resolution=None if int(resolution) == native else int(resolution))
 
     @staticmethod
     def _camera_text(face) -> str:
@@ -349,7 +347,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                 invert_btn = gr.Button("Invert", variant="primary", elem_id="invert")
                 with gr.Accordion("Options", open=False):
                     resolution = gr.Dropdown(app.resolutions, value=app.default_resolution, label="Neural rendering "
-                                             "resolution (lower = faster previews; 128 = the released model)")
+                                             "resolution (the model's own by default; lower = faster previews)")
                     frames = gr.Slider(4, 240, value=app.default_frames, step=1, label="Video frames", elem_id="frames")
                     fps = gr.Slider(6, 60, value=24, step=1, label="Video frames per second")
                     mesh_res = gr.Dropdown([64, 96, 128, 192, 256], value=128, label="Mesh grid resolution",
@@ -480,14 +478,19 @@ def ensure_landmarker() -> None:
 
 
 def create_app(weights: str | None = None, directions: str | None = None, examples: str | None = None,
-               device: str | None = None) -> GOAEApp:
-    """Load the model (once) and the edit directions; arguments default to the GOAE_* environment."""
+               device: str | None = None, fast: bool | None = None) -> GOAEApp:
+    """Load the model (once) and the edit directions; arguments default to the GOAE_* environment.
+    `fast` (GOAE_FAST=1): the pipeline's fast path (bf16 where the device has it) instead of fp32."""
     weights = weights or os.environ.get("GOAE_WEIGHTS")
     directions = directions or os.environ.get("GOAE_DIRECTIONS")
     examples = examples or os.environ.get("GOAE_EXAMPLES")
+    fast = os.environ.get("GOAE_FAST", "0").lower() in ("1", "true", "yes") if fast is None else fast
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     ensure_landmarker()
     pipe, banner = load_model(weights, device)
+    if fast:
+        pipe.enable_fast_path("auto")
+        log.info("goae app: fast path %s", pipe.fast_path)
     dirs, notes = load_edit_directions(directions, pipe)
     log.info("goae app: weights %s on %s, %d edit directions", pipe.weights_label, device, len(dirs))
     return GOAEApp(pipe, dirs, banner, notes, list_examples(examples))
@@ -501,6 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default=None, help="address to listen on (default $GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default $GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--share", action="store_true", help="also make a temporary public gradio.live link")
+    p.add_argument("--fast", action="store_true", default=None,
+                   help="fast path: bf16 autocast where the CPU/GPU has it ($GOAE_FAST=1); default fp32")
     return p.parse_args(argv)
 
 
@@ -513,7 +518,7 @@ def launch(demo: gr.Blocks, app: GOAEApp, host: str | None = None, port: int | N
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _args = parse_args()
-    goae_app = create_app(_args.weights, _args.directions, _args.examples)
+    goae_app = create_app(_args.weights, _args.directions, _args.examples, fast=_args.fast)
     demo = build_demo(goae_app)
     launch(demo, goae_app, _args.host, _args.port, _args.share)
 else:  # imported (Hugging Face Spaces, `gradio app.py`): build from the environment

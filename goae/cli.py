@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder of edit direction files (.npy/.safetensors; default $GOAE_DIRECTIONS)")
     inv.add_argument("--face-index", type=int, default=None, help="which face when several (default: largest)")
     inv.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    inv.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16", "fp16"),
+                     help="fp32 (default: the parity path) or the fast path: auto = bf16 where the device has "
+                          "it, bf16, fp16 (CUDA)")
     inv.add_argument("--overwrite", action="store_true", help="replace existing result folders")
     return p
 
@@ -172,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         pipe = load_pipeline(args.weights, seed=args.seed, device=device)
+        if args.precision != "fp32":
+            pipe.enable_fast_path(args.precision)
     except Exception as e:  # weights missing / unreadable: one clear line, no traceback
         print(f"goae: error: {e}", file=sys.stderr)
         return 2

@@ -111,5 +111,6 @@ def test_mesh_level_option():
     parser = cli.build_parser()
     assert parser.parse_args(["invert", "a.jpg", "--out", "o"]).mesh_level == "auto"
     assert parser.parse_args(["invert", "a.jpg", "--out", "o", "--mesh-level", "12.5"]).mesh_level == 12.5
+    assert parser.parse_args(["invert", "a.jpg", "--out", "o"]).precision == "fp32"
     with pytest.raises(SystemExit):
         parser.parse_args(["invert", "a.jpg", "--out", "o", "--mesh-level", "dense"])

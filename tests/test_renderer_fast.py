@@ -186,3 +186,68 @@ def test_fast_is_the_default_and_falls_back_for_plain_decoders():
         fast = renderer(planes, decoder, ray_origins, ray_directions, OPTIONS, deterministic=True)
     assert len(calls) == 2 and max_diff(out, fast) <= TOL
     assert math.isfinite(out[1].sum().item())
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("variant", ["default", "no_importance"])
+def test_depth_only_render_gives_the_same_depth(fast, variant):
+    """features=False (the occlusion mask's render) decodes only sigma on the fast path: same depth and
+    opacity as the full render (bit-identical on CPU), no features."""
+    options = dict(OPTIONS, depth_resolution_importance=0) if variant == "no_importance" else OPTIONS
+    decoder = make_decoder()
+    planes, ray_origins, ray_directions = make_scene(2)
+    renderer = ImportanceRenderer(chunk_points=300)
+    with torch.no_grad():
+        full = renderer(planes, decoder, ray_origins, ray_directions, options, deterministic=True, fast=fast)
+        trace = {}
+        depth_only = renderer(planes, decoder, ray_origins, ray_directions, options, deterministic=True, fast=fast,
+                              features=False, trace=trace)
+    assert depth_only[0] is None
+    assert (depth_only[1] - full[1]).abs().max() <= 1e-6 and (depth_only[2] - full[2]).abs().max() <= 1e-6
+    assert "weights_final" in trace and (full[2] > 0.5).any()
+
+
+def test_depth_only_decoder_sigma_is_the_full_sigma():
+    decoder = make_decoder()
+    x = torch.randn(1000, 32) * 3
+    with torch.no_grad():
+        sigma, rgb = decoder.decode_plane_sum(x, 3)
+        sigma_only, none = decoder.decode_plane_sum(x, 3, features=False)
+    assert none is None and rgb.shape == (1000, 32)
+    assert (sigma_only - sigma).abs().max() <= 1e-5 * sigma.abs().max()
+
+
+def test_depth_only_with_gradients():
+    decoder = make_decoder()
+    planes, ray_origins, ray_directions = make_scene(1)
+    p = planes.clone().requires_grad_(True)
+    _, depth, opacity = ImportanceRenderer()(p, decoder, ray_origins, ray_directions, OPTIONS, deterministic=True,
+                                             features=False)
+    with torch.no_grad():
+        _, want, _ = render(planes, decoder, ray_origins, ray_directions, OPTIONS, fast=True)
+    (depth.sum() + opacity.sum()).backward()
+    assert p.grad.abs().max() > 0 and (depth - want).abs().max() <= 1e-6
+
+
+def test_render_planes_depth_only():
+    from goae.models.eg3d import EG3DGenerator
+    rk = {"superresolution_module": "training.superresolution.SuperresolutionHybrid8XDC", "sr_antialias": True,
+          "ray_start": 2.25, "ray_end": 3.3, "box_warp": 1, "depth_resolution": 6, "depth_resolution_importance": 6,
+          "c_gen_conditioning_zero": False, "c_scale": 1.0, "superresolution_noise_mode": "none",
+          "clamp_mode": "softplus"}
+    torch.manual_seed(0)
+    G = EG3DGenerator(z_dim=32, c_dim=25, w_dim=32, img_resolution=512, img_channels=3, sr_num_fp16_res=0,
+                      mapping_kwargs={"num_layers": 2}, rendering_kwargs=rk,
+                      synthesis_kwargs={"channel_base": 256, "channel_max": 8, "num_fp16_res": 0, "conv_clamp": None},
+                      neural_rendering_resolution=8, sr_channels=[16, 8]).eval()
+    planes = torch.randn(1, 96, 32, 32)
+    ws, c = torch.randn(1, G.num_ws, 32), camera.camera_label(0.3, -0.1)
+    with torch.no_grad():
+        full = G.render_planes(planes, ws, c, deterministic=True, superresolution=False)
+        depth_only = G.render_planes(planes, ws, c, deterministic=True, superresolution=False, features=False)
+        with pytest.raises(ValueError, match="superresolution=False"):
+            G.render_planes(planes, ws, c, features=False)
+    assert sorted(depth_only) == ["image_depth", "ray_directions", "ray_origins", "weights_sum"]
+    for key in depth_only:
+        assert depth_only[key].shape == full[key].shape
+        assert (depth_only[key] - full[key]).abs().max() <= 1e-6, key

@@ -54,26 +54,35 @@ class OSGDecoder(nn.Module):
         rgb = torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001  # Mip-NeRF's widened sigmoid
         return {"rgb": rgb, "sigma": x[..., 0:1]}
 
-    def decode_plane_sum(self, feature_sum: torch.Tensor, n_planes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_plane_sum(self, feature_sum: torch.Tensor, n_planes: int,
+                         features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The same MLP for the renderer's fast path: features summed over the planes [M, C] ->
         (sigma [M], rgb [M, C']); equal to `forward` up to rounding. The plane mean's 1/n_planes is
         folded into the first weight; softplus(h) = -logsigmoid(-h) (one pass, within 1 ulp of
         F.softplus incl. its threshold), both negations folded exactly into the weights:
-        h' = x (-W0/n)^T - b0, out = logsigmoid(h') (-W2)^T + b2."""
+        h' = x (-W0/n)^T - b0, out = logsigmoid(h') (-W2)^T + b2.
+        features=False: sigma only, rgb is None (depth-only renders). It computes the last layer's
+        first 16 rows, not 1: a 16-wide product runs on the same BLAS micro-kernel as the 33-wide one,
+        so sigma (and hence depth) is bit-identical to features=True on CPU (a 1-wide product is a
+        gemv with another summation order, ~1e-5 off), at less than half the cost."""
         fc0, fc2 = self.net[0], self.net[2]
         h = _fc(fc0, feature_sum, sign=-1.0, scale=1 / n_planes)
-        out = _fc(fc2, F.logsigmoid(h), sign=-1.0, bias_sign=1.0)
+        out = _fc(fc2, F.logsigmoid(h), sign=-1.0, bias_sign=1.0, rows=None if features else 16)
+        if not features:
+            return out[:, 0], None
         rgb = torch.sigmoid(out[:, 1:])
         rgb = rgb.mul_(1 + 2 * 0.001).sub_(0.001) if not torch.is_grad_enabled() else rgb * (1 + 2 * 0.001) - 0.001
         return out[:, 0], rgb
 
 
 def _fc(fc: FullyConnectedLayer, x: torch.Tensor, sign: float = 1.0, bias_sign: float | None = None,
-        scale: float = 1.0) -> torch.Tensor:
+        scale: float = 1.0, rows: int | None = None) -> torch.Tensor:
     """FullyConnectedLayer (linear, equalised lr: W * weight_gain, b * bias_gain) on x [M, C_in]; the
-    weight (and bias) optionally negated, which is exact in floating point, and the weight scaled."""
-    w = fc.weight.to(x.dtype) * (sign * fc.weight_gain * scale)
-    b = fc.bias.to(x.dtype) * ((sign if bias_sign is None else bias_sign) * fc.bias_gain)
+    weight (and bias) optionally negated, which is exact in floating point, and the weight scaled.
+    rows: only the first `rows` outputs."""
+    weight, bias = (fc.weight, fc.bias) if rows is None else (fc.weight[:rows], fc.bias[:rows])
+    w = weight.to(x.dtype) * (sign * fc.weight_gain * scale)
+    b = bias.to(x.dtype) * ((sign if bias_sign is None else bias_sign) * fc.bias_gain)
     return torch.addmm(b.unsqueeze(0), x, w.t())
 
 
@@ -314,7 +323,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
     def render_planes(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,
                       neural_rendering_resolution: int | None = None, deterministic: bool = False,
                       noise_mode: str | None = None, superresolution: bool = True,
-                      trace: dict | None = None) -> dict[str, torch.Tensor]:
+                      trace: dict | None = None, features: bool = True) -> dict[str, torch.Tensor]:
         """Volume-render tri-planes at cameras c [N, 25] and super-resolve with style ws[:, -1].
 
         noise_mode: noise of the super-resolution blocks; None = rendering_kwargs
@@ -322,7 +331,13 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         Returns image_raw [N,3,r,r], image_depth [N,1,r,r], feature_image [N,32,r,r], weights_sum
         [N,1,r,r], ray_origins / ray_directions [N,r*r,3] and, if superresolution, image [N,3,R,R].
         The volume rendering uses the renderer's fast path unless `self.renderer.fast = False`
-        (the official op order; both agree to ~1e-6, see goae/models/renderer.py)."""
+        (the official op order; both agree to ~1e-6, see goae/models/renderer.py).
+        features=False (needs superresolution=False): a depth-only render, e.g. for an occlusion mask;
+        the fast path decodes only the density, and the result holds just image_depth, weights_sum
+        and the rays (the same depth as with features=True, up to ~1e-6)."""
+        if not features and superresolution:
+            raise ValueError("render_planes(features=False) renders depth only and cannot super-resolve: "
+                             "pass superresolution=False as well")
         if c.ndim != 2 or c.shape[1] < 25:
             raise ValueError(f"c must be camera labels [N, 25], got {tuple(c.shape)}")
         n = planes.shape[0]
@@ -336,20 +351,25 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         cam2world = c[:, :16].reshape(-1, 4, 4)
         intrinsics = c[:, 16:25].reshape(-1, 3, 3)
         ray_origins, ray_directions = self.ray_sampler(cam2world, intrinsics, res)
-        features, depth, weights_sum = self.renderer(planes, self.decoder, ray_origins, ray_directions,
-                                                     self.rendering_kwargs, deterministic=deterministic, trace=trace)
+        samples, depth, weights_sum = self.renderer(planes, self.decoder, ray_origins, ray_directions,
+                                                    self.rendering_kwargs, deterministic=deterministic, trace=trace,
+                                                    features=features)
         if trace is not None:
-            trace.update(ray_origins=ray_origins, ray_directions=ray_directions, feature_samples=features,
-                         depth_samples=depth, weights_sum=weights_sum)
-        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], res, res).contiguous()
+            trace.update(ray_origins=ray_origins, ray_directions=ray_directions, depth_samples=depth,
+                         weights_sum=weights_sum)
+            if features:
+                trace["feature_samples"] = samples
         out = {
-            "image_raw": feature_image[:, :3],
             "image_depth": depth.permute(0, 2, 1).reshape(n, 1, res, res),
-            "feature_image": feature_image,
             "weights_sum": weights_sum.permute(0, 2, 1).reshape(n, 1, res, res),
             "ray_origins": ray_origins,
             "ray_directions": ray_directions,
         }
+        if not features:
+            return out
+        feature_image = samples.permute(0, 2, 1).reshape(n, samples.shape[-1], res, res).contiguous()
+        out = {"image_raw": feature_image[:, :3], "image_depth": out["image_depth"], "feature_image": feature_image,
+               **{k: out[k] for k in ("weights_sum", "ray_origins", "ray_directions")}}
         if superresolution:
             sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none") if noise_mode is None else noise_mode
             check_noise_mode(sr_noise)

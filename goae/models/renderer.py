@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import kernels
+
 __all__ = [
     "RenderingError", "generate_planes", "project_onto_planes", "sample_from_planes", "get_ray_limits_box",
     "sample_stratified", "sample_pdf", "sample_importance", "unify_samples",
@@ -255,7 +257,7 @@ class ImportanceRenderer(nn.Module):
     Both give the same results up to float rounding (tests/test_renderer_fast.py).
     """
 
-    def __init__(self, fast: bool = True, chunk_points: int = 32768) -> None:
+    def __init__(self, fast: bool = True, chunk_points: int = 32768, kernels: bool = True) -> None:
         super().__init__()
         self.ray_marcher = MipRayMarcher2()
         # A plain attribute, not a buffer: checkpoints hold no renderer state, and a module built on the
@@ -263,6 +265,7 @@ class ImportanceRenderer(nn.Module):
         self.plane_axes = generate_planes()
         self.fast = fast
         self.chunk_points = chunk_points
+        self.kernels = kernels  # the fused C++ kernel of goae/models/kernels.py where it applies
 
     def _axes(self, device: torch.device) -> torch.Tensor:
         if self.plane_axes.device != device:
@@ -281,10 +284,13 @@ class ImportanceRenderer(nn.Module):
 
     def forward(self, planes: torch.Tensor, decoder, ray_origins: torch.Tensor, ray_directions: torch.Tensor,
                 rendering_options: dict, deterministic: bool = False, trace: dict | None = None,
-                fast: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                fast: bool | None = None, features: bool = True
+                ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """planes [N, 3, C, H, W], rays [N, R, 3] -> features [N, R, C'] (in [-1, 1] scale),
         depth [N, R, 1], accumulated opacity [N, R, 1]. `trace`, if a dict, receives the intermediates.
-        `fast`: None = `self.fast`; the fast path needs a decoder with `decode_plane_sum`."""
+        `fast`: None = `self.fast`; the fast path needs a decoder with `decode_plane_sum`.
+        `features=False`: depth-only render, features is None (the fast path then decodes only the
+        density; the reference path computes everything and drops the features)."""
         if planes.ndim != 5 or planes.shape[1] != 3:
             raise RenderingError(f"planes must be [N, 3, C, H, W], got shape {tuple(planes.shape)}")
         if ray_origins.shape != ray_directions.shape or ray_origins.ndim != 3 or ray_origins.shape[0] != planes.shape[0]:
@@ -313,7 +319,7 @@ class ImportanceRenderer(nn.Module):
         fits = planes.shape[1] * (planes.shape[3] + 2) * (planes.shape[4] + 2) < 2 ** 24  # _TriplaneTaps' float indices
         if (self.fast if fast is None else fast) and hasattr(decoder, "decode_plane_sum") and fits:
             return self._forward_fast(planes, decoder, ray_origins, ray_directions, depths_coarse, opts,
-                                      deterministic, trace)
+                                      deterministic, trace, features)
 
         # Coarse pass
         colors_coarse, densities_coarse = self._decode_depths(planes, decoder, ray_origins, ray_directions,
@@ -335,7 +341,7 @@ class ImportanceRenderer(nn.Module):
                                                                      depths_coarse, opts)
             if trace is not None:
                 trace.update(depths_coarse=depths_coarse, weights_coarse=weights_final, weights_final=weights_final)
-        return rgb_final, depth_final, weights_final.sum(2)
+        return rgb_final if features else None, depth_final, weights_final.sum(2)
 
     def _decode_depths(self, planes, decoder, ray_origins, ray_directions, depths, opts, deterministic, trace, name):
         """Decode the points o + t*d for depths [N, R, S, 1] -> colors [N, R, S, C'], densities [N, R, S, 1]."""
@@ -348,19 +354,20 @@ class ImportanceRenderer(nn.Module):
         return out["rgb"].reshape(N, R, S, -1), out["sigma"].reshape(N, R, S, 1)
 
     # -- fast path -----------------------------------------------------------------------------------
-    def _forward_fast(self, planes, decoder, ray_origins, ray_directions, depths_coarse, opts, deterministic, trace):
+    def _forward_fast(self, planes, decoder, ray_origins, ray_directions, depths_coarse, opts, deterministic, trace,
+                      features=True):
         N = planes.shape[0]
         D, N_importance = depths_coarse.shape[2], opts["depth_resolution_importance"]
         sampler = _TriplaneTaps(planes, self._axes(planes.device), opts["box_warp"])
         depths_c = depths_coarse.squeeze(-1)
         sigma_c, colors_c = self._decode_fast(sampler, decoder, ray_origins, ray_directions, depths_c, opts,
-                                              deterministic)
+                                              deterministic, features)
         if N_importance > 0:
             weights_c = march_weights(sigma_c, depths_c)
             depths_fine = sample_importance(depths_coarse, weights_c.unsqueeze(-1), N_importance, det=deterministic)
             depths_f = depths_fine.squeeze(-1)
             sigma_f, colors_f = self._decode_fast(sampler, decoder, ray_origins, ray_directions, depths_f, opts,
-                                                  deterministic)
+                                                  deterministic, features)
             all_depths, order = torch.sort(torch.cat([depths_c, depths_f], -1), dim=-1)
             all_sigma = torch.cat([sigma_c, sigma_f], -1).gather(-1, order)
         else:
@@ -369,17 +376,8 @@ class ImportanceRenderer(nn.Module):
         weight_total = weights.sum(-1, keepdim=True)
         depth = torch.sum(weights * ((all_depths[..., :-1] + all_depths[..., 1:]) / 2), -1, keepdim=True) / weight_total
         depth = torch.clamp(torch.nan_to_num(depth, float("inf")), torch.min(all_depths), torch.max(all_depths))
-
-        # Colour weight of each sample: half of each interval it bounds, then back to the unsorted samples.
-        a = (F.pad(weights, (0, 1)) + F.pad(weights, (1, 0))) / 2  # [N, R, K]
-        if order is not None:
-            a = torch.zeros_like(a).scatter(-1, order, a)
-        rgb = _composite(colors_c, a[..., :D])
-        if N_importance > 0:
-            rgb = rgb + _composite(colors_f, a[..., D:])
-        if opts.get("white_back", False):
-            rgb = rgb + 1 - weight_total
-        rgb = rgb * 2 - 1
+        rgb = self._colors_fast(weights, weight_total, order, colors_c, colors_f if N_importance > 0 else None,
+                                D, opts) if features else None
 
         if trace is not None:
             trace.update(depths_coarse=depths_coarse, sigma_coarse=sigma_c.reshape(N, -1, 1),
@@ -390,10 +388,30 @@ class ImportanceRenderer(nn.Module):
                              all_depths=all_depths.unsqueeze(-1))
         return rgb, depth, weight_total
 
-    def _decode_fast(self, sampler, decoder, ray_origins, ray_directions, depths, opts, deterministic):
+    @staticmethod
+    def _colors_fast(weights, weight_total, order, colors_c, colors_f, D, opts):
+        """Composite colours of the coarse (and fine) samples with the sorted interval weights."""
+        # Colour weight of each sample: half of each interval it bounds, then back to the unsorted samples.
+        a = (F.pad(weights, (0, 1)) + F.pad(weights, (1, 0))) / 2  # [N, R, K]
+        if order is not None:
+            a = torch.zeros_like(a).scatter(-1, order, a)
+        rgb = _composite(colors_c, a[..., :D])
+        if colors_f is not None:
+            rgb = rgb + _composite(colors_f, a[..., D:])
+        if opts.get("white_back", False):
+            rgb = rgb + 1 - weight_total
+        return rgb * 2 - 1
+
+    def _decode_fast(self, sampler, decoder, ray_origins, ray_directions, depths, opts, deterministic,
+                     features=True):
         """Decode the points o + t*d for depths [N, R, S] in chunks of rays ->
-        densities [N, R, S] and colours [N, R, S, C'] (float32)."""
+        densities [N, R, S] and colours [N, R, S, C'] (float32; None if not features)."""
         N, R, S = depths.shape
+        if self.kernels and kernels.applicable(sampler, decoder):  # fused C++ (CPU fp32 inference)
+            sigma, colors = kernels.decode_rays(sampler, decoder, ray_origins, ray_directions, depths, features)
+            if opts.get("density_noise", 0) > 0 and not deterministic:
+                sigma = sigma + torch.randn_like(sigma) * opts["density_noise"]
+            return sigma, colors
         step = max(1, self.chunk_points // (N * S))
         inference = not torch.is_grad_enabled()
         sigmas, colors = [], []
@@ -401,18 +419,24 @@ class ImportanceRenderer(nn.Module):
             t = depths[:, r0:r0 + step]
             coordinates = (ray_origins[:, r0:r0 + step].unsqueeze(-2)
                            + t.unsqueeze(-1) * ray_directions[:, r0:r0 + step].unsqueeze(-2))
-            sigma, rgb = decoder.decode_plane_sum(sampler(coordinates.reshape(N, -1, 3)), sampler.n_planes)
-            sigma, rgb = sigma.reshape(N, -1, S), rgb.reshape(N, -1, S, rgb.shape[-1])
+            taps = sampler(coordinates.reshape(N, -1, 3))
+            sigma, rgb = (decoder.decode_plane_sum(taps, sampler.n_planes) if features
+                          else decoder.decode_plane_sum(taps, sampler.n_planes, features=False))
+            sigma = sigma.reshape(N, -1, S)
+            rgb = rgb.reshape(N, -1, S, rgb.shape[-1]) if features else None
             if not inference:  # autograd: collect and concatenate
                 sigmas.append(sigma.float())
-                colors.append(rgb.float())
+                colors.append(rgb.float() if features else None)
                 continue
             if r0 == 0:  # inference: write into one buffer (no list + cat copy of ~100 MB at 128^2 rays)
                 sigmas = torch.empty(N, R, S, device=depths.device)
-                colors = torch.empty(N, R, S, rgb.shape[-1], device=depths.device)
+                colors = torch.empty(N, R, S, rgb.shape[-1], device=depths.device) if features else None
             sigmas[:, r0:r0 + step] = sigma
-            colors[:, r0:r0 + step] = rgb
-        sigma, colors = (sigmas, colors) if inference else (torch.cat(sigmas, 1), torch.cat(colors, 1))
+            if features:
+                colors[:, r0:r0 + step] = rgb
+        if not inference:
+            sigmas, colors = torch.cat(sigmas, 1), (torch.cat(colors, 1) if features else None)
+        sigma = sigmas
         if opts.get("density_noise", 0) > 0 and not deterministic:
             sigma = sigma + torch.randn_like(sigma) * opts["density_noise"]
         return sigma, colors
@@ -429,7 +453,7 @@ class _TriplaneTaps:
 
     def __init__(self, planes: torch.Tensor, plane_axes: torch.Tensor, box_warp: float):
         N, P, C, H, W = planes.shape
-        self.n_planes = P
+        self.n_planes, self.plane_size = P, (H, W)
         self.table = F.pad(planes.permute(0, 1, 3, 4, 2), (0, 0, 1, 1, 1, 1)).reshape(-1, C)
         # Pixel coordinates (x, y) of every plane as one affine map of the points: grid_sample's
         # ((g + 1) * size - 1) / 2 with g = (2 / box_warp) * points @ inverse axes.
