@@ -294,7 +294,10 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     if n > 1:
         x = x.reshape(n, -1, *x.shape[2:])
     if noise is not None:
-        # x is our own fresh conv output: add in place unless autograd tracks it.
+        # x is our own fresh conv output: add in place unless autograd tracks it. The noise takes x's
+        # dtype first: a bf16 channels-last x plus an fp32 [H, W] noise would run a scalar
+        # mixed-dtype loop ~80x slower than the add itself (a no-op in fp32).
+        noise = noise.to(x.dtype)
         x = x + noise if x.requires_grad and torch.is_grad_enabled() else x.add_(noise)
     return x
 
