@@ -40,6 +40,7 @@ from goae import export
 from goae.align import AlignError, align_face
 from goae.camera import camera_label, yaw_pitch_from_label
 from goae.edit import DirectionError, EditDirection, combine, load_direction
+from goae.fast import tune_cpu_allocator
 from goae.io import atomic_path
 from goae.presets import fit_direction, random_pipeline
 
@@ -486,6 +487,8 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
     examples = examples or os.environ.get("GOAE_EXAMPLES")
     fast = os.environ.get("GOAE_FAST", "0").lower() in ("1", "true", "yes") if fast is None else fast
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and os.environ.get("GOAE_TUNE_ALLOCATOR", "1") != "0":
+        tune_cpu_allocator()  # keep render buffers mapped between calls: ~15% faster on a CPU
     ensure_landmarker()
     pipe, banner = load_model(weights, device)
     if fast:

@@ -176,6 +176,9 @@ def worker(spec: dict) -> dict:
     from goae.pipeline import GOAEPipeline
 
     result: dict = {"mode": spec["mode"], "batch": B, "fast_path": None, "notes": []}
+    if device.type == "cpu" and spec.get("allocator", "tuned") == "tuned":
+        from goae.fast import tune_cpu_allocator  # what the app and CLI do at start
+        result["allocator_tuned"] = tune_cpu_allocator()
     if spec["mode"] == "fast" and not hasattr(GOAEPipeline, "enable_fast_path"):
         return {**result, "skipped": "GOAEPipeline.enable_fast_path is not in this checkout yet (fast-path API absent)"}
     t0 = time.perf_counter()
@@ -206,6 +209,26 @@ def worker(spec: dict) -> dict:
     # The pipeline's own step helpers where it has them, so both modes run what `pipe(...)` runs.
     backbone_to = getattr(pipe, "_backbone_to", lambda ws, res: gen.backbone_to(ws, res=res))
     backbone_from = getattr(pipe, "_backbone_from", lambda ws, x, img, res: gen.backbone_from(ws, x, img, res=res))
+    # -- the real thing first, and views from its cached tri-planes (both honour the fast path themselves):
+    # its peak RSS is the pipeline's own, before the stage split below keeps intermediates alive.
+    with torch.no_grad():
+        out = run("end_to_end", lambda: pipe(images, cameras), B)
+        one = {"planes": out.planes[:1], "ws": out.ws[:1]}  # the first photo's cache
+        views = orbit_cameras(B + 1, device=device)[1:]  # B turntable frames of it per call
+        run("novel_view", lambda: pipe.render_view(out, views, **one), B)
+        preview = spec["preview_res"]
+        if "neural_rendering_resolution" in inspect.signature(pipe.render_view).parameters:
+            run("preview_view", lambda: pipe.render_view(out, views, **one, neural_rendering_resolution=preview), B)
+        else:
+            result["notes"].append("render_view has no neural_rendering_resolution yet: preview row uses "
+                                   "generator.render_planes(neural_rendering_resolution=...) directly")
+            p, w = (one[k].expand(B, *one[k].shape[1:]) for k in ("planes", "ws"))
+            run("preview_view", lambda: gen.render_planes(p, w, views, neural_rendering_resolution=preview,
+                                                          deterministic=det), B)
+    result["peak_rss_bytes"] = peak_rss_bytes()  # pipe() + views, as the app and CLI run them
+    if cuda:
+        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+
     with torch.no_grad():
         # -- the stages of GOAEPipeline.__call__, one at a time (same calls, same order)
         x_enc, x_512 = pipe.preprocess(images)
@@ -233,24 +256,7 @@ def worker(spec: dict) -> dict:
         planes = run("afa_mix", afa_mix, B)
         run("final_render", lambda: pipe._render(planes, ws, c), B)
 
-    # -- the real thing, and views from its cached tri-planes (both honour the fast path themselves)
-    with torch.no_grad():
-        out = run("end_to_end", lambda: pipe(images, cameras), B)
-        one = {"planes": out.planes[:1], "ws": out.ws[:1]}  # the first photo's cache
-        views = orbit_cameras(B + 1, device=device)[1:]  # B turntable frames of it per call
-        run("novel_view", lambda: pipe.render_view(out, views, **one), B)
-        preview = spec["preview_res"]
-        if "neural_rendering_resolution" in inspect.signature(pipe.render_view).parameters:
-            run("preview_view", lambda: pipe.render_view(out, views, **one, neural_rendering_resolution=preview), B)
-        else:
-            result["notes"].append("render_view has no neural_rendering_resolution yet: preview row uses "
-                                   "generator.render_planes(neural_rendering_resolution=...) directly")
-            p, w = (one[k].expand(B, *one[k].shape[1:]) for k in ("planes", "ws"))
-            run("preview_view", lambda: gen.render_planes(p, w, views, neural_rendering_resolution=preview,
-                                                          deterministic=det), B)
-    result["peak_rss_bytes"] = peak_rss_bytes()  # the inversion + views, before meshing
-    if cuda:
-        result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    result["peak_rss_stages_bytes"] = peak_rss_bytes()  # + the stage split (holds every intermediate)
     stages_sum = sum(stages[k]["median_s"] for k in PIPELINE_STAGES)
     result["stages_sum_s"] = stages_sum
 
@@ -310,7 +316,8 @@ def table(report: dict, batch: int) -> str:
     cfg = report["config"]
     head = (f"batch {batch}: seconds per photo (view rows: per frame; mesh: per mesh), median of {cfg['repeats']} "
             f"after {cfg['warmup']} warm-up; {report['env']['device_name']}, {report['env']['threads']} threads, "
-            f"preset {cfg['preset']}")
+            f"preset {cfg['preset']}"
+            + (f", allocator {cfg.get('allocator', 'default')}" if report["env"]["device"] == "cpu" else ""))
     rows = [head, f"{'stage':42s} {'fp32 s':>9s} {'fast s':>9s} {'ratio':>7s} {'official s':>10s}"]
     rows.append("-" * len(rows[-1]))
 
@@ -331,9 +338,10 @@ def table(report: dict, batch: int) -> str:
     for r in cfg["mesh"] if batch == cfg["batches"][0] else []:
         row(f"mesh {r}^3 (extract_mesh)", per_item(fp32, f"mesh_{r}"), per_item(fast, f"mesh_{r}"))
     gb = lambda run, k: run[k] / 1e9 if run and k in run else None  # noqa: E731
-    row("peak RSS, inversion + views (GB)", gb(fp32, "peak_rss_bytes"), gb(fast, "peak_rss_bytes"),
+    row("peak RSS, pipe() + views (GB)", gb(fp32, "peak_rss_bytes"), gb(fast, "peak_rss_bytes"),
         report["reference"]["peak_rss_gb"] if ref else None, digits=2)
-    row("peak RSS, incl. meshes (GB)", gb(fp32, "peak_rss_total_bytes"), gb(fast, "peak_rss_total_bytes"), digits=2)
+    row("peak RSS, + stage split (GB)", gb(fp32, "peak_rss_stages_bytes"), gb(fast, "peak_rss_stages_bytes"), digits=2)
+    row("peak RSS, + meshes (GB)", gb(fp32, "peak_rss_total_bytes"), gb(fast, "peak_rss_total_bytes"), digits=2)
     if report["env"]["device"].startswith("cuda"):
         row("CUDA max_memory_allocated (GB)", gb(fp32, "cuda_peak_bytes"), gb(fast, "cuda_peak_bytes"), digits=2)
     rows.append("ratio = fp32 / fast (above 1: the fast path is faster / smaller). "
@@ -397,6 +405,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--modes", nargs="+", default=["fp32", "fast"], choices=["fp32", "fast"])
     ap.add_argument("--precision", default="auto", help="fast path precision: auto|bf16|fp16|fp32")
     ap.add_argument("--compile", action="store_true", help="fast path with torch.compile")
+    ap.add_argument("--allocator", default="tuned", choices=["tuned", "default"],
+                    help="CPU: goae.fast.tune_cpu_allocator() in both modes as the app and CLI do (tuned), "
+                         "or glibc's defaults")
     ap.add_argument("--preset", default="full", choices=["full", "small"], help="small: tiny model, for tests only")
     ap.add_argument("--mesh", type=int, nargs="*", help="mesh resolutions (default 128 256; --quick: 128)")
     ap.add_argument("--preview-res", type=int, default=64, help="neural rendering resolution of the preview row")
@@ -454,7 +465,7 @@ def main(argv=None) -> int:
     out_path = args.out or ROOT / "benchmarks" / "results" / f"{machine}.json"
     config = {"preset": args.preset, "quick": args.quick, "repeats": args.repeats, "warmup": args.warmup,
               "batches": args.batch, "modes": args.modes, "mesh": args.mesh, "preview_res": args.preview_res,
-              "precision": args.precision, "compile": args.compile}
+              "precision": args.precision, "compile": args.compile, "allocator": args.allocator}
     report = {"schema": 1, "machine": machine, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
               "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
               "env": env, "config": config, "reference": REFERENCE, "runs": []}
@@ -468,6 +479,7 @@ def main(argv=None) -> int:
                 spec = {"mode": mode, "batch": batch, "preset": args.preset, "device": args.device,
                         "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
                         "precision": args.precision, "compile": args.compile, "preview_res": args.preview_res,
+                        "allocator": args.allocator,
                         "mesh": args.mesh if batch == args.batch[0] else [],
                         "image": str(image_path), "camera": str(camera_path)}
                 report["runs"].append(spawn(spec, tmp))

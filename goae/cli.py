@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from goae.fast import tune_cpu_allocator
 from goae.io import atomic_dir
 
 
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_root = Path(args.out)
     out_root.mkdir(parents=True, exist_ok=True)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu" and os.environ.get("GOAE_TUNE_ALLOCATOR", "1") != "0":
+        tune_cpu_allocator()  # keep render buffers mapped between calls: ~15% faster on a CPU
     try:
         pipe = load_pipeline(args.weights, seed=args.seed, device=device)
         if args.precision != "fp32":
@@ -185,8 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
     directions = {}
     if args.edit:
-        import os
-
         from goae.edit import DirectionError, load_directions
         folder = args.directions or os.environ.get("GOAE_DIRECTIONS")
         if not folder:

@@ -30,10 +30,13 @@ def render(renderer, planes, decoder, ray_origins, ray_directions, options=OPTIO
 @needs_kernel
 @pytest.mark.parametrize("features", [True, False])
 @pytest.mark.parametrize("box_warp", [1.0, 0.6])  # 0.6: many samples outside the box (zero border)
-def test_kernel_equals_pytorch_fast_path(features, box_warp):
+# (12 samples, 10^2 rays): scanline order, tiles straddle rays and the batch; (20, 20^2): 16 x 16 ray
+# blocks with partial blocks at the edges and a partial tile of 4 samples per ray.
+@pytest.mark.parametrize("samples,res", [(12, 10), (20, 20)])
+def test_kernel_equals_pytorch_fast_path(features, box_warp, samples, res):
     decoder = make_decoder()
-    planes, ray_origins, ray_directions = make_scene(2, res=10)  # 2 x 100 rays: tiles straddle the batch
-    options = dict(OPTIONS, box_warp=box_warp)
+    planes, ray_origins, ray_directions = make_scene(2, res=res)
+    options = dict(OPTIONS, box_warp=box_warp, depth_resolution=samples, depth_resolution_importance=samples)
     torch_path = render(ImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions, options,
                         features=features)
     fused = render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions, options, features=features)
