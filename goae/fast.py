@@ -100,7 +100,8 @@ def tune_cpu_allocator(enable: bool = True, keep_bytes: int = 1 << 30) -> bool:
     and unmaps it on free, so every call page-faults (and zeroes) hundreds of MB again: ~15% of
     a photo's CPU time on a 2-core machine (5.9 -> 5.1 s fp32, 3.45 -> 3.1 s bf16, frames 1.5 ->
     1.25 s). With `enable` the heap serves them (no mmap) and keeps up to `keep_bytes` free at
-    its top; peak RSS is unchanged (+~2%), but freed memory up to that much stays with the process.
+    its top; peak RSS grows a little (0-7% measured: heap fragmentation), and freed memory up to
+    `keep_bytes` stays with the process.
     Outputs are identical. `enable=False` restores glibc's defaults. The app and CLI call this at
     start; library users opt in. Returns False (and does nothing) where libc is not glibc.
     """

@@ -32,3 +32,34 @@ def test_full_size_pipeline_on_real_photos(examples_dir):
         torch.testing.assert_close(getattr(single, k)[0], getattr(batch, k)[1], atol=1e-3, rtol=1e-3, msg=k)
     view = pipe.render_view(batch, cams[:1])
     assert view["image"].shape == (2, 3, 512, 512)
+
+
+@pytest.mark.slow
+def test_full_size_fast_paths_against_fp32(examples_dir, monkeypatch):
+    """At the released sizes: the fused C++ render kernel and the PyTorch renderer give the same
+    inversion, and the bf16 fast path stays close to fp32 (the accuracy the README states)."""
+    folder = examples_dir / "goae" / "real_person"
+    labels = dict(json.loads((folder / "label.json").read_text())["labels"])
+    photo, cam = Image.open(folder / "1.jpg"), torch.tensor(labels["1.jpg"], dtype=torch.float32)
+    pipe = GOAEPipeline.from_random(seed=0)
+    ref = pipe(photo, cam)
+    monkeypatch.setenv("GOAE_NO_KERNELS", "1")  # the PyTorch fast renderer instead of the C++ kernel
+    plain = pipe(photo, cam)
+    monkeypatch.delenv("GOAE_NO_KERNELS")
+    for k in ("planes", "image", "image_depth"):
+        torch.testing.assert_close(getattr(plain, k), getattr(ref, k), atol=1e-4, rtol=0, msg=k)
+    assert torch.equal(plain.mask, ref.mask)
+
+    pipe.enable_fast_path("bf16")
+    try:
+        fast = pipe(photo, cam)
+        fast_view = pipe.render_view(fast, cam)["image"]
+    finally:
+        pipe.disable_fast_path()
+    ref_view = pipe.render_view(ref, cam)["image"]
+    for got, want in ((fast.image, ref.image), (fast_view, ref_view)):
+        assert got.dtype == torch.float32
+        err = (got - want).abs()
+        psnr = 10 * torch.log10(4 / err.square().mean()).item()  # images in [-1, 1]: peak-to-peak 2
+        assert psnr >= 30 and err.max() <= 0.25, (psnr, err.max().item())
+    assert not torch.equal(fast.image, ref.image)  # bf16 really ran
