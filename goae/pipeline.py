@@ -206,6 +206,17 @@ class GOAEPipeline(DiffusionPipeline):
 
     def _render(self, planes, ws, c, superresolution: bool = True,
                 neural_rendering_resolution: int | None = None, features: bool = True) -> dict[str, torch.Tensor]:
+        if planes.shape[0] > 1 and planes.device.type == "cpu":
+            # One image at a time on a CPU: the working set of a single render stays in cache (a batch of
+            # 8 makes 1 GB activations at 512^2: ~30% slower per photo, 4x the memory), and every image
+            # is bit-identical to rendering it alone. A GPU takes the batch in one go.
+            parts = [self._render_batch(planes[i:i + 1], ws[i:i + 1], c[i:i + 1], superresolution,
+                                        neural_rendering_resolution, features) for i in range(planes.shape[0])]
+            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return self._render_batch(planes, ws, c, superresolution, neural_rendering_resolution, features)
+
+    def _render_batch(self, planes, ws, c, superresolution: bool, neural_rendering_resolution: int | None,
+                      features: bool) -> dict[str, torch.Tensor]:
         kw = dict(deterministic=self.config.deterministic, neural_rendering_resolution=neural_rendering_resolution)
         if not features:
             return self.generator.render_planes(planes, ws, c, superresolution=False, features=False, **kw)

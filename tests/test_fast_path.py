@@ -94,6 +94,21 @@ def test_preview_resolution_shapes(pipe, ref):
     assert prev["image"].shape == full["image"].shape == (1, 3, 512, 512)
 
 
+def test_batched_views_equal_each_view_alone(pipe, ref):
+    """On a CPU render_view / pipe() render a batch one image at a time: bit-identical to each alone."""
+    cams = torch.cat([camera_label(0.3, 0.0), camera_label(-0.4, 0.1), camera_label(0.0, -0.2)])
+    batch = pipe.render_view(ref, cams)
+    for i in range(3):
+        alone = pipe.render_view(ref, cams[i])
+        for k in ("image", "image_raw", "image_depth", "feature_image", "weights_sum", "ray_directions"):
+            assert torch.equal(batch[k][i:i + 1], alone[k]), k
+    with torch.no_grad():
+        depth_only = pipe._render(ref.planes.expand(3, -1, -1, -1), ref.ws.expand(3, -1, -1), cams,
+                                  superresolution=False, features=False)
+    assert set(depth_only) == {"image_depth", "weights_sum", "ray_origins", "ray_directions"}
+    torch.testing.assert_close(depth_only["image_depth"], batch["image_depth"], atol=1e-5, rtol=0)
+
+
 def _sr_and_planes(g, ws, feats):
     """Backbone tri-planes and super-resolution of fixed low-res features (the two fp32 conv stacks)."""
     planes = g.backbone_from(ws, *g.backbone_to(ws))
