@@ -488,7 +488,7 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
     fast = os.environ.get("GOAE_FAST", "0").lower() in ("1", "true", "yes") if fast is None else fast
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" and os.environ.get("GOAE_TUNE_ALLOCATOR", "1") != "0":
-        tune_cpu_allocator()  # keep render buffers mapped between calls: ~15% faster on a CPU
+        tune_cpu_allocator()  # keep render buffers mapped between calls: 10-15% faster on a CPU
     ensure_landmarker()
     pipe, banner = load_model(weights, device)
     if fast:

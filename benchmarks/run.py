@@ -241,10 +241,11 @@ def worker(spec: dict) -> dict:
         x_rec, img_rec, planes_w = run("generator", generator, B)
         render_w = run("volume_rendering", lambda: pipe._render(planes_w, ws, c, superresolution=False), B)
 
-        def superresolution():
+        def superresolution():  # one image at a time on a CPU, as GOAEPipeline._render does
+            chunks = [slice(i, i + 1) for i in range(B)] if not cuda else [slice(0, B)]
             with autocast(pipe):
-                return gen.superresolution(render_w["image_raw"], render_w["feature_image"], ws,
-                                           noise_mode="none").float()
+                return torch.cat([gen.superresolution(render_w["image_raw"][s], render_w["feature_image"][s], ws[s],
+                                                      noise_mode="none").float() for s in chunks])
         image_w = run("superresolution", superresolution, B)
         parts = [stages[k]["samples_s"] for k in ("generator", "volume_rendering", "superresolution")]
         stages["first_render"] = stage_entry([sum(s) for s in zip(*parts)], B)

@@ -35,6 +35,7 @@ def check_all(pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], tol: tuple[fl
         diffs[name] = (mine.float() - ref.float()).abs().max().item()
         if not torch.allclose(mine.float(), ref.float(), atol=atol, rtol=rtol):
             bad.append(f"{name}: max abs diff {diffs[name]:.3g}")
+    print("max abs diffs:", {k: "%.2g" % v for k, v in diffs.items()})
     assert not bad, "beyond tolerance (atol %g, rtol %g): %s" % (atol, rtol, "; ".join(bad))
     return diffs
 

@@ -35,7 +35,7 @@ class CrossAttention(nn.Module):
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.1):
         super().__init__()
-        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)  # sequence-first, see forward
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -46,7 +46,12 @@ class CrossAttention(nn.Module):
 
     def forward(self, tgt: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """tgt (B, Nq, d) queries, memory (B, Nkv, d) keys/values -> (B, Nq, d)."""
-        attended = self.multihead_attn(tgt, memory, memory, need_weights=False)[0]
+        # Sequence-first contiguous copies rather than batch_first: batch_first transposes inside, and a
+        # bf16 linear on that strided view falls back to a broadcast bmm that copies the weight once per
+        # token (4 GB and seconds at batch 8, 4096 tokens). Same parameters, same numbers.
+        kv = memory.transpose(0, 1).contiguous()
+        attended = self.multihead_attn(tgt.transpose(0, 1).contiguous(), kv, kv, need_weights=False)[0]
+        attended = attended.transpose(0, 1)
         tgt = self.norm2(tgt + self.dropout2(attended))
         return tgt + self.dropout3(self.linear2(self.dropout(torch.relu(self.linear1(tgt)))))
 
