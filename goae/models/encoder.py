@@ -48,7 +48,7 @@ class CrossAttention(nn.Module):
         """tgt (B, Nq, d) queries, memory (B, Nkv, d) keys/values -> (B, Nq, d)."""
         # Sequence-first contiguous copies rather than batch_first: batch_first transposes inside, and a
         # bf16 linear on that strided view falls back to a broadcast bmm that copies the weight once per
-        # token (4 GB and seconds at batch 8, 4096 tokens). Same parameters, same numbers.
+        # token (4 GB and seconds at batch 8, 4096 tokens). Same parameters; same numbers to fp32 rounding.
         kv = memory.transpose(0, 1).contiguous()
         attended = self.multihead_attn(tgt.transpose(0, 1).contiguous(), kv, kv, need_weights=False)[0]
         attended = attended.transpose(0, 1)
