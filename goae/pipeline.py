@@ -207,9 +207,9 @@ class GOAEPipeline(DiffusionPipeline):
     def _render(self, planes, ws, c, superresolution: bool = True,
                 neural_rendering_resolution: int | None = None, features: bool = True) -> dict[str, torch.Tensor]:
         if planes.shape[0] > 1 and planes.device.type == "cpu":
-            # One image at a time on a CPU: the working set of a single render stays in cache (a batch of
-            # 8 makes 1 GB activations at 512^2: ~30% slower per photo, 4x the memory), and every image
-            # is bit-identical to rendering it alone. A GPU takes the batch in one go.
+            # One image at a time on a CPU: the working set of one render stays in cache (batch-8
+            # super-resolution activations are 1 GB each at 512^2, and ran ~35% slower per photo), and
+            # every image is bit-identical to rendering it alone. A GPU takes the batch in one go.
             parts = [self._render_batch(planes[i:i + 1], ws[i:i + 1], c[i:i + 1], superresolution,
                                         neural_rendering_resolution, features) for i in range(planes.shape[0])]
             return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -368,8 +368,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         if not features:
             return out
         feature_image = samples.permute(0, 2, 1).reshape(n, samples.shape[-1], res, res).contiguous()
-        out = {"image_raw": feature_image[:, :3], "image_depth": out["image_depth"], "feature_image": feature_image,
-               **{k: out[k] for k in ("weights_sum", "ray_origins", "ray_directions")}}
+        out.update(image_raw=feature_image[:, :3], feature_image=feature_image)
         if superresolution:
             sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none") if noise_mode is None else noise_mode
             check_noise_mode(sr_noise)

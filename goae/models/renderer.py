@@ -420,8 +420,7 @@ class ImportanceRenderer(nn.Module):
             coordinates = (ray_origins[:, r0:r0 + step].unsqueeze(-2)
                            + t.unsqueeze(-1) * ray_directions[:, r0:r0 + step].unsqueeze(-2))
             taps = sampler(coordinates.reshape(N, -1, 3))
-            sigma, rgb = (decoder.decode_plane_sum(taps, sampler.n_planes) if features
-                          else decoder.decode_plane_sum(taps, sampler.n_planes, features=False))
+            sigma, rgb = decoder.decode_plane_sum(taps, sampler.n_planes, features=features)
             sigma = sigma.reshape(N, -1, S)
             rgb = rgb.reshape(N, -1, S, rgb.shape[-1]) if features else None
             if not inference:  # autograd: collect and concatenate
