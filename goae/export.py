@@ -55,7 +55,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from goae.camera import DEFAULT_FOCAL, intrinsics_from_focal, look_at_pose, make_label
 from goae.io import atomic_path, atomic_write_bytes
-from goae.models.renderer import TriplaneField
+from goae.models.renderer import TriplaneField  # noqa: F401  (the type `_field` returns)
 
 __all__ = ["ExportError", "orbit_cameras", "view_grid_cameras", "iter_views", "render_views", "to_uint8",
            "write_video", "save_depth", "load_depth", "colorize_depth", "density_grid", "marching_cubes",
@@ -265,8 +265,7 @@ def density_grid(generator, planes: torch.Tensor, resolution: int = 128, bounds:
     """Raw sigma float32 [R,R,R] on the grid linspace(-bounds, bounds, R)^3, indexed [x, y, z]."""
     if resolution < 2:
         raise ExportError(f"resolution must be >= 2, got {resolution}")
-    box_warp = float(generator.rendering_kwargs["box_warp"])
-    bounds = box_warp / 2 if bounds is None else float(bounds)
+    bounds = generator.box_warp / 2 if bounds is None else float(bounds)
     field = _field(generator, planes)
     dev = field.planes.device
     axis = torch.linspace(-bounds, bounds, resolution, device=dev)
@@ -318,8 +317,7 @@ def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None
     removes the box-edge floaters and closes the surface. `ws` is accepted for symmetry with rendering;
     EG3D's decoder is not style-modulated, so the shape does not depend on it."""
     del ws
-    box_warp = float(generator.rendering_kwargs["box_warp"])
-    bounds = box_warp / 2 if bounds is None else float(bounds)
+    bounds = generator.box_warp / 2 if bounds is None else float(bounds)
     sigma = density_grid(generator, planes, resolution, bounds, chunk)
     pad = int(round(border * resolution))
     # "auto" looks only at the interior, which is what gets meshed.
@@ -356,8 +354,7 @@ def _planes5(planes: torch.Tensor) -> torch.Tensor:
 
 def _field(generator, planes: torch.Tensor) -> TriplaneField:
     """The decoded density/colour field of one tri-plane set (the renderer's fast sampling + decoder)."""
-    return TriplaneField(_planes5(planes), generator.decoder, generator.plane_axes.to(planes.device),
-                         float(generator.rendering_kwargs["box_warp"]))
+    return generator.field(_planes5(planes))
 
 
 def _check_mesh(v, f, colors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

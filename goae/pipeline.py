@@ -28,9 +28,9 @@ from PIL import Image
 
 from goae import fast as fastpath
 from goae.models.afa import AFA
-from goae.models.eg3d import EG3DGenerator
+from goae.models.eg3d import EG3DGenerator, RenderOutput
 from goae.models.encoder import GOAEncoder
-from goae.models.occlusion import occlusion_aware_mix, visibility_mask
+from goae.models.goae import GOAE
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray]
 
@@ -46,7 +46,9 @@ class GOAEOutput(BaseOutput):
     image_depth: [B,1,128,128] ray depth (distance along the ray from the camera, world units).
     camera:      [B,25] the EG3D camera label the photo was inverted with.
     mask:        [B,1,256,256] occlusion-aware mix weight of the refined features (1 = seen by the input camera).
-    features:    what `edit` needs to refine an edited code the way the paper does (rec features, AFA output).
+    edit_features: what `edit` needs to refine an edited code the way the paper does: the generator
+                 features at the AFA level (x_rec) and their AFA-aligned version (adain_rec).
+    intermediates: with `return_intermediates=True`, every boundary of the method (else None).
     """
 
     ws: torch.Tensor
@@ -56,7 +58,8 @@ class GOAEOutput(BaseOutput):
     image_depth: torch.Tensor
     camera: torch.Tensor
     mask: torch.Tensor
-    features: dict[str, torch.Tensor]
+    edit_features: dict[str, torch.Tensor]
+    intermediates: dict[str, torch.Tensor] | None = None
 
 
 def _to_uint8_batch(images: ImageInput) -> list[Image.Image]:
@@ -109,7 +112,7 @@ class GOAEPipeline(DiffusionPipeline):
             z = torch.randn(512, generator.z_dim, generator=g)
             c = camera_label(0.0, 0.0).expand(512, 25)
             w = generator.mapping(z, c)[:, 0]
-            generator.backbone.mapping.w_avg.copy_(w.mean(0))
+            generator.w_avg.copy_(w.mean(0))
         pipe = cls(generator=generator.eval(), encoder=encoder.eval(), afa=afa.eval(), **config)
         pipe.weights_label = f"random (seed {seed})"
         return pipe
@@ -179,7 +182,8 @@ class GOAEPipeline(DiffusionPipeline):
         to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         return to_t(u8_enc).to(self.device), to_t(u8_512).to(self.device)
 
-    def _camera(self, camera: Any, batch: int) -> torch.Tensor:
+    def camera_tensor(self, camera: Any, batch: int) -> torch.Tensor:
+        """EG3D camera label(s) ([25], [1,25] or [batch,25], array or tensor) -> [batch, 25] on the device."""
         c = torch.as_tensor(np.asarray(camera, dtype=np.float32)) if not isinstance(camera, torch.Tensor) else camera
         c = c.float().reshape(-1, 25).to(self.device)
         if c.shape[0] == 1 and batch > 1:
@@ -188,99 +192,44 @@ class GOAEPipeline(DiffusionPipeline):
             raise ValueError(f"{c.shape[0]} cameras given for {batch} images")
         return c
 
-    # ----------------------------------------------------------------------------- steps
+    @property
+    def method(self) -> GOAE:
+        """The GOAE forward (goae.models.goae) over this pipeline's components, at its precision."""
+        cfg = self.config
+        return GOAE(self.generator, self.encoder, self.afa, afa_resolution=cfg.afa_resolution,
+                    mask_blur_sigma=cfg.mask_blur_sigma, mask_threshold=cfg.mask_threshold,
+                    deterministic=cfg.deterministic, autocast=self._autocast)
+
+    # ----------------------------------------------------------------------------- inversion
     def encode(self, x_enc: torch.Tensor) -> torch.Tensor:
         """Encoder pass into the canonical latent space: W+ offsets from w_avg, plus w_avg."""
-        with self._autocast():
-            ws = self.encoder.canonical_ws(x_enc, self.generator.backbone.mapping.w_avg)
-        return ws.float()
-
-    def _backbone_to(self, ws, res):
-        with self._autocast():
-            x, img = self.generator.backbone_to(ws, res=res)
-        return x.float().contiguous(), img.float()  # x may be channels-last inside the generator
-
-    def _backbone_from(self, ws, x, img, res):
-        with self._autocast():
-            return self.generator.backbone_from(ws, x, img, res=res).float()
-
-    def _render(self, planes, ws, c, superresolution: bool = True,
-                neural_rendering_resolution: int | None = None, features: bool = True) -> dict[str, torch.Tensor]:
-        if planes.shape[0] > 1 and planes.device.type == "cpu":
-            # One image at a time on a CPU: the working set of one render stays in cache (batch-8
-            # super-resolution activations are 1 GB each at 512^2, and ran ~35% slower per photo), and
-            # every image is bit-identical to rendering it alone. A GPU takes the batch in one go.
-            parts = [self._render_batch(planes[i:i + 1], ws[i:i + 1], c[i:i + 1], superresolution,
-                                        neural_rendering_resolution, features) for i in range(planes.shape[0])]
-            return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        return self._render_batch(planes, ws, c, superresolution, neural_rendering_resolution, features)
-
-    def _render_batch(self, planes, ws, c, superresolution: bool, neural_rendering_resolution: int | None,
-                      features: bool) -> dict[str, torch.Tensor]:
-        kw = dict(deterministic=self.config.deterministic, neural_rendering_resolution=neural_rendering_resolution)
-        if not features:
-            return self.generator.render_planes(planes, ws, c, superresolution=False, features=False, **kw)
-        if self.fast_path is None or not superresolution:
-            return self.generator.render_planes(planes, ws, c, superresolution=superresolution, **kw)
-        # Fast path: volume rendering stays fp32, only the super-resolution runs under autocast.
-        out = self.generator.render_planes(planes, ws, c, superresolution=False, **kw)
-        sr_noise = self.generator.rendering_kwargs.get("superresolution_noise_mode", "none")
-        with self._autocast():
-            out["image"] = self.generator.superresolution(out["image_raw"], out["feature_image"], ws,
-                                                          noise_mode=sr_noise).float()
-        return out
-
-    def _refine_and_fuse(self, ws, ws_feat, x_feat, img_feat, c, planes_w):
-        """Refined (F) tri-planes from aligned features, visibility mask of their surface, mix with W.
-        Returns (mixed planes, mask dict, F planes)."""
-        res = self.config.afa_resolution
-        planes_f = self._backbone_from(ws_feat, x_feat, img_feat, res)
-        # Only the depth and rays of the F render are needed for the mask: a depth-only render
-        # (no colour features, no super-resolution) gives the same depth at a third of the cost.
-        render_f = self._render(planes_f, ws, c, features=False)
-        m = visibility_mask(render_f["ray_origins"], render_f["ray_directions"], render_f["image_depth"],
-                            blur_sigma=self.config.mask_blur_sigma, threshold=self.config.mask_threshold,
-                            box_warp=float(self.generator.rendering_kwargs["box_warp"]))
-        n = planes_w.shape[0]
-        mixed = occlusion_aware_mix(planes_w.view(n, 3, -1, *planes_w.shape[-2:]),
-                                    planes_f.view(n, 3, -1, *planes_f.shape[-2:]), m["mask"])
-        return mixed.reshape(planes_w.shape), m, planes_f
+        return self.method.encode(x_enc)[0]
 
     @torch.no_grad()
     def __call__(self, image: ImageInput, camera: Any, return_intermediates: bool = False) -> GOAEOutput:
         """Invert aligned 512x512 portrait(s) taken with EG3D camera label(s) `camera` ([B,25] or [25]).
 
-        With `return_intermediates`, `features` also holds every boundary of the method (W tri-planes
+        With `return_intermediates`, `intermediates` holds every boundary of the method (W tri-planes
         and render, AFA output, F tri-planes, the mask stages) for inspection and parity tests.
         """
         x_enc, x_512 = self.preprocess(image)
-        c = self._camera(camera, x_enc.shape[0])
-        res = self.config.afa_resolution
-        ws = self.encode(x_enc)
-        x_rec, img_rec = self._backbone_to(ws, res)
-        planes_w = self._backbone_from(ws, x_rec, img_rec, res)
-        render_w = self._render(planes_w, ws, c)
-        if not return_intermediates:  # free the big render intermediates before the next stages
-            render_w = {"image": render_w["image"]}
-        with self._autocast():
-            afa = {k: v.float() for k, v in self.afa(x_512, render_w["image"], x_rec).items()}
-        planes, mask, planes_f = self._refine_and_fuse(ws, ws, afa["feature_map_adain"], img_rec, c, planes_w)
-        if not return_intermediates:
-            del planes_w, planes_f
-        final = self._render(planes, ws, c)
-        feats = {"x_rec": x_rec, "adain_rec": afa["feature_map_adain"]}
+        c = self.camera_tensor(camera, x_enc.shape[0])
+        fwd = self.method(x_512, x_enc, c, intermediates=return_intermediates)
+        inter = None
         if return_intermediates:
-            feats.update({"x_enc": x_enc, "img_rec": img_rec, "planes_w": planes_w, "planes_f": planes_f,
-                          "gamma": afa["gamma"], "beta": afa["beta"], "afa_features": afa["features"],
-                          **{f"render_w.{k}": v for k, v in render_w.items()},
-                          **{f"mask.{k}": v for k, v in mask.items()}})
-        return GOAEOutput(ws=ws, planes=planes, image=final["image"], image_raw=final["image_raw"],
-                          image_depth=final["image_depth"], camera=c, mask=mask["mask"], features=feats)
+            inter = {"x_enc": x_enc, "img_rec": fwd.img_rec, "planes_w": fwd.planes_w, "planes_f": fwd.planes_f,
+                     "gamma": fwd.afa["gamma"], "beta": fwd.afa["beta"], "afa_features": fwd.afa["features"],
+                     **{f"render_w.{k}": v for k, v in fwd.render_w.items()},
+                     **{f"mask.{k}": v for k, v in fwd.mask.items()}}
+        return GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
+                          image_depth=fwd.final.image_depth, camera=c, mask=fwd.mask["mask"],
+                          edit_features={"x_rec": fwd.x_rec, "adain_rec": fwd.afa["feature_map_adain"]},
+                          intermediates=inter)
 
     @torch.no_grad()
     def render_view(self, result: GOAEOutput, camera: Any, ws: torch.Tensor | None = None,
                     planes: torch.Tensor | None = None, superresolution: bool = True,
-                    neural_rendering_resolution: int | None = None) -> dict[str, torch.Tensor]:
+                    neural_rendering_resolution: int | None = None) -> RenderOutput:
         """Render cached tri-planes at other camera(s) without re-encoding.
 
         `camera` is [25] / [B,25] (one per inversion) or [V,25] with a single inversion (V views of it).
@@ -296,8 +245,8 @@ class GOAEPipeline(DiffusionPipeline):
             ws = ws.expand(c.shape[0], *ws.shape[1:])
         elif c.shape[0] == 1 and planes.shape[0] > 1:
             c = c.expand(planes.shape[0], 25)
-        return self._render(planes, ws, c, superresolution=superresolution,
-                            neural_rendering_resolution=neural_rendering_resolution)
+        return self.method.render(planes, ws, c, superresolution=superresolution,
+                                  neural_rendering_resolution=neural_rendering_resolution)
 
     @torch.no_grad()
     def edit(self, result: GOAEOutput, offset: torch.Tensor) -> GOAEOutput:
@@ -306,18 +255,12 @@ class GOAEPipeline(DiffusionPipeline):
         The AFA features of the original inversion are kept and shifted by the change the edit makes
         to the generator features; the occlusion-aware mix then uses the edited W tri-planes.
         """
-        res = self.config.afa_resolution
-        offset = offset.to(result.ws.device, result.ws.dtype)
-        edit_ws = result.ws + (offset if offset.ndim == 3 else offset[None])
-        c = result.camera
-        x_edit, img_edit = self._backbone_to(edit_ws, res)
-        planes_w_edit = self._backbone_from(edit_ws, x_edit, img_edit, res)
-        f_edit = result.features["adain_rec"] + (x_edit - result.features["x_rec"])
-        # As in the official code, the refined planes are synthesised with the un-edited codes.
-        planes, mask, _ = self._refine_and_fuse(edit_ws, result.ws, f_edit, img_edit, c, planes_w_edit)
-        final = self._render(planes, edit_ws, c)
-        return GOAEOutput(ws=edit_ws, planes=planes, image=final["image"], image_raw=final["image_raw"],
-                          image_depth=final["image_depth"], camera=c, mask=mask["mask"], features=result.features)
+        f = result.edit_features
+        fwd = self.method.edit(result.ws, offset.to(result.ws.device, result.ws.dtype), result.camera,
+                               f["x_rec"], f["adain_rec"])
+        return GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
+                          image_depth=fwd.final.image_depth, camera=result.camera, mask=fwd.mask["mask"],
+                          edit_features=f)
 
 
 def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch.device = "cpu") -> GOAEPipeline:

@@ -39,12 +39,12 @@ def pipe_and_result(generator):
     # render_view only needs the generator; the encoder/AFA slots stay empty.
     pipe = GOAEPipeline(generator=generator, encoder=None, afa=None)
     with torch.no_grad():
-        ws = generator.backbone.mapping.w_avg.expand(1, generator.num_ws, -1).clone()
+        ws = generator.mean_ws().clone()
         ws = ws + 0.3 * torch.randn(ws.shape, generator=torch.Generator().manual_seed(0))
         planes = generator.synthesize_planes(ws)
     cam = orbit_cameras(1)
     result = GOAEOutput(ws=ws, planes=planes, image=None, image_raw=None, image_depth=None, camera=cam,
-                        mask=None, features={})
+                        mask=None, edit_features={})
     return pipe, result
 
 
@@ -148,7 +148,7 @@ def test_render_views_to_video(pipe_and_result, tmp_path):
     with pytest.raises(ExportError, match="one inversion"):
         render_views(pipe, GOAEOutput(ws=result.ws.expand(2, -1, -1), planes=result.planes.expand(2, -1, -1, -1),
                                       image=None, image_raw=None, image_depth=None, camera=cams[:2], mask=None,
-                                      features={}), cams)
+                                      edit_features={}), cams)
 
 
 # ----------------------------------------------------------------------------------------- depth
@@ -220,7 +220,7 @@ def test_density_grid_index_order(generator, pipe_and_result):
     axis = torch.linspace(-b, b, n)
     idx = [(0, 4, 8), (8, 0, 3), (2, 7, 5), (6, 6, 1)]
     pts = torch.stack([torch.stack([axis[i], axis[j], axis[k]]) for i, j, k in idx])[None]
-    feats = sample_from_planes(generator.plane_axes, result.planes.view(1, 3, 32, 256, 256), pts, 1.0)
+    feats = sample_from_planes(generator.renderer.plane_axes, result.planes.view(1, 3, 32, 256, 256), pts, 1.0)
     with torch.no_grad():
         ref = generator.decoder(feats, torch.zeros_like(pts))["sigma"][0, :, 0]
     torch.testing.assert_close(torch.tensor([sigma[i] for i in idx]), ref, atol=1e-5, rtol=1e-5)
@@ -239,7 +239,7 @@ def test_extract_mesh_tiny_generator(generator, pipe_and_result, tmp_path):
     # Colours are the decoder's first three feature channels at the vertices.
     pts = torch.from_numpy(v[:50])[None]
     with torch.no_grad():
-        rgb = generator.decoder(sample_from_planes(generator.plane_axes, result.planes.view(1, 3, 32, 256, 256),
+        rgb = generator.decoder(sample_from_planes(generator.renderer.plane_axes, result.planes.view(1, 3, 32, 256, 256),
                                                    pts, 1.0), torch.zeros_like(pts))["rgb"][0, :, :3]
     assert np.abs((rgb.clamp(0, 1) * 255).numpy() - c[:50]).max() <= 0.5 + 1e-3
     save_ply(tmp_path / "m.ply", v, f, c)

@@ -65,7 +65,7 @@ def test_bf16_close_to_fp32_and_float32_outputs(pipe, photo, ref):
         pipe.disable_fast_path()
     for k in FIELDS:
         assert getattr(out, k).dtype == torch.float32, k
-    assert all(v.dtype == torch.float32 for v in out.features.values())
+    assert all(v.dtype == torch.float32 for v in out.edit_features.values())
     assert all(v.dtype == torch.float32 for v in view.values())
     assert edited.image.dtype == torch.float32 and edited.planes.dtype == torch.float32
     assert (out.ws - ref.ws).abs().max() <= 0.1
@@ -103,15 +103,15 @@ def test_batched_views_equal_each_view_alone(pipe, ref):
         for k in ("image", "image_raw", "image_depth", "feature_image", "weights_sum", "ray_directions"):
             assert torch.equal(batch[k][i:i + 1], alone[k]), k
     with torch.no_grad():
-        depth_only = pipe._render(ref.planes.expand(3, -1, -1, -1), ref.ws.expand(3, -1, -1), cams,
-                                  superresolution=False, features=False)
-    assert set(depth_only) == {"image_depth", "weights_sum", "ray_origins", "ray_directions"}
+        depth_only = pipe.method.render(ref.planes.expand(3, -1, -1, -1), ref.ws.expand(3, -1, -1), cams,
+                                        superresolution=False, features=False)
+    assert set(depth_only.keys()) == {"image_depth", "weights_sum", "ray_origins", "ray_directions"}
     torch.testing.assert_close(depth_only["image_depth"], batch["image_depth"], atol=1e-5, rtol=0)
 
 
 def _sr_and_planes(g, ws, feats):
     """Backbone tri-planes and super-resolution of fixed low-res features (the two fp32 conv stacks)."""
-    planes = g.backbone_from(ws, *g.backbone_to(ws))
+    planes = g.synthesize_from(ws, *g.synthesize_until(ws))
     image = g.superresolution(feats[:, :3], feats, ws, noise_mode="none")
     return planes, image
 

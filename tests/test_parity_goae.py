@@ -301,12 +301,12 @@ def _sub(t: torch.Tensor, n: int) -> torch.Tensor:
 def test_pipeline_preprocess_matches_official(pipe_run, inputs):
     # PIL bicubic resize of the decoded 512 photo, /127.5 - 1: bit-exact with the official inputs
     _, out = pipe_run
-    assert torch.equal(out.features["x_enc"], inputs["x_enc"])
+    assert torch.equal(out.intermediates["x_enc"], inputs["x_enc"])
 
 
 def test_pipeline_matches_goldens(pipe_run, gdir, inputs):
     pipe, out = pipe_run
-    f = out.features
+    f = {**out.intermediates, **out.edit_features}
     G = pipe.generator
     n = out.ws.shape[0]
     planes = lambda p: p.view(n, 3, -1, *p.shape[-2:])
@@ -362,7 +362,7 @@ def test_pipeline_edit_matches_golden(pipe_run, gdir):
     golden = load_file(gdir / "tiny_golden_edit.safetensors")
     one = type(out)(ws=out.ws[:1], planes=out.planes[:1], image=out.image[:1], image_raw=out.image_raw[:1],
                     image_depth=out.image_depth[:1], camera=out.camera[:1], mask=out.mask[:1],
-                    features={k: v[:1] for k, v in out.features.items() if k in ("x_rec", "adain_rec")})
+                    edit_features={k: v[:1] for k, v in out.edit_features.items()})
     edited = pipe.edit(one, golden["edit.direction"])
     planes_w_edit = pipe.generator.synthesize_planes(edited.ws)
     render_w_edit = pipe.generator.render_planes(planes_w_edit, edited.ws, one.camera, deterministic=True)
@@ -397,6 +397,6 @@ def test_pipeline_save_load_roundtrip(pipe_run, tmp_path, inputs):
     assert {p.name for p in (tmp_path / "pipe").iterdir()} >= {"model_index.json", "generator", "encoder", "afa"}
     again = GOAEPipeline.from_pretrained(str(tmp_path / "pipe"), low_cpu_mem_usage=False)
     assert again.config.mask_blur_sigma == pipe.config.mask_blur_sigma
-    x = pipe(out.features["x_enc"].new_zeros(1, 3, 512, 512), inputs["cam_input"][:1])
-    y = again(out.features["x_enc"].new_zeros(1, 3, 512, 512), inputs["cam_input"][:1])
+    x = pipe(out.intermediates["x_enc"].new_zeros(1, 3, 512, 512), inputs["cam_input"][:1])
+    y = again(out.intermediates["x_enc"].new_zeros(1, 3, 512, 512), inputs["cam_input"][:1])
     assert torch.equal(x.image, y.image) and torch.equal(x.planes, y.planes)

@@ -11,7 +11,9 @@ from goae.models.renderer import (
     project_onto_planes, sample_from_planes, sample_importance, sample_pdf, sample_stratified, unify_samples,
 )
 
-TOL = 1e-5  # README §8: submodule goldens, max abs
+import tolerances as T
+
+TOL = T.SUBMODULE  # README §8: submodule goldens on fixed inputs, max abs
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 OPTIONS = dict(ray_start=2.25, ray_end=3.3, box_warp=1.0, depth_resolution=12, depth_resolution_importance=12,
                clamp_mode="softplus", disparity_space_sampling=False)
@@ -118,7 +120,10 @@ def test_render_chain_matches_tiny_generator_intermediates(parity_dir):
     diffs["weights_final"] = (weights_final - g[p + "weights_final"]).abs().max()
     diffs["depth_samples"] = (depth - g[p + "depth_samples"]).abs().max()
     diffs["weights_sum"] = (weights_final.sum(2) - g[p + "weights_sum"]).abs().max()
-    bad = {k: v.item() for k, v in diffs.items() if not v <= TOL}
+    # These goldens are the chain of the whole tiny generator, so they carry the official code's own
+    # cross-CPU spread (README §8): renderer intermediates 5e-4, depths 2e-3.
+    bounds = {k: T.DEPTH_MAX if "depth" in k and k != "depths_coarse" else T.RENDER for k in diffs}
+    bad = {k: v.item() for k, v in diffs.items() if not v <= bounds[k]}
     assert not bad, bad
 
 

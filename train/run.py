@@ -110,8 +110,8 @@ def build_models(cfg: dict, device) -> tuple:
     G = G.to(device).eval().requires_grad_(False)
     res = m["afa_resolution"]
     with torch.no_grad():  # width of the generator block AFA modulates
-        x_feat, _ = G.backbone_to(G.backbone.mapping.w_avg.reshape(1, 1, -1).expand(1, G.num_ws, -1), res=res)
-    afa_kw.update(feature_resolution=res, feature_channels=int(x_feat.shape[1]), **m["afa"])
+        channels = G.feature_channels(res)
+    afa_kw.update(feature_resolution=res, feature_channels=channels, **m["afa"])
     enc_kw.update(w_dim=G.w_dim, num_ws=G.num_ws, **m["encoder"])
     torch.manual_seed(cfg["seed"] + 1)
     encoder, afa = GOAEncoder(**enc_kw), AFA(**afa_kw)
@@ -161,7 +161,7 @@ class Trainer:
         self.dataset.resolution = self.G.img_resolution
         self.lpips, self.id_loss = build_losses(cfg, stage, dev)
         kw = dict(afa_resolution=cfg["model"]["afa_resolution"], neural_rendering_resolution=t["neural_rendering_resolution"],
-                  render=t["render"])
+                  render=t["render"], mask_threshold=cfg["model"]["mask_threshold"], autocast=self._autocast)
         if stage == "encoder":
             from train.discriminator import LatentCodesDiscriminator
 
@@ -170,7 +170,7 @@ class Trainer:
             self.disc = LatentCodesDiscriminator(self.G.w_dim, self.scfg["d_layers"]).to(dev)
             self.d_opt = make_optimizer("adam", self.disc.parameters(), self.scfg["d_lr"])
             with torch.no_grad():  # mean face: reference depth of the background regulariser
-                w_avg = self.G.backbone.mapping.w_avg.reshape(1, 1, -1).expand(1, self.G.num_ws, -1)
+                w_avg = self.G.mean_ws()
                 self.planes_avg, self.ws_avg = self.G.synthesize_planes(w_avg), w_avg
         else:
             if not cfg["model"]["init"]:
@@ -178,7 +178,7 @@ class Trainer:
                                   "stage's final/ folder, or use --stage all")
             self.encoder.eval().requires_grad_(False)
             self.module = AFAStage(self.afa, self.encoder, self.G, afa_image_resolution=t["afa_image_resolution"],
-                                   mask_threshold=cfg["model"]["mask_threshold"], **kw).to(dev)
+                                   **kw).to(dev)
             self.disc = None
         self.trained = self.encoder if stage == "encoder" else self.afa
         self.opt = make_optimizer(self.scfg["optimizer"], self.trained.parameters(), self.scfg["lr"])
@@ -304,12 +304,12 @@ class Trainer:
         x = batch["x"] if syn is None else torch.cat([batch["x"], syn["x"]])
         x_enc = batch["x_enc"] if syn is None else torch.cat([batch["x_enc"], syn["x_enc"]])
         c = batch["c"] if syn is None else torch.cat([batch["c"], syn["c"]])
-        with self._autocast():
-            if self.stage == "encoder":
-                stage = progressive_stage(self.step, s["progressive_start"], s["progressive_every"])
-                out = self.ddp(x_enc, c, stage)
-            else:
-                out = self.ddp(x, x_enc, c, blur)
+        # The stage runs its network passes under self._autocast and renders in fp32 (goae.models.goae).
+        if self.stage == "encoder":
+            stage = progressive_stage(self.step, s["progressive_start"], s["progressive_every"])
+            out = self.ddp(x_enc, c, stage)
+        else:
+            out = self.ddp(x, x_enc, c, blur)
         rec = self._recon_losses(out["rgb"], x)
         total = s["lambda_l2"] * rec["l2"].mean() + s["lambda_lpips"] * rec["lpips"].mean() + s["lambda_id"] * rec["id"].mean()
         parts = {"l2": rec["l2"][:n_real].mean().item(), "lpips": rec["lpips"][:n_real].mean().item(),
@@ -387,7 +387,7 @@ class Trainer:
         pipe = self.pipeline()
         out = pipe(batch["x"], batch["c"], return_intermediates=True)
         novel = pipe.render_view(out, camera_label(torch.full((len(idx),), 0.5), torch.zeros(len(idx)), device=self.device))
-        tiles = [batch["x"], out.features["render_w.image"], out.image, novel["image"]]
+        tiles = [batch["x"], out.intermediates["render_w.image"], out.image, novel["image"]]
         grid = torch.cat([torch.cat([resize(t_[i:i + 1], 128) for t_ in tiles], dim=3) for i in range(len(idx))], dim=2)
         arr = ((grid[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         with atomic_path(path) as tmp:

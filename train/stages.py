@@ -1,29 +1,22 @@
-"""The two training forwards of GOAE, composed from the pipeline's parts exactly as
-`GOAEPipeline.__call__` composes them (which itself runs under no_grad), but with autograd.
+"""The two training stages of GOAE, each an nn.Module whose only trainable child is the module it trains
+(so DistributedDataParallel wraps exactly that), running the one GOAE forward (`goae.models.goae.GOAE`)
+with autograd:
 
-    encoder stage: x_enc -> encoder -> ws = offset + w_avg -> backbone_to/backbone_from -> W render
-    afa stage:     (frozen encoder, W render) -> AFA -> F tri-planes -> visibility mask -> mix -> render
+    encoder stage: encode into the canonical latent space -> synthesize -> render (W reconstruction)
+    afa stage:     the whole forward (encode -> synthesize -> render -> refine -> fuse -> render), encoder frozen
 
-Each stage is an nn.Module whose only trainable child is the module being trained, so that
-DistributedDataParallel wraps exactly that; the frozen generator is held outside the module tree.
+The frozen generator (and the frozen encoder of the afa stage) are held outside the module tree.
 """
 from __future__ import annotations
+
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from goae.models.encoder import STAGES
-from goae.models.occlusion import occlusion_aware_mix, visibility_mask
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Area-average down (or bilinear up) to size x size; identity when already there."""
-    if x.shape[-1] == size:
-        return x
-    if x.shape[-1] > size:
-        return F.interpolate(x, size=(size, size), mode="area")
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+from goae.models.goae import GOAE, resize  # noqa: F401  (resize: used by the trainer's sample grids)
 
 
 def progressive_stage(step: int, start: int, every: int) -> str:
@@ -35,66 +28,50 @@ def progressive_stage(step: int, start: int, every: int) -> str:
 
 
 class _Stage(nn.Module):
-    def __init__(self, generator, afa_resolution: int, neural_rendering_resolution: int | None,
-                 render: str, deterministic: bool = True):
+    def __init__(self, generator, encoder, afa, afa_resolution: int, neural_rendering_resolution: int | None,
+                 render: str, mask_threshold: float = 0.35, deterministic: bool = True,
+                 autocast: Callable[[], ContextManager] | None = None):
         super().__init__()
-        object.__setattr__(self, "G", generator)  # frozen and shared: not a child (DDP, state_dict)
-        self.res, self.nrr, self.sr, self.deterministic = afa_resolution, neural_rendering_resolution, render == "sr", deterministic
+        self.sr = render == "sr"
+        # Not a child: the GOAE forward holds the frozen parts (DDP, state_dict see only the trained one).
+        object.__setattr__(self, "method", GOAE(generator, encoder, afa, afa_resolution=afa_resolution,
+                                                mask_threshold=mask_threshold, deterministic=deterministic,
+                                                neural_rendering_resolution=neural_rendering_resolution,
+                                                autocast=autocast))
 
-    def render(self, planes, ws, c, superresolution: bool | None = None) -> dict[str, torch.Tensor]:
-        sr = self.sr if superresolution is None else superresolution
-        out = self.G.render_planes(planes, ws, c, neural_rendering_resolution=self.nrr,
-                                   deterministic=self.deterministic, superresolution=sr)
-        out["rgb"] = out["image"] if sr else out["image_raw"]  # what the losses compare
-        return out
+    def rgb(self, render) -> torch.Tensor:
+        """What the losses compare: the super-resolved image, or the neural rendering."""
+        return render.image if self.sr else render.image_raw
 
 
 class EncoderStage(_Stage):
-    """forward(x_enc, c, stage) -> dict(ws, delta, render_w...)."""
+    """forward(x_enc, c, stage) -> dict(ws, delta, rgb, image_depth) of the W reconstruction."""
 
-    def __init__(self, encoder, generator, **kw):
-        super().__init__(generator, **kw)
+    def __init__(self, encoder, generator, afa=None, **kw):
+        super().__init__(generator, encoder, afa, **kw)
         self.encoder = encoder
 
     def forward(self, x_enc: torch.Tensor, c: torch.Tensor, stage: str = "fine") -> dict[str, torch.Tensor]:
-        ws_offset, ws_base = self.encoder(x_enc, stage=stage)
-        ws = ws_offset + self.G.backbone.mapping.w_avg.reshape(1, 1, -1).to(ws_offset)  # encoder.canonical_ws
-        x_rec, img_rec = self.G.backbone_to(ws, res=self.res)
-        planes_w = self.G.backbone_from(ws, x_rec, img_rec, res=self.res)
-        out = self.render(planes_w, ws, c)
-        out.update(ws=ws, delta=ws_offset - ws_base)
-        return out
+        m = self.method
+        ws, delta = m.encode(x_enc, stage)
+        _, _, planes_w = m.synthesize(ws)
+        out = m.render(planes_w, ws, c, superresolution=self.sr)
+        return {"ws": ws, "delta": delta, "rgb": self.rgb(out), "image_depth": out.image_depth}
 
 
 class AFAStage(_Stage):
-    """forward(x, x_enc, c, blur_sigma) -> dict(final render, W render, mask); encoder frozen."""
+    """forward(x, x_enc, c, blur_sigma) -> dict(ws, rgb (final), rgb_w (W render), mask); encoder frozen."""
 
-    def __init__(self, afa, encoder, generator, afa_image_resolution: int, mask_threshold: float, **kw):
-        super().__init__(generator, **kw)
+    def __init__(self, afa, encoder, generator, afa_image_resolution: int, **kw):
+        super().__init__(generator, encoder, afa, **kw)
         self.afa = afa
-        object.__setattr__(self, "encoder", encoder)
-        self.afa_image_resolution, self.mask_threshold = afa_image_resolution, mask_threshold
+        self.afa_image_resolution = afa_image_resolution
 
     def forward(self, x: torch.Tensor, x_enc: torch.Tensor, c: torch.Tensor, blur_sigma: float) -> dict[str, torch.Tensor]:
-        with torch.no_grad():  # everything before AFA is frozen (GOAEPipeline.__call__ up to self.afa)
-            ws = self.encoder.canonical_ws(x_enc, self.G.backbone.mapping.w_avg)
-            x_rec, img_rec = self.G.backbone_to(ws, res=self.res)
-            planes_w = self.G.backbone_from(ws, x_rec, img_rec, res=self.res)
-            render_w = self.render(planes_w, ws, c)
-        r = self.afa_image_resolution
-        afa = self.afa(resize(x, r), resize(render_w["rgb"], r), x_rec)
-        # GOAEPipeline._refine_and_fuse, with the training-time random blur sigma of the official code.
-        planes_f = self.G.backbone_from(ws, afa["feature_map_adain"], img_rec, res=self.res)
-        render_f = self.render(planes_f, ws, c, superresolution=False)
-        m = visibility_mask(render_f["ray_origins"], render_f["ray_directions"], render_f["image_depth"],
-                            blur_sigma=blur_sigma, threshold=self.mask_threshold,
-                            box_warp=float(self.G.rendering_kwargs["box_warp"]))
-        n = planes_w.shape[0]
-        mixed = occlusion_aware_mix(planes_w.view(n, 3, -1, *planes_w.shape[-2:]),
-                                    planes_f.view(n, 3, -1, *planes_f.shape[-2:]), m["mask"]).reshape(planes_w.shape)
-        out = self.render(mixed, ws, c)
-        out.update(ws=ws, rgb_w=render_w["rgb"], mask=m["mask"])
-        return out
+        fwd = self.method(x, x_enc, c, superresolution=self.sr, afa_image_resolution=self.afa_image_resolution,
+                          blur_sigma=blur_sigma)
+        return {"ws": fwd.ws, "rgb": self.rgb(fwd.final), "rgb_w": self.rgb(fwd.render_w), "mask": fwd.mask["mask"],
+                "image_depth": fwd.final.image_depth}
 
 
 def background_depth_loss(depth: torch.Tensor, depth_ref: torch.Tensor, margin: float = 0.0) -> torch.Tensor:

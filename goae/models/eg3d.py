@@ -4,21 +4,24 @@
     --rays + ImportanceRenderer + OSGDecoder--> feature image [N,32,r,r] (first 3 = image_raw)
     --super-resolution (ws[:, -1])--> image [N,3,R,R]
 
-The backbone can be run in two halves split at a block resolution (`backbone_to` / `backbone_from`),
-which GOAE uses to refine the 32x32 features; `render_planes` renders given (cached) tri-planes.
+The tri-plane synthesis can be run in two halves split at a feature level (`synthesize_until` /
+`synthesize_from`), which GOAE uses to refine the 32x32 features; `render_planes` renders given (cached)
+tri-planes into a `RenderOutput`; `field` queries density and colour at points (meshes).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from .ops import FullyConnectedLayer, setup_filter
-from .renderer import ImportanceRenderer, RaySampler
+from .renderer import ImportanceRenderer, RaySampler, TriplaneField
 from .stylegan2 import Generator, SynthesisBlock, check_noise_mode
 
 PLANE_CHANNELS = 32  # channels per plane; the backbone outputs 3 * 32
@@ -27,6 +30,27 @@ PLANE_RESOLUTION = 256
 
 class EG3DConfigError(ValueError):
     """The generator configuration is not one goae can build."""
+
+
+@dataclass
+class RenderOutput(BaseOutput):
+    """One volume render (+ super-resolution) of tri-planes; batched along dim 0. Attribute or key access.
+
+    image_depth:    [N,1,r,r] ray depth (distance along the ray, world units).
+    weights_sum:    [N,1,r,r] accumulated opacity.
+    ray_origins / ray_directions: [N,r*r,3] the rays of the render.
+    image_raw:      [N,3,r,r] neural-rendering RGB (None for a depth-only render).
+    feature_image:  [N,32,r,r] rendered features, first 3 = image_raw (None for a depth-only render).
+    image:          [N,3,R,R] super-resolved image (None without super-resolution).
+    """
+
+    image_depth: torch.Tensor
+    weights_sum: torch.Tensor
+    ray_origins: torch.Tensor
+    ray_directions: torch.Tensor
+    image_raw: torch.Tensor | None = None
+    feature_image: torch.Tensor | None = None
+    image: torch.Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,8 +305,34 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         return self.backbone.num_ws
 
     @property
-    def plane_axes(self) -> torch.Tensor:
-        return self.renderer.plane_axes
+    def w_avg(self) -> torch.Tensor:
+        """[w_dim] the tracked mean of the mapping output: the origin of the canonical latent space."""
+        return self.backbone.mapping.w_avg
+
+    @property
+    def box_warp(self) -> float:
+        """Side of the cube [-box_warp/2, box_warp/2]^3 that the tri-planes span (world units)."""
+        return float(self.rendering_kwargs["box_warp"])
+
+    @property
+    def ray_range(self) -> tuple[float, float]:
+        """(ray_start, ray_end): every depth a render returns lies in this range (world units)."""
+        return float(self.rendering_kwargs["ray_start"]), float(self.rendering_kwargs["ray_end"])
+
+    def mean_ws(self, batch: int = 1) -> torch.Tensor:
+        """w_avg broadcast to a W+ code [batch, num_ws, w_dim]: the mean face."""
+        return self.w_avg.reshape(1, 1, -1).expand(batch, self.num_ws, -1)
+
+    def feature_channels(self, res: int) -> int:
+        """Channels of the synthesis features at level `res` (what AFA modulates there)."""
+        block = getattr(self.backbone.synthesis, f"b{self._split(res)[0][-1]}")
+        return int(block.conv1.out_channels)
+
+    def field(self, planes: torch.Tensor) -> TriplaneField:
+        """Density and colour of tri-planes [N,96,H,W] (or [N,3,32,H,W]) at arbitrary points: field(xyz [N,M,3])
+        -> (raw density [N,M], features [N,M,32]). For meshes and density queries; build once per planes."""
+        planes = planes.view(planes.shape[0], 3, PLANE_CHANNELS, *planes.shape[-2:]) if planes.ndim == 4 else planes
+        return TriplaneField(planes, self.decoder, self.renderer.plane_axes.to(planes.device), self.box_warp)
 
     # -- mapping ---------------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1,
@@ -301,15 +351,17 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         i = resolutions.index(res) + 1
         return resolutions[:i], resolutions[i:]
 
-    def backbone_to(self, ws: torch.Tensor, res: int = 32, noise_mode: str = "const") -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks b4..b{res}: (features x [N, C_res, res, res], skip image img [N, 96, res, res])."""
+    def synthesize_until(self, ws: torch.Tensor, res: int = 32, noise_mode: str = "const") -> tuple[torch.Tensor, torch.Tensor]:
+        """Tri-plane synthesis up to feature level `res` (blocks b4..b{res}):
+        (features x [N, C_res, res, res], skip image img [N, 96, res, res])."""
         check_noise_mode(noise_mode)
         first, _ = self._split(res)
         return self.backbone.synthesis.run_blocks(ws, None, None, first, noise_mode=noise_mode)
 
-    def backbone_from(self, ws: torch.Tensor, x: torch.Tensor, img: torch.Tensor, res: int = 32,
-                      noise_mode: str = "const") -> torch.Tensor:
-        """Blocks after b{res}, from (x, img) of `backbone_to` -> planes [N, 96, 256, 256]."""
+    def synthesize_from(self, ws: torch.Tensor, x: torch.Tensor, img: torch.Tensor, res: int = 32,
+                        noise_mode: str = "const") -> torch.Tensor:
+        """Tri-plane synthesis on from feature level `res` (the blocks after b{res}), given (x, img) of
+        `synthesize_until` (or refined features in its place) -> planes [N, 96, 256, 256]."""
         check_noise_mode(noise_mode)
         _, rest = self._split(res)
         return self.backbone.synthesis.run_blocks(ws, x, img, rest, noise_mode=noise_mode)[1]
@@ -323,13 +375,13 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
     def render_planes(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor,
                       neural_rendering_resolution: int | None = None, deterministic: bool = False,
                       noise_mode: str | None = None, superresolution: bool = True,
-                      trace: dict | None = None, features: bool = True) -> dict[str, torch.Tensor]:
+                      trace: dict | None = None, features: bool = True) -> RenderOutput:
         """Volume-render tri-planes at cameras c [N, 25] and super-resolve with style ws[:, -1].
 
         noise_mode: noise of the super-resolution blocks; None = rendering_kwargs
         'superresolution_noise_mode' (the official behaviour, 'none' for the released models).
-        Returns image_raw [N,3,r,r], image_depth [N,1,r,r], feature_image [N,32,r,r], weights_sum
-        [N,1,r,r], ray_origins / ray_directions [N,r*r,3] and, if superresolution, image [N,3,R,R].
+        Returns a RenderOutput (image_raw, image_depth, feature_image, weights_sum, rays and, if
+        superresolution, image).
         The volume rendering uses the renderer's fast path unless `self.renderer.fast = False`
         (the official op order; both agree to ~1e-6, see goae/models/renderer.py).
         features=False (needs superresolution=False): a depth-only render, e.g. for an occlusion mask;
@@ -359,21 +411,25 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
                          weights_sum=weights_sum)
             if features:
                 trace["feature_samples"] = samples
-        out = {
-            "image_depth": depth.permute(0, 2, 1).reshape(n, 1, res, res),
-            "weights_sum": weights_sum.permute(0, 2, 1).reshape(n, 1, res, res),
-            "ray_origins": ray_origins,
-            "ray_directions": ray_directions,
-        }
+        out = RenderOutput(image_depth=depth.permute(0, 2, 1).reshape(n, 1, res, res),
+                           weights_sum=weights_sum.permute(0, 2, 1).reshape(n, 1, res, res),
+                           ray_origins=ray_origins, ray_directions=ray_directions)
         if not features:
             return out
         feature_image = samples.permute(0, 2, 1).reshape(n, samples.shape[-1], res, res).contiguous()
-        out.update(image_raw=feature_image[:, :3], feature_image=feature_image)
+        # item assignment: a BaseOutput lists a field set by attribute only if it was set before
+        out["image_raw"], out["feature_image"] = feature_image[:, :3], feature_image
         if superresolution:
-            sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none") if noise_mode is None else noise_mode
-            check_noise_mode(sr_noise)
-            out["image"] = self.superresolution(out["image_raw"], feature_image, ws, noise_mode=sr_noise)
+            out["image"] = self.super_resolve(out.image_raw, feature_image, ws, noise_mode=noise_mode)
         return out
+
+    def super_resolve(self, image_raw: torch.Tensor, feature_image: torch.Tensor, ws: torch.Tensor,
+                      noise_mode: str | None = None) -> torch.Tensor:
+        """The super-resolution step alone: neural rendering [N,3,r,r] + features -> image [N,3,R,R].
+        noise_mode None = rendering_kwargs 'superresolution_noise_mode' (the official behaviour)."""
+        sr_noise = self.rendering_kwargs.get("superresolution_noise_mode", "none") if noise_mode is None else noise_mode
+        check_noise_mode(sr_noise)
+        return self.superresolution(image_raw, feature_image, ws, noise_mode=sr_noise)
 
     def synthesis(self, ws: torch.Tensor, c: torch.Tensor, neural_rendering_resolution: int | None = None,
                   noise_mode: str = "const", deterministic: bool = False,
@@ -383,7 +439,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         planes = self.synthesize_planes(ws, noise_mode=noise_mode)
         out = self.render_planes(planes, ws, c, neural_rendering_resolution=neural_rendering_resolution,
                                  deterministic=deterministic)
-        result = {k: out[k] for k in ("image", "image_raw", "image_depth")}
+        result = {k: out[k] for k in ("image", "image_raw", "image_depth")}  # the official dict
         if return_planes:
             result["planes"] = planes
         return result

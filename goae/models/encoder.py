@@ -171,16 +171,19 @@ class GOAEncoder(ModelMixin, ConfigMixin):
             rows.append(ws_base.new_zeros(ws_base.shape[0], num_ws - n_rows, ws_base.shape[2]))
         return ws_base + torch.cat(rows, dim=1), ws_base
 
-    def canonical_ws(self, x: torch.Tensor, w_avg: torch.Tensor) -> torch.Tensor:
-        """The W+ code for EG3D synthesis: encoder offset + the generator's `backbone.mapping.w_avg`.
+    def canonical_ws(self, x: torch.Tensor, w_avg: torch.Tensor, stage: str = "fine",
+                     return_delta: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The W+ code for EG3D synthesis: encoder offset + the generator's mean latent `w_avg`.
 
         x (B, 3, img_size, img_size) in [-1, 1]; w_avg (w_dim,) (or broadcastable, e.g. (1, 1, w_dim))
-        -> rec_ws (B, num_ws, w_dim). No truncation is applied (psi = 1), as in GOAE.
+        -> rec_ws (B, num_ws, w_dim). No truncation is applied (psi = 1), as in GOAE. `stage`: see
+        `forward`. return_delta: also the offsets from the base code (e4e's delta regulariser).
         """
         if w_avg.shape[-1] != self.config.w_dim or w_avg.numel() != self.config.w_dim:
             raise EncoderInputError(f"w_avg must hold {self.config.w_dim} values (the generator's "
-                                    f"backbone.mapping.w_avg), got shape {tuple(w_avg.shape)}")
-        ws, _ = self(x)
+                                    f"mean latent w_avg), got shape {tuple(w_avg.shape)}")
+        ws, ws_base = self(x, stage=stage)
         # Add in the wider dtype: under a bf16 autocast the offsets are bf16, w_avg must not be rounded.
         dtype = torch.promote_types(ws.dtype, w_avg.dtype)
-        return ws.to(dtype) + w_avg.reshape(1, 1, -1).to(device=ws.device, dtype=dtype)
+        out = ws.to(dtype) + w_avg.reshape(1, 1, -1).to(device=ws.device, dtype=dtype)
+        return (out, ws - ws_base) if return_delta else out
