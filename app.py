@@ -40,15 +40,17 @@ from goae import export
 from goae.align import AlignError, align_face
 from goae.camera import camera_label, yaw_pitch_from_label
 from goae.edit import DirectionError, EditDirection, combine, load_direction
-from goae.fast import tune_cpu_allocator
+from goae.runtime import tune_cpu_allocator
 from goae.io import atomic_path
-from goae.presets import fit_direction, random_pipeline
+from goae.edit import fit_direction
+from goae.presets import RANDOM_WEIGHTS
 
 log = logging.getLogger("goae.app")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 DIRECTION_SUFFIXES = {".npy", ".pt", ".pth", ".npz", ".safetensors"}
 EDIT_LABELS = {"glass": "glasses"}
 MODEL_QUEUE = "model"  # every event that runs the networks shares this one queue slot
+FALLBACK_WEIGHTS = "random"  # what the app runs when no weights load: the real architecture, random weights
 
 
 class AppError(ValueError):
@@ -60,10 +62,9 @@ def load_model(weights: str | None, device: str, seed: int = 0):
     """(pipeline, banner). Falls back to the full-size random model, with a banner, when no weights load."""
     from goae.pipeline import load_pipeline
 
-    if weights in ("random", "random-small"):
-        pipe = random_pipeline(weights, seed=seed)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe.to(device), f"Running on **random weights** (`{weights}`): results are not faces."
+    if weights in RANDOM_WEIGHTS:
+        return load_pipeline(weights, seed=seed, device=device), \
+            f"Running on **random weights** (`{weights}`): results are not faces."
     reason = "no weights configured (set GOAE_WEIGHTS or --weights)"
     if weights:
         try:
@@ -71,16 +72,15 @@ def load_model(weights: str | None, device: str, seed: int = 0):
         except Exception as e:  # offline, missing files, bad folder: the demo still starts
             log.warning("could not load weights %r: %s", weights, e)
             reason = f"the weights `{weights}` could not be loaded: {e}"
-    pipe = random_pipeline("random", seed=seed)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device), f"Running on **random weights** because {reason}. Results are not faces."
+    pipe = load_pipeline(FALLBACK_WEIGHTS, seed=seed, device=device)
+    return pipe, f"Running on **random weights** because {reason}. Results are not faces."
 
 
 def load_edit_directions(folder: str | None, pipe) -> tuple[dict[str, EditDirection], list[str]]:
     """Direction files of `folder` that fit the model, and notes about the others.
 
     On random weights, files of another width (the official 14x512 files on the 32-wide small model) are
-    projected to the model's width (goae.presets.fit_direction), so that the edit controls can be tried."""
+    projected to the model's width (goae.edit.fit_direction), so that the edit controls can be tried."""
     if not folder:
         return {}, []
     path = Path(folder)

@@ -131,11 +131,8 @@ def stage_entry(samples: list[float], items: int) -> dict[str, object]:
 
 # ------------------------------------------------------------------------------------------- worker
 def build_pipeline(preset: str):
-    if preset == "small":
-        from goae.presets import small_pipeline
-        return small_pipeline(0)
     from goae.pipeline import GOAEPipeline
-    return GOAEPipeline.from_random(0)
+    return GOAEPipeline.from_preset("small" if preset == "small" else "ffhq", 0)
 
 
 def describe_fast_path(pipe) -> object:
@@ -166,7 +163,7 @@ def worker(spec: dict) -> dict:
 
     result: dict = {"mode": spec["mode"], "batch": B, "fast_path": None, "notes": []}
     if device.type == "cpu" and spec.get("allocator", "tuned") == "tuned":
-        from goae.fast import tune_cpu_allocator  # what the app and CLI do at start
+        from goae.runtime import tune_cpu_allocator  # what the app and CLI do at start
         result["allocator_tuned"] = tune_cpu_allocator()
     t0 = time.perf_counter()
     pipe = build_pipeline(spec["preset"]).to(device)
@@ -442,7 +439,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--precision", default="auto", help="fast path precision: auto|bf16|fp16|fp32")
     ap.add_argument("--compile", action="store_true", help="fast path with torch.compile")
     ap.add_argument("--allocator", default="tuned", choices=["tuned", "default"],
-                    help="CPU: goae.fast.tune_cpu_allocator() in both modes as the app and CLI do (tuned), "
+                    help="CPU: goae.runtime.tune_cpu_allocator() in both modes as the app and CLI do (tuned), "
                          "or glibc's defaults")
     ap.add_argument("--preset", default="full", choices=["full", "small"], help="small: tiny model, for tests only")
     ap.add_argument("--mesh", type=int, nargs="*", help="mesh resolutions (default 128 256; --quick: 128)")

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from goae.fast import tune_cpu_allocator
+from goae.runtime import tune_cpu_allocator
 from goae.io import atomic_dir
 
 

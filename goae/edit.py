@@ -206,3 +206,18 @@ def save_direction(path: str | os.PathLike, tensor: torch.Tensor | np.ndarray, n
     t = validate_direction(tensor, num_ws=num_ws, what=str(path))
     data = st_save_bytes({DIRECTION_KEY: t[None].contiguous()}, metadata={"format": "goae-w-plus-direction"})
     return atomic_write_bytes(path, data)
+
+
+def fit_direction(direction, w_dim: int, seed: int = 0) -> torch.Tensor:
+    """A [num_ws, W] direction -> [num_ws, w_dim] through a fixed seeded orthonormal projection (norm kept).
+
+    Only for trying edit controls on the small random model with the official 512-wide files: the result
+    is deterministic and distinct per file, and means as little as the random model itself."""
+    d = torch.as_tensor(direction, dtype=torch.float32)
+    W = d.shape[-1]
+    if W == w_dim:
+        return d
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(max(W, w_dim), min(W, w_dim), generator=g))  # orthonormal columns
+    proj = q if W > w_dim else q.T                                                   # [W, w_dim]
+    return d @ proj * (W / w_dim) ** 0.5

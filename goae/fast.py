@@ -16,9 +16,6 @@ Every tensor the pipeline returns is float32.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import platform
 import shutil
 from dataclasses import dataclass
 from typing import Iterator
@@ -86,37 +83,6 @@ class FastPath:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
-_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
-
-
-def tune_cpu_allocator(enable: bool = True, keep_bytes: int = 1 << 30) -> bool:
-    """Let glibc keep freed memory for the next call instead of unmapping it (process-wide).
-
-    Every render allocates tensors of 16-128 MB; by default glibc serves each with a fresh mmap
-    and unmaps it on free, so every call page-faults (and zeroes) hundreds of MB again: ~15% of
-    a photo's CPU time on a 2-core machine (5.9 -> 5.1 s fp32, 3.45 -> 3.1 s bf16, frames 1.5 ->
-    1.25 s). With `enable` the heap serves them (no mmap) and keeps up to `keep_bytes` free at
-    its top; peak RSS grows a little (0-7% measured: heap fragmentation), and freed memory up to
-    `keep_bytes` stays with the process.
-    Outputs are identical. `enable=False` restores glibc's defaults. The app and CLI call this at
-    start; library users opt in. Returns False (and does nothing) where libc is not glibc.
-    """
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # glibc only: musl has no mallopt parameters to speak of
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    keep = int(min(max(keep_bytes, 0), 2**31 - 1))
-    values = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: keep, _M_TOP_PAD: min(keep, 64 << 20)} if enable else _GLIBC_DEFAULTS
-    return all(mallopt(param, value) == 1 for param, value in values.items())
 
 
 def _synthesis_blocks(module: nn.Module) -> Iterator[nn.Module]:

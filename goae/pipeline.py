@@ -96,7 +96,8 @@ class GOAEPipeline(DiffusionPipeline):
     @classmethod
     def from_random(cls, seed: int = 0, generator: EG3DGenerator | None = None, encoder: GOAEncoder | None = None,
                     afa: AFA | None = None, **config) -> "GOAEPipeline":
-        """The released architecture (EG3D FFHQ-512, Swin-V2 encoder, AFA) on seeded random weights.
+        """The released architecture (EG3D FFHQ-512, Swin-V2 encoder, AFA), or the components given, on
+        seeded random weights.
 
         For trying and testing goae where no checkpoint can be downloaded: the code paths, shapes and
         costs are the real ones, the pictures are not faces. `w_avg` is set the way EG3D tracks it,
@@ -115,6 +116,18 @@ class GOAEPipeline(DiffusionPipeline):
             generator.w_avg.copy_(w.mean(0))
         pipe = cls(generator=generator.eval(), encoder=encoder.eval(), afa=afa.eval(), **config)
         pipe.weights_label = f"random (seed {seed})"
+        return pipe
+
+    @classmethod
+    def from_preset(cls, name: str = "ffhq", seed: int = 0) -> "GOAEPipeline":
+        """A named architecture (goae.presets: 'ffhq', the released one, or 'small') on seeded random weights."""
+        from goae.presets import preset
+
+        g_kwargs, nrr, g_extra, enc_kwargs, afa_kwargs = preset(name)
+        torch.manual_seed(seed)  # module initialisation below draws from the global generator
+        generator = EG3DGenerator.from_official_kwargs(g_kwargs, nrr, **g_extra)
+        pipe = cls.from_random(seed=seed, generator=generator, encoder=GOAEncoder(**enc_kwargs), afa=AFA(**afa_kwargs))
+        pipe.weights_label = f"random {name} (seed {seed})"
         return pipe
 
     # ----------------------------------------------------------------------------- fast paths
@@ -277,9 +290,11 @@ def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch
     if not weights:
         raise WeightsNotFoundError("no weights given (pass a pipeline folder or Hub repo id, or 'random' to try "
                                    "the real architecture on random weights). " + HOW_TO_GET_WEIGHTS.format(repo="<repo_id>"))
-    if weights in ("random", "random-small"):  # one mechanism for the CLI and the app (goae.presets)
-        from goae.presets import random_pipeline
-        pipe = random_pipeline(weights, seed=seed)
+    from goae.presets import RANDOM_WEIGHTS
+
+    if weights in RANDOM_WEIGHTS:  # one mechanism for the CLI and the app
+        pipe = GOAEPipeline.from_preset(RANDOM_WEIGHTS[weights], seed=seed)
+        pipe.weights_label = f"{weights} (seed {seed})"
     else:
         folder = resolve_pretrained(weights)
         pipe = GOAEPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False)

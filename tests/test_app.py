@@ -189,7 +189,7 @@ def test_directions_that_do_not_fit_real_weights_are_skipped(app_module, example
 
 
 def test_fit_direction():
-    from goae.presets import fit_direction
+    from goae.edit import fit_direction
 
     d = torch.randn(14, 512, generator=torch.Generator().manual_seed(3))
     f = fit_direction(d, 32)
@@ -199,9 +199,7 @@ def test_fit_direction():
 
 
 def test_unloadable_weights_fall_back_to_random_with_banner(app_module, monkeypatch):
-    from goae.presets import small_pipeline
-
-    monkeypatch.setattr(app_module, "random_pipeline", lambda preset, seed=0: small_pipeline(seed))
+    monkeypatch.setattr(app_module, "FALLBACK_WEIGHTS", "random-small")
     pipe, banner = app_module.load_model("/nonexistent/weights", "cpu")
     assert "random weights" in banner and "could not be loaded" in banner
     pipe, banner = app_module.load_model(None, "cpu")

@@ -90,13 +90,13 @@ def build_models(cfg: dict, device) -> tuple:
     from goae.models.eg3d import EG3DGenerator
     from goae.models.encoder import GOAEncoder
     from goae.pipeline import GOAEPipeline
-    from goae.presets import SMALL_AFA, SMALL_ENCODER, small_pipeline
+    from goae.presets import SMALL_AFA, SMALL_ENCODER
 
     m = cfg["model"]
     torch.manual_seed(cfg["seed"])
     enc_kw, afa_kw = {}, {}
     if m["preset"] == "small":
-        G = small_pipeline(seed=cfg["seed"]).generator
+        G = GOAEPipeline.from_preset("small", seed=cfg["seed"]).generator
         enc_kw, afa_kw = dict(SMALL_ENCODER), dict(SMALL_AFA)
     else:
         folder = Path(m["generator"])

@@ -1,0 +1,79 @@
+"""Process-wide runtime settings: the device, the CPU allocator, the TF32 policy.
+
+These change the whole process, not one pipeline, so the library never sets them on its own: the
+app, the command line and the benchmarks call `setup_runtime` (or the single functions) at start.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+import torch
+
+
+class DeviceError(ValueError):
+    """A device that cannot be used here (no CUDA, unknown name)."""
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto' / None -> cuda if available else cpu; a named device is checked to exist."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"unknown device {device!r} ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return dev
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and convolutions. The fp32 (parity) path runs with it off; the fast
+    path, which already trades precision for speed, may turn it on."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
+def setup_runtime(device: str | torch.device | None = "auto", tune_allocator: bool | None = None) -> torch.device:
+    """What a program that runs goae does once at start: pick the device, keep TF32 off (the parity
+    path's policy; `GOAEPipeline.enable_fast_path` turns it on where it is safe) and, on a CPU, keep
+    render buffers mapped (`tune_cpu_allocator`; $GOAE_TUNE_ALLOCATOR=0 turns that off). -> the device."""
+    dev = resolve_device(device)
+    set_tf32(False)
+    if tune_allocator is None:
+        tune_allocator = os.environ.get("GOAE_TUNE_ALLOCATOR", "1") != "0"
+    if dev.type == "cpu" and tune_allocator:
+        tune_cpu_allocator()
+    return dev
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+def tune_cpu_allocator(enable: bool = True, keep_bytes: int = 1 << 30) -> bool:
+    """Let glibc keep freed memory for the next call instead of unmapping it (process-wide).
+
+    Every render allocates tensors of 16-128 MB; by default glibc serves each with a fresh mmap
+    and unmaps it on free, so every call page-faults (and zeroes) hundreds of MB again. With
+    `enable` the heap serves them (no mmap) and keeps up to `keep_bytes` free at its top; peak RSS
+    grows a little (heap fragmentation), and freed memory up to `keep_bytes` stays with the process.
+    Outputs are identical. `enable=False` restores glibc's defaults. `setup_runtime` calls this on a
+    CPU; library users opt in. Returns False (and does nothing) where libc is not glibc.
+    """
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: musl has no mallopt parameters to speak of
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    keep = int(min(max(keep_bytes, 0), 2**31 - 1))
+    values = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: keep, _M_TOP_PAD: min(keep, 64 << 20)} if enable else _GLIBC_DEFAULTS
+    return all(mallopt(param, value) == 1 for param, value in values.items())
