@@ -55,7 +55,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from goae.camera import DEFAULT_FOCAL, intrinsics_from_focal, look_at_pose, make_label
 from goae.io import atomic_path, atomic_write_bytes
-from goae.models.renderer import TriplaneField  # noqa: F401  (the type `_field` returns)
+from goae.models.renderer_fused import TriplaneField  # noqa: F401  (the type `_field` returns)
 
 __all__ = ["ExportError", "orbit_cameras", "view_grid_cameras", "iter_views", "render_views", "to_uint8",
            "write_video", "save_depth", "load_depth", "colorize_depth", "density_grid", "marching_cubes",

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from goae.models import kernels
-from goae.models.renderer import ImportanceRenderer, _TriplaneTaps, generate_planes
+from goae.models.renderer import generate_planes
+from goae.models.renderer_fused import FusedImportanceRenderer, TriplaneTaps
 
 from test_renderer_fast import OPTIONS, make_decoder, make_scene
 
@@ -37,9 +38,9 @@ def test_kernel_equals_pytorch_fast_path(features, box_warp, samples, res):
     decoder = make_decoder()
     planes, ray_origins, ray_directions = make_scene(2, res=res)
     options = dict(OPTIONS, box_warp=box_warp, depth_resolution=samples, depth_resolution_importance=samples)
-    torch_path = render(ImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions, options,
+    torch_path = render(FusedImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions, options,
                         features=features)
-    fused = render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions, options, features=features)
+    fused = render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions, options, features=features)
     for want, got in zip(torch_path, fused):
         if want is None:
             assert got is None
@@ -55,7 +56,7 @@ def test_kernel_decode_equals_decoder_on_random_points():
     decoder = make_decoder(seed=3)
     g = torch.Generator().manual_seed(0)
     planes = torch.randn(2, 3, 32, 20, 24, generator=g)  # H != W
-    taps = _TriplaneTaps(planes, generate_planes(), 1.0)
+    taps = TriplaneTaps(planes, generate_planes(), 1.0)
     origins = (torch.rand(2, 37, 3, generator=g) - 0.5) * 1.6
     directions = torch.nn.functional.normalize(torch.randn(2, 37, 3, generator=g), dim=-1)
     depths = torch.rand(2, 37, 5, generator=g) * 0.5
@@ -73,8 +74,8 @@ def test_kernel_decode_equals_decoder_on_random_points():
 def test_kernel_depth_only_is_bit_identical():
     decoder = make_decoder()
     planes, ray_origins, ray_directions = make_scene(2)
-    full = render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
-    depth_only = render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions, features=False)
+    full = render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
+    depth_only = render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions, features=False)
     assert torch.equal(full[1], depth_only[1]) and torch.equal(full[2], depth_only[2])
 
 
@@ -87,11 +88,11 @@ def _forbid_kernel(monkeypatch):
 def test_disabled_by_env_uses_the_pytorch_path(monkeypatch):
     decoder = make_decoder()
     planes, ray_origins, ray_directions = make_scene(1)
-    want = render(ImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions)
+    want = render(FusedImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions)
     monkeypatch.setenv("GOAE_NO_KERNELS", "1")
     _forbid_kernel(monkeypatch)
     assert not kernels.available()
-    got = render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
+    got = render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
@@ -100,11 +101,11 @@ def test_autograd_and_autocast_use_the_pytorch_path(monkeypatch):
     planes, ray_origins, ray_directions = make_scene(1)
     _forbid_kernel(monkeypatch)
     p = planes.clone().requires_grad_(True)
-    _, depth, _ = ImportanceRenderer()(p, decoder, ray_origins, ray_directions, OPTIONS, deterministic=True)
+    _, depth, _ = FusedImportanceRenderer()(p, decoder, ray_origins, ray_directions, OPTIONS, deterministic=True)
     depth.sum().backward()
     assert p.grad.abs().max() > 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
+        render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
 
 
 def test_failed_build_falls_back_with_one_warning(monkeypatch, caplog):
@@ -116,10 +117,52 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(kernels, "_build", no_compiler)
     decoder = make_decoder()
     planes, ray_origins, ray_directions = make_scene(1)
-    want = render(ImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions)
+    want = render(FusedImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions)
     with caplog.at_level(logging.WARNING, logger="goae.models.kernels"):
-        first = render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
-        second = render(ImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
+        first = render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
+        second = render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
     warnings = [r for r in caplog.records if "fused CPU render kernel" in r.getMessage()]
     assert len(warnings) == 1 and "command not found" in warnings[0].getMessage()
     assert all(torch.equal(a, b) for a, b in zip(first, want)) and all(torch.equal(a, b) for a, b in zip(second, want))
+
+
+def _op_inputs(features=True):
+    decoder = make_decoder(seed=3)
+    g = torch.Generator().manual_seed(0)
+    planes = torch.randn(1, 3, 32, 12, 12, generator=g)
+    taps = TriplaneTaps(planes, generate_planes(), 1.0)
+    origins = (torch.rand(1, 9, 3, generator=g) - 0.5) * 1.6
+    directions = torch.nn.functional.normalize(torch.randn(1, 9, 3, generator=g), dim=-1)
+    depths = torch.rand(1, 9, 4, generator=g) * 0.5
+    fc0, fc2 = decoder.net[0], decoder.net[2]
+    w0 = (fc0.weight * (fc0.weight_gain / 3)).t().contiguous().detach()
+    w2 = (fc2.weight * fc2.weight_gain).detach()
+    return (taps.table, 12, 12, taps.A.contiguous(), taps.b.contiguous(), origins, directions, depths, w0,
+            (fc0.bias * fc0.bias_gain).detach(), w2[0].contiguous(), w2[1:].t().contiguous(),
+            (fc2.bias * fc2.bias_gain).detach(), features)
+
+
+@needs_kernel
+@pytest.mark.parametrize("features", [True, False])
+def test_kernel_op_schema_and_fake_implementation(features):
+    """torch.library's own checks: schema, fake (meta) kernel shapes against the real op, so that
+    torch.compile can trace through it."""
+    args = _op_inputs(features)
+    torch.library.opcheck(torch.ops.goae_kernels.triplane_decode.default, args,
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@needs_kernel
+def test_kernel_refuses_other_devices_and_dtypes():
+    """The op itself refuses what it cannot read (it does not rely on the Python side filtering)."""
+    args = list(_op_inputs())
+    with pytest.raises(RuntimeError, match="float32 CPU tensors only"):  # a meta call reaches the fake kernel
+        torch.ops.goae_kernels.triplane_decode(*[a.to("meta") if isinstance(a, torch.Tensor) else a for a in args])
+    bad = list(args)
+    bad[7] = bad[7].double()  # depths as float64
+    with pytest.raises(RuntimeError, match="float32 CPU tensors only"):
+        torch.ops.goae_kernels.triplane_decode(*bad)
+    bad = list(args)
+    bad[7] = bad[7][:, :5]  # depths for fewer rays than the origins
+    with pytest.raises(RuntimeError, match="rays must be"):
+        torch.ops.goae_kernels.triplane_decode(*bad)

@@ -1,4 +1,4 @@
-"""The renderer's fast path (ImportanceRenderer(fast=True), the default) against its reference path.
+"""The fused renderer (goae.models.renderer_fused, the default) against the reference renderer.
 
 The reference path is the official op order and is checked against the official goldens in
 test_renderer.py / test_parity_eg3d.py; here the fast path must reproduce it up to float rounding on
@@ -11,7 +11,8 @@ import torch
 
 from goae import camera
 from goae.models.eg3d import OSGDecoder
-from goae.models.renderer import ImportanceRenderer, RaySampler, _TriplaneTaps, generate_planes, sample_from_planes
+from goae.models.renderer import RaySampler, generate_planes, sample_from_planes
+from goae.models.renderer_fused import FusedImportanceRenderer, TriplaneTaps
 
 TOL = 2e-5  # fast vs reference, fp32 (features in [-1, 1], depths ~2.5)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -44,8 +45,8 @@ def make_scene(n=2, res=8, device="cpu", seed=1):
 def render(planes, decoder, ray_origins, ray_directions, options, fast, seed=None, **kw):
     if seed is not None:
         torch.manual_seed(seed)
-    return ImportanceRenderer(**kw)(planes, decoder, ray_origins, ray_directions, options,
-                                    deterministic=seed is None, fast=fast)
+    return FusedImportanceRenderer(fused=fast, **kw)(planes, decoder, ray_origins, ray_directions, options,
+                                                     deterministic=seed is None)
 
 
 def max_diff(a, b):
@@ -59,7 +60,7 @@ def test_taps_equal_grid_sample_summed_over_planes(box_warp):
     points = (torch.rand(2, 500, 3, generator=g) - 0.5) * 1.4 * box_warp  # some outside the box
     points[0, :3] = torch.tensor([[0.5, 0.5, 0.5], [-0.5, 0.0, 0.49], [10.0, -3.0, 0.1]]) * box_warp
     want = sample_from_planes(generate_planes(), planes, points, box_warp).sum(1).reshape(-1, 8)
-    got = _TriplaneTaps(planes, generate_planes(), box_warp)(points)
+    got = TriplaneTaps(planes, generate_planes(), box_warp)(points)
     assert got.shape == want.shape
     assert (got - want).abs().max() <= 1e-5
     assert (points.abs() > 0.5 * box_warp + 0.2).any()  # the zero padding was exercised
@@ -114,8 +115,8 @@ def test_fast_trace_matches_reference_trace():
     for fast in (False, True):
         trace = {}
         with torch.no_grad():
-            ImportanceRenderer()(planes, decoder, ray_origins, ray_directions, OPTIONS, deterministic=True,
-                                 trace=trace, fast=fast)
+            FusedImportanceRenderer(fused=fast)(planes, decoder, ray_origins, ray_directions, OPTIONS,
+                                                deterministic=True, trace=trace)
         traces.append(trace)
     ref, fast = traces
     assert sorted(fast) == sorted(ref)
@@ -174,8 +175,8 @@ def test_bf16_autocast_stays_close_and_returns_float32():
 def test_fast_is_the_default_and_falls_back_for_plain_decoders():
     decoder = make_decoder()
     planes, ray_origins, ray_directions = make_scene(1)
-    renderer = ImportanceRenderer()
-    assert renderer.fast
+    renderer = FusedImportanceRenderer()
+    assert renderer.fused
     calls = []
 
     def plain(features, directions):  # the decoder protocol only: the renderer must use the reference path
@@ -196,11 +197,11 @@ def test_depth_only_render_gives_the_same_depth(fast, variant):
     options = dict(OPTIONS, depth_resolution_importance=0) if variant == "no_importance" else OPTIONS
     decoder = make_decoder()
     planes, ray_origins, ray_directions = make_scene(2)
-    renderer = ImportanceRenderer(chunk_points=300)
+    renderer = FusedImportanceRenderer(fused=fast, chunk_points=300)
     with torch.no_grad():
-        full = renderer(planes, decoder, ray_origins, ray_directions, options, deterministic=True, fast=fast)
+        full = renderer(planes, decoder, ray_origins, ray_directions, options, deterministic=True)
         trace = {}
-        depth_only = renderer(planes, decoder, ray_origins, ray_directions, options, deterministic=True, fast=fast,
+        depth_only = renderer(planes, decoder, ray_origins, ray_directions, options, deterministic=True,
                               features=False, trace=trace)
     assert depth_only[0] is None
     assert (depth_only[1] - full[1]).abs().max() <= 1e-6 and (depth_only[2] - full[2]).abs().max() <= 1e-6
@@ -221,7 +222,7 @@ def test_depth_only_with_gradients():
     decoder = make_decoder()
     planes, ray_origins, ray_directions = make_scene(1)
     p = planes.clone().requires_grad_(True)
-    _, depth, opacity = ImportanceRenderer()(p, decoder, ray_origins, ray_directions, OPTIONS, deterministic=True,
+    _, depth, opacity = FusedImportanceRenderer()(p, decoder, ray_origins, ray_directions, OPTIONS, deterministic=True,
                                              features=False)
     with torch.no_grad():
         _, want, _ = render(planes, decoder, ray_origins, ray_directions, OPTIONS, fast=True)

@@ -181,7 +181,18 @@ std::vector<at::Tensor> triplane_decode(const at::Tensor& table, int64_t n_rows,
                                         const at::Tensor& depths, const at::Tensor& w0, const at::Tensor& b0,
                                         const at::Tensor& ws, const at::Tensor& w2, const at::Tensor& b2,
                                         bool features) {
-  TORCH_CHECK(table.is_contiguous() && table.scalar_type() == at::kFloat && table.size(1) == C, "table");
+  // The op is registered for CPU only; mixed devices or dtypes would read garbage, so refuse them here too.
+  for (const at::Tensor* t : {&table, &A, &b, &origins, &directions, &depths, &w0, &b0, &ws, &w2, &b2}) {
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat,
+                "goae_kernels::triplane_decode takes float32 CPU tensors only, got ", t->scalar_type(), " on ",
+                t->device());
+  }
+  TORCH_CHECK(origins.dim() == 3 && origins.size(2) == 3 && directions.sizes() == origins.sizes() &&
+              depths.dim() == 3 && depths.size(0) == origins.size(0) && depths.size(1) == origins.size(1),
+              "triplane_decode: rays must be [N, R, 3] and depths [N, R, S]");
+  TORCH_CHECK(table.is_contiguous() && table.dim() == 2 && table.size(1) == C &&
+              table.size(0) == depths.size(0) * 3 * (n_rows + 2) * (n_cols + 2),
+              "triplane_decode: table must be the contiguous zero-bordered [N*3*(H+2)*(W+2), 32] plane table");
   TORCH_CHECK(w0.sizes() == at::IntArrayRef({C, H}) && w2.sizes() == at::IntArrayRef({H, F}) && ws.numel() == H &&
               b0.numel() == H && b2.numel() == 1 + F, "triplane_decode: decoder widths must be 32 -> 64 -> 33");
   const int64_t N = depths.size(0), R = depths.size(1), S = depths.size(2);
@@ -261,5 +272,12 @@ std::vector<at::Tensor> triplane_decode(const at::Tensor& table, int64_t n_rows,
 }  // namespace
 
 TORCH_LIBRARY(goae_kernels, m) {
-  m.def("triplane_decode", &triplane_decode);
+  m.def("triplane_decode(Tensor table, int n_rows, int n_cols, Tensor A, Tensor b, Tensor origins, "
+        "Tensor directions, Tensor depths, Tensor w0, Tensor b0, Tensor ws, Tensor w2, Tensor b2, "
+        "bool features) -> Tensor[]");
+}
+
+// CPU only: a CUDA (or meta) call fails in the dispatcher; torch.compile uses the fake kernel of kernels.py.
+TORCH_LIBRARY_IMPL(goae_kernels, CPU, m) {
+  m.impl("triplane_decode", &triplane_decode);
 }

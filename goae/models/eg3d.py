@@ -21,7 +21,8 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .ops import FullyConnectedLayer, setup_filter
-from .renderer import ImportanceRenderer, RaySampler, TriplaneField
+from .renderer import RaySampler
+from .renderer_fused import FusedImportanceRenderer, TriplaneField
 from .stylegan2 import Generator, SynthesisBlock, check_noise_mode
 
 PLANE_CHANNELS = 32  # channels per plane; the backbone outputs 3 * 32
@@ -266,7 +267,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.rendering_kwargs = dict(rendering_kwargs)
         self.neural_rendering_resolution = int(neural_rendering_resolution)
-        self.renderer = ImportanceRenderer()
+        self.renderer = FusedImportanceRenderer()
         self.ray_sampler = RaySampler()
         self.backbone = Generator(z_dim, c_dim, w_dim, img_resolution=PLANE_RESOLUTION,
                                   img_channels=3 * PLANE_CHANNELS, mapping_kwargs=mapping_kwargs or {},
@@ -332,7 +333,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         """Density and colour of tri-planes [N,96,H,W] (or [N,3,32,H,W]) at arbitrary points: field(xyz [N,M,3])
         -> (raw density [N,M], features [N,M,32]). For meshes and density queries; build once per planes."""
         planes = planes.view(planes.shape[0], 3, PLANE_CHANNELS, *planes.shape[-2:]) if planes.ndim == 4 else planes
-        return TriplaneField(planes, self.decoder, self.renderer.plane_axes.to(planes.device), self.box_warp)
+        return TriplaneField(planes, self.decoder, self.renderer.plane_axes_cpu, self.box_warp)
 
     # -- mapping ---------------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1,
@@ -382,8 +383,8 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         'superresolution_noise_mode' (the official behaviour, 'none' for the released models).
         Returns a RenderOutput (image_raw, image_depth, feature_image, weights_sum, rays and, if
         superresolution, image).
-        The volume rendering uses the renderer's fast path unless `self.renderer.fast = False`
-        (the official op order; both agree to ~1e-6, see goae/models/renderer.py).
+        The volume rendering is the fused renderer unless `self.renderer.fused = False` (the reference,
+        in the official op order; both agree to ~1e-6, see goae/models/renderer_fused.py).
         features=False (needs superresolution=False): a depth-only render, e.g. for an occlusion mask;
         the fast path decodes only the density, and the result holds just image_depth, weights_sum
         and the rays (the same depth as with features=True, up to ~1e-6)."""

@@ -1,6 +1,6 @@
-"""Optional fused CPU kernel for the renderer's fast path (inference only).
+"""Optional fused CPU kernel for the fused renderer (inference only).
 
-`goae/csrc/triplane_decode.cpp` does, per tile of 16 points, what `ImportanceRenderer._decode_fast`
+`goae/csrc/triplane_decode.cpp` does, per tile of 16 points, what `FusedImportanceRenderer._decode`
 does with ~20 PyTorch ops per chunk: points o + t*d, the bilinear taps of the three planes (summed),
 the OSGDecoder MLP (32 -> 64, softplus, -> 1 + 32) and the widened sigmoid, without the
 intermediate [points, 64] / [points, 12] tensors. It is built with torch.utils.cpp_extension on first
@@ -11,8 +11,8 @@ path. A failed build (no compiler, ...) logs one warning and falls back. GOAE_NO
 Compiled with -O3 -march=native (x86-64; AVX-512 here, AVX2 elsewhere): the build runs on the machine
 that uses it, and the extension's name carries a hash of the CPU's flags, so a cache shared with a
 different CPU builds its own copy instead of loading code with instructions that CPU lacks.
-Measured at FFHQ-512 size (128^2 rays x 48+48 samples, 2 threads): volume render 0.63 -> 0.38 s,
-depth-only render 0.48 -> 0.22 s; outputs within ~1e-6 of the PyTorch path.
+The op is registered for CPU only and checks its inputs' devices and dtypes itself; a fake (meta)
+implementation lets torch.compile trace through it. Outputs are within ~1e-6 of the PyTorch path.
 """
 from __future__ import annotations
 
@@ -57,7 +57,21 @@ def _build() -> bool:
         flags += ["-march=native", "-mprefer-vector-width=512"]
     cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, build_directory=str(directory),
                        is_python_module=False, verbose=False)
-    return hasattr(torch.ops.goae_kernels, "triplane_decode")
+    if not hasattr(torch.ops.goae_kernels, "triplane_decode"):
+        return False
+    torch.library.register_fake("goae_kernels::triplane_decode")(_triplane_decode_fake)
+    return True
+
+
+def _triplane_decode_fake(table, n_rows, n_cols, A, b, origins, directions, depths, w0, b0, ws, w2, b2, features):
+    """Shapes and dtypes of the op's outputs without computing them (torch.compile / FakeTensor tracing).
+    Refuses what the CPU kernel would refuse, so a trace fails where the call would."""
+    for t in (table, A, b, origins, directions, depths, w0, b0, ws, w2, b2):
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            raise RuntimeError(f"goae_kernels::triplane_decode takes float32 CPU tensors only, got {t.dtype} on {t.device}")
+    N, R, S = depths.shape
+    sigma = depths.new_empty(N, R, S)
+    return [sigma, depths.new_empty(N, R, S, w2.shape[1])] if features else [sigma]
 
 
 def available() -> bool:
@@ -76,7 +90,7 @@ def available() -> bool:
 
 
 def applicable(taps, decoder) -> bool:
-    """Whether `decode_rays` runs for these tri-plane taps (renderer's _TriplaneTaps) and decoder now:
+    """Whether `decode_rays` runs for these tri-plane taps (renderer_fused.TriplaneTaps) and decoder now:
     CPU float32 inference, no autocast, EG3D's widths (3 planes x 32 channels, MLP 32 -> 64 -> 33)."""
     table = taps.table
     if torch.is_grad_enabled() or table.device.type != "cpu" or table.dtype != torch.float32:
@@ -95,8 +109,8 @@ def applicable(taps, decoder) -> bool:
 
 def decode_rays(taps, decoder, ray_origins: torch.Tensor, ray_directions: torch.Tensor, depths: torch.Tensor,
                 features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The fused equivalent of ImportanceRenderer._decode_fast: rays [N, R, 3], depths [N, R, S] ->
-    (sigma [N, R, S], colours [N, R, S, 32] or None). `taps` is the renderer's _TriplaneTaps (its
+    """The fused equivalent of FusedImportanceRenderer._decode: rays [N, R, 3], depths [N, R, S] ->
+    (sigma [N, R, S], colours [N, R, S, 32] or None). `taps` is a renderer_fused.TriplaneTaps (its
     zero-bordered channels-last table and pixel map); call only when `applicable(...)`."""
     fc0, fc2 = decoder.net[0], decoder.net[2]
     n = taps.n_planes
