@@ -73,6 +73,7 @@ class FastPath:
     channels_last: bool = True
     compile: bool = False
     device_type: str = "cpu"
+    compile_backend: str = "inductor"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -84,16 +85,32 @@ class FastPath:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
 
+    def backbone_autocast(self) -> contextlib.AbstractContextManager:
+        """Context for the EG3D tri-plane synthesis. The official code runs it in fp32 (num_fp16_res=0,
+        no conv clamp), and fp16 activations there can overflow: under fp16 it stays fp32; bf16 (fp32's
+        range) is safe."""
+        return contextlib.nullcontext() if self.precision == "fp16" else self.autocast()
+
+    @property
+    def tf32_convolutions(self) -> bool:
+        """The TF32 policy on CUDA: the parity path (no FastPath) runs true fp32; a fast path lets
+        cuDNN convolutions use TF32 (they run in bf16/fp16 under autocast anyway), while matmuls
+        (attention logits, style affines, the renderer's decoder MLP) stay full fp32."""
+        return self.device_type == "cuda"
+
 
 def _synthesis_blocks(module: nn.Module) -> Iterator[nn.Module]:
     from goae.models.stylegan2 import SynthesisBlock
     return (m for m in module.modules() if isinstance(m, SynthesisBlock))
 
 
-def _compiled_modules(pipe) -> list[nn.Module]:
-    """The hot, shape-static modules: SR, backbone synthesis, Swin trunk, AFA."""
+def compiled_modules(pipe) -> dict[str, nn.Module]:
+    """The modules `compile=True` compiles, by name: each is called as a module by the GOAE forward
+    (goae.models.goae), so its compiled form is what runs. Shapes are static per resolution."""
     g = pipe.generator
-    return [g.superresolution, g.backbone.synthesis, pipe.encoder.swin_model, pipe.afa]
+    blocks = {f"synthesis.b{b.resolution}": b for b in _synthesis_blocks(g.backbone.synthesis)}
+    return {"encoder": pipe.encoder, **blocks, "renderer": g.renderer, "superresolution": g.superresolution,
+            "afa": pipe.afa}
 
 
 def apply(pipe, fast: FastPath) -> None:
@@ -101,22 +118,23 @@ def apply(pipe, fast: FastPath) -> None:
 
     compile=True uses `nn.Module.compile` in place (state_dict keys unchanged); each module then
     compiles on its first call per input shape. Errors raised while compiling are not hidden."""
-    if fast.compile and fast.device_type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+    if (fast.compile and fast.compile_backend == "inductor" and fast.device_type == "cpu"
+            and not any(map(shutil.which, ("g++", "c++", "clang++")))):
         raise FastPathError("compile=True needs a C++ compiler (g++/clang++) on PATH for torch.compile's "
                             "CPU backend; install one or use compile=False")
     for block in _synthesis_blocks(pipe.generator):
         block.channels_last = fast.channels_last
     pipe.afa.channels_last = fast.channels_last
     if fast.compile:
-        for m in _compiled_modules(pipe):
-            m.compile(dynamic=False)  # in place: state_dict keys stay the same
+        for m in compiled_modules(pipe).values():
+            m.compile(dynamic=False, backend=fast.compile_backend)  # in place: state_dict keys stay the same
     else:
         reset_compile(pipe)
 
 
 def reset_compile(pipe) -> None:
     """Undo `nn.Module.compile` on the hot modules (back to eager)."""
-    for m in _compiled_modules(pipe):
+    for m in compiled_modules(pipe).values():
         m._compiled_call_impl = None
 
 

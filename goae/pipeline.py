@@ -31,6 +31,7 @@ from goae.models.afa import AFA
 from goae.models.eg3d import EG3DGenerator, RenderOutput
 from goae.models.encoder import GOAEncoder
 from goae.models.goae import GOAE
+from goae.runtime import tf32
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray]
 
@@ -137,17 +138,20 @@ class GOAEPipeline(DiffusionPipeline):
         return getattr(self, "_fast_path", None)
 
     def enable_fast_path(self, precision: str = "auto", channels_last: bool = True,
-                         compile: bool = False) -> "GOAEPipeline":
+                         compile: bool | str = False) -> "GOAEPipeline":
         """Faster inference for `__call__`, `render_view` and `edit` (outputs stay float32).
 
         precision: 'bf16' / 'fp16' (CUDA) run the networks under torch.autocast, with the fragile
         steps kept in fp32 (see goae.fast); 'auto' = bf16 where the device has fast bf16, else fp32.
-        channels_last: NHWC convolutions. compile: torch.compile the hot modules (needs a C++
-        compiler on a CPU; the first call of each shape then takes minutes). Returns self.
+        channels_last: NHWC convolutions. compile: torch.compile the modules the forward runs
+        (goae.fast.compiled_modules: encoder, synthesis blocks, renderer, super-resolution, AFA); True
+        = inductor (needs a C++ compiler on a CPU; the first call of each shape then takes minutes), or
+        a torch.compile backend name. On CUDA a fast path lets cuDNN convolutions use TF32. Returns self.
         """
+        backend = compile if isinstance(compile, str) else "inductor"
         fast = fastpath.FastPath(precision=fastpath.resolve_precision(precision, self.device),
                                  channels_last=bool(channels_last), compile=bool(compile),
-                                 device_type=self.device.type)
+                                 device_type=self.device.type, compile_backend=backend)
         fastpath.apply(self, fast)
         self._fast_path = fast
         return self
@@ -158,13 +162,24 @@ class GOAEPipeline(DiffusionPipeline):
         self._fast_path = None
         return self
 
-    def _autocast(self):
+    def _active_fast_path(self) -> fastpath.FastPath | None:
         fast = self.fast_path
-        if fast is None:
-            return contextlib.nullcontext()
-        if fast.device_type != self.device.type:  # moved with .to() after enable_fast_path
+        if fast is not None and fast.device_type != self.device.type:  # moved with .to() after enable_fast_path
             fast = self._fast_path = dataclasses.replace(fast, device_type=self.device.type)
-        return fast.autocast()
+        return fast
+
+    def _autocast(self):
+        fast = self._active_fast_path()
+        return contextlib.nullcontext() if fast is None else fast.autocast()
+
+    def _backbone_autocast(self):
+        fast = self._active_fast_path()
+        return contextlib.nullcontext() if fast is None else fast.backbone_autocast()
+
+    def _tf32(self):
+        """The TF32 policy (goae.fast.FastPath.tf32_convolutions) for one call: off on the parity path."""
+        fast = self._active_fast_path()
+        return tf32(matmul=False, convolutions=fast is not None and fast.tf32_convolutions)
 
     # ----------------------------------------------------------------------------- inputs
     @property
@@ -211,7 +226,8 @@ class GOAEPipeline(DiffusionPipeline):
         cfg = self.config
         return GOAE(self.generator, self.encoder, self.afa, afa_resolution=cfg.afa_resolution,
                     mask_blur_sigma=cfg.mask_blur_sigma, mask_threshold=cfg.mask_threshold,
-                    deterministic=cfg.deterministic, autocast=self._autocast)
+                    deterministic=cfg.deterministic, autocast=self._autocast,
+                    backbone_autocast=self._backbone_autocast)
 
     # ----------------------------------------------------------------------------- inversion
     def encode(self, x_enc: torch.Tensor) -> torch.Tensor:
@@ -227,7 +243,8 @@ class GOAEPipeline(DiffusionPipeline):
         """
         x_enc, x_512 = self.preprocess(image)
         c = self.camera_tensor(camera, x_enc.shape[0])
-        fwd = self.method(x_512, x_enc, c, intermediates=return_intermediates)
+        with self._tf32():
+            fwd = self.method(x_512, x_enc, c, intermediates=return_intermediates)
         inter = None
         if return_intermediates:
             inter = {"x_enc": x_enc, "img_rec": fwd.img_rec, "planes_w": fwd.planes_w, "planes_f": fwd.planes_f,
@@ -258,8 +275,9 @@ class GOAEPipeline(DiffusionPipeline):
             ws = ws.expand(c.shape[0], *ws.shape[1:])
         elif c.shape[0] == 1 and planes.shape[0] > 1:
             c = c.expand(planes.shape[0], 25)
-        return self.method.render(planes, ws, c, superresolution=superresolution,
-                                  neural_rendering_resolution=neural_rendering_resolution)
+        with self._tf32():
+            return self.method.render(planes, ws, c, superresolution=superresolution,
+                                      neural_rendering_resolution=neural_rendering_resolution)
 
     @torch.no_grad()
     def edit(self, result: GOAEOutput, offset: torch.Tensor) -> GOAEOutput:
@@ -269,8 +287,9 @@ class GOAEPipeline(DiffusionPipeline):
         to the generator features; the occlusion-aware mix then uses the edited W tri-planes.
         """
         f = result.edit_features
-        fwd = self.method.edit(result.ws, offset.to(result.ws.device, result.ws.dtype), result.camera,
-                               f["x_rec"], f["adain_rec"])
+        with self._tf32():
+            fwd = self.method.edit(result.ws, offset.to(result.ws.device, result.ws.dtype), result.camera,
+                                   f["x_rec"], f["adain_rec"])
         return GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
                           image_depth=fwd.final.image_depth, camera=result.camera, mask=fwd.mask["mask"],
                           edit_features=f)

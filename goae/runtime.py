@@ -5,10 +5,12 @@ app, the command line and the benchmarks call `setup_runtime` (or the single fun
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import platform
+from typing import Iterator
 
 import torch
 
@@ -35,6 +37,17 @@ def set_tf32(enabled: bool) -> None:
     path, which already trades precision for speed, may turn it on."""
     torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
     torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
+@contextlib.contextmanager
+def tf32(matmul: bool, convolutions: bool) -> Iterator[None]:
+    """TF32 for CUDA matmuls / cuDNN convolutions inside the block, the previous settings after it."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = bool(matmul), bool(convolutions)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def setup_runtime(device: str | torch.device | None = "auto", tune_allocator: bool | None = None) -> torch.device:

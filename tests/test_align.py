@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import goae.align as align
+import goae.align.detect as detect
 from goae.align import (AlignError, FaceIndexError, ImageTooLargeError, InvalidImageError, NoFaceError,
                         align_face, detect_faces, load_image)
 from goae.landmarker import (DOWNLOAD_COMMAND, LandmarkerModelMissing, cache_path, find_landmarker)
@@ -300,4 +301,4 @@ def test_threads_share_one_landmarker(landmarker, obama):
     for a in out:
         np.testing.assert_array_equal(a.landmarks, ref.landmarks)
         np.testing.assert_array_equal(a.camera, ref.camera)
-    assert len([k for k in align._LANDMARKERS if k.endswith(f"@{align.MIN_CONFIDENCE}")]) == 1   # one shared instance
+    assert len([k for k in detect._LANDMARKERS if k[1] == align.MIN_CONFIDENCE]) == 1   # one shared instance

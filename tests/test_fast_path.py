@@ -243,9 +243,9 @@ def test_compile_needs_a_cpp_compiler(pipe, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compile_small_sr(pipe, ref):
-    """compile=True on the small pipeline's render path (only the SR is compiled by render_view).
-    Inductor builds C++ here: ~25 s on a 2-core CPU with an empty cache."""
+def test_compile_small_render(pipe, ref):
+    """compile=True on the small pipeline's render path (render_view runs the compiled renderer and
+    super-resolution). Inductor builds C++ here."""
     cam = camera_label(0.2, 0.0)
     want = pipe.render_view(ref, cam)["image"]
     pipe.enable_fast_path("fp32", compile=True)
@@ -255,6 +255,35 @@ def test_compile_small_sr(pipe, ref):
         pipe.disable_fast_path()
     assert pipe.generator.superresolution._compiled_call_impl is None
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compile_runs_every_hot_module(pipe, ref, photo):
+    """Every module compile=True compiles is really called through its compiled form by the forward
+    (dynamo captures a frame for each), with the same result. The 'aot_eager' backend traces exactly
+    what inductor would, without generating C++ (seconds, not minutes)."""
+    import torch._dynamo
+
+    names = fast.compiled_modules(pipe)
+    assert {"encoder", "renderer", "superresolution", "afa"} <= set(names) and any(n.startswith("synthesis.b") for n in names)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    pipe.enable_fast_path("fp32", compile="aot_eager")
+    seen = set()
+    for name, module in names.items():  # nn.Module.__call__ runs _compiled_call_impl when it is set
+        compiled = module._compiled_call_impl
+        assert compiled is not None, name
+        module._compiled_call_impl = lambda *a, _c=compiled, _n=name, **k: (seen.add(_n), _c(*a, **k))[1]
+    try:
+        got = pipe(*photo)
+        view = pipe.render_view(got, camera_label(0.2, 0.0))
+    finally:
+        pipe.disable_fast_path()
+    assert seen == set(names), set(names) - seen
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= len(names)
+    torch.testing.assert_close(got.image, ref.image, atol=1e-4, rtol=1e-4)
+    want = pipe.render_view(ref, camera_label(0.2, 0.0))
+    torch.testing.assert_close(view.image, want.image, atol=1e-4, rtol=1e-4)
 
 
 _FAULTS_SCRIPT = """

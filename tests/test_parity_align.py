@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import goae.align as align
+import goae.align.crop as crop
 from goae.align import crop_image, crop_params_from_lm5
 
 
@@ -50,9 +50,9 @@ def test_truncation_is_toward_zero(parity_dir):
     assert p.crop1024_box_in_resized[0] == int(c["left_float"]) == c["crop1024_box_in_resized"][0]
 
 
-@pytest.mark.parametrize("exact_limit", [align.EXACT_RESIZE_MAX_PIXELS, 0], ids=["full-resize", "region-resize"])
+@pytest.mark.parametrize("exact_limit", [crop.EXACT_RESIZE_MAX_PIXELS, 0], ids=["full-resize", "region-resize"])
 def test_crop_pixels_match_official_png(parity_dir, monkeypatch, exact_limit):
-    monkeypatch.setattr(align, "EXACT_RESIZE_MAX_PIXELS", exact_limit)
+    monkeypatch.setattr(crop, "EXACT_RESIZE_MAX_PIXELS", exact_limit)
     cases = _cases(parity_dir, with_png=True)
     assert cases, "no golden crops"
     for c in cases:

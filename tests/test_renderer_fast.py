@@ -252,3 +252,37 @@ def test_render_planes_depth_only():
     for key in depth_only:
         assert depth_only[key].shape == full[key].shape
         assert (depth_only[key] - full[key]).abs().max() <= 1e-6, key
+
+
+def _count_ops(fn) -> int:
+    """aten operators dispatched by fn(): on a GPU each is (at least) one kernel launch."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_gpu_chunk_size_launches_do_not_grow_with_the_batch():
+    """The PyTorch fused path at the chunk size a GPU gets (64^2 rays x 48+48 samples): one chunk per pass whatever the batch,
+    against dozens of cache-sized chunks on a CPU (ops counted on the CPU, kernel off)."""
+    from goae.models.renderer_fused import CPU_CHUNK_POINTS, CUDA_CHUNK_POINTS
+
+    decoder = make_decoder()
+    options = dict(OPTIONS, depth_resolution=48, depth_resolution_importance=48)
+    counts = {}
+    for n in (1, 4):
+        planes, ray_origins, ray_directions = make_scene(n, res=64)
+        for name, chunk in (("cpu", CPU_CHUNK_POINTS), ("gpu", CUDA_CHUNK_POINTS)):
+            r = FusedImportanceRenderer(chunk_points=chunk, kernels=False)
+            with torch.no_grad():
+                counts[name, n] = _count_ops(lambda: r(planes, decoder, ray_origins, ray_directions, options,
+                                                       deterministic=True))
+    assert counts["gpu", 4] <= counts["gpu", 1] + 16, counts  # + the batch offsets of the taps
+    assert counts["cpu", 4] > 4 * counts["gpu", 4] and counts["cpu", 4] > 2 * counts["cpu", 1], counts

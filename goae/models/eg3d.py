@@ -333,7 +333,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         """Density and colour of tri-planes [N,96,H,W] (or [N,3,32,H,W]) at arbitrary points: field(xyz [N,M,3])
         -> (raw density [N,M], features [N,M,32]). For meshes and density queries; build once per planes."""
         planes = planes.view(planes.shape[0], 3, PLANE_CHANNELS, *planes.shape[-2:]) if planes.ndim == 4 else planes
-        return TriplaneField(planes, self.decoder, self.renderer.plane_axes_cpu, self.box_warp)
+        return TriplaneField(planes, self.decoder, self.renderer.plane_axes_key, self.box_warp)
 
     # -- mapping ---------------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, c: torch.Tensor, truncation_psi: float = 1,

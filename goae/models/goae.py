@@ -66,18 +66,23 @@ class GOAE:
     afa_resolution: generator feature level AFA refines (32 released). mask_blur_sigma, mask_threshold:
     the visibility mask (official: 1.5 at inference, random in training). deterministic: no stratified
     jitter and deterministic importance sampling. neural_rendering_resolution: None = the generator's.
-    autocast: context factory for the network passes (None: plain fp32).
+    autocast: context factory for the network passes (None: plain fp32). backbone_autocast: the one for
+    the tri-plane synthesis (None: autocast; fp16 keeps it fp32, as the official code runs it).
     """
+
+    GPU_RENDER_BATCH = 8  # images per render call on a GPU (at 512^2, ~1 GB of activations each)
 
     def __init__(self, generator: EG3DGenerator, encoder, afa, afa_resolution: int = 32,
                  mask_blur_sigma: float = 1.5, mask_threshold: float = 0.35, deterministic: bool = True,
                  neural_rendering_resolution: int | None = None,
-                 autocast: Callable[[], ContextManager] | None = None):
+                 autocast: Callable[[], ContextManager] | None = None,
+                 backbone_autocast: Callable[[], ContextManager] | None = None):
         self.generator, self.encoder, self.afa = generator, encoder, afa
         self.afa_resolution, self.deterministic = int(afa_resolution), bool(deterministic)
         self.mask_blur_sigma, self.mask_threshold = float(mask_blur_sigma), float(mask_threshold)
         self.neural_rendering_resolution = neural_rendering_resolution
         self.autocast = autocast or contextlib.nullcontext
+        self.backbone_autocast = backbone_autocast or self.autocast
 
     # ------------------------------------------------------------------------------------ steps
     def encode(self, x_enc: torch.Tensor, stage: str = "fine") -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,26 +93,28 @@ class GOAE:
 
     def synthesize(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ws -> (x_rec, img_rec) at the AFA level, and the W tri-planes synthesised on from them."""
-        with self.autocast():
+        with self.backbone_autocast():
             x, img = self.generator.synthesize_until(ws, res=self.afa_resolution)
         x, img = x.float().contiguous(), img.float()  # x may be channels-last inside the generator
         return x, img, self.synthesize_from(ws, x, img)
 
     def synthesize_from(self, ws: torch.Tensor, x: torch.Tensor, img: torch.Tensor) -> torch.Tensor:
         """Tri-planes from (possibly refined) features x and skip image img at the AFA level."""
-        with self.autocast():
+        with self.backbone_autocast():
             return self.generator.synthesize_from(ws, x, img, res=self.afa_resolution).float()
 
     def render(self, planes: torch.Tensor, ws: torch.Tensor, c: torch.Tensor, superresolution: bool = True,
                neural_rendering_resolution: int | None = None, features: bool = True) -> RenderOutput:
         """Volume rendering (fp32) + super-resolution (under autocast). features=False: depth only."""
         nrr = self.neural_rendering_resolution if neural_rendering_resolution is None else neural_rendering_resolution
-        if planes.shape[0] > 1 and planes.device.type == "cpu":
-            # One image at a time on a CPU: the working set of one render stays in cache (batch-8
-            # super-resolution activations are 1 GB each at 512^2 and ran ~35% slower per photo), and
-            # every image is bit-identical to rendering it alone. A GPU takes the batch in one go.
-            parts = [self._render(planes[i:i + 1], ws[i:i + 1], c[i:i + 1], superresolution, nrr, features)
-                     for i in range(planes.shape[0])]
+        # One image at a time on a CPU: the working set of one render stays in cache (batch-8
+        # super-resolution activations are 1 GB each at 512^2 and ran ~35% slower per photo), and
+        # every image is bit-identical to rendering it alone. A GPU takes groups of GPU_RENDER_BATCH
+        # (many views of one inversion would otherwise all be in memory at once).
+        step = 1 if planes.device.type == "cpu" else self.GPU_RENDER_BATCH
+        if planes.shape[0] > step:
+            parts = [self._render(planes[i:i + step], ws[i:i + step], c[i:i + step], superresolution, nrr, features)
+                     for i in range(0, planes.shape[0], step)]
             return RenderOutput(**{k: torch.cat([p[k] for p in parts]) for k in parts[0].keys()})
         return self._render(planes, ws, c, superresolution, nrr, features)
 

@@ -28,6 +28,11 @@ CPU_CHUNK_POINTS = 1 << 15
 CUDA_CHUNK_POINTS = 1 << 22
 
 
+def plane_axes_key() -> tuple:
+    """EG3D's plane axes as a tuple of floats: TriplaneTaps' cache key."""
+    return tuple(generate_planes("cpu").flatten().tolist())
+
+
 def chunk_points_for(device: torch.device) -> int:
     return CUDA_CHUNK_POINTS if device.type == "cuda" else CPU_CHUNK_POINTS
 
@@ -42,7 +47,7 @@ class FusedImportanceRenderer(ImportanceRenderer):
     def __init__(self, fused: bool = True, chunk_points: int | None = None, kernels: bool = True) -> None:
         super().__init__()
         self.fused, self.chunk_points, self.kernels = fused, chunk_points, kernels
-        self.plane_axes_cpu = generate_planes("cpu")  # TriplaneTaps' constants are cached per device
+        self.plane_axes_key = plane_axes_key()  # TriplaneTaps' constants are cached per device
 
     def chunk_size(self, device: torch.device) -> int:
         return self.chunk_points or chunk_points_for(device)
@@ -60,7 +65,7 @@ class FusedImportanceRenderer(ImportanceRenderer):
                      features=True):
         N = planes.shape[0]
         D, N_importance = depths_coarse.shape[2], opts["depth_resolution_importance"]
-        sampler = TriplaneTaps(planes, self.plane_axes_cpu, opts["box_warp"])
+        sampler = TriplaneTaps(planes, self.plane_axes_key, opts["box_warp"])
         depths_c = depths_coarse.squeeze(-1)
         sigma_c, colors_c = self._decode(sampler, decoder, ray_origins, ray_directions, depths_c, opts,
                                               deterministic, features)
@@ -173,13 +178,14 @@ class TriplaneTaps:
     of a point are a weighted bag of rows: contiguous C-float reads, no per-channel gathers, and no
     [P, C, M] intermediate. Differentiable w.r.t. the planes."""
 
-    def __init__(self, planes: torch.Tensor, plane_axes: torch.Tensor, box_warp: float):
+    def __init__(self, planes: torch.Tensor, plane_axes: torch.Tensor | tuple, box_warp: float):
         N, P, C, H, W = planes.shape
         self.n_planes, self.plane_size = P, (H, W)
         self.table = F.pad(planes.permute(0, 1, 3, 4, 2), (0, 0, 1, 1, 1, 1)).reshape(-1, C)
-        # Pass CPU plane axes: the constants are then computed once per device and shape, with no
-        # host-device round trip per render (and nothing that stops a CUDA graph capture).
-        axes = tuple(plane_axes.detach().cpu().flatten().tolist())
+        # The constants are computed once per device and shape and cached: no host-device round trip
+        # per render, nothing that stops a CUDA graph capture. Renderers pass the axes as a tuple of
+        # floats (no tensor read, no graph break under torch.compile).
+        axes = plane_axes if isinstance(plane_axes, tuple) else tuple(plane_axes.detach().cpu().flatten().tolist())
         (self.A, self.b, self.stride, self.offset0, self.offset1, self.lo0, self.hi0, self.lo1,
          self.hi1) = _tap_constants(planes.device, axes, P, H, W, float(box_warp))
         self.batch_stride = P * (H + 2) * (W + 2)
@@ -207,12 +213,22 @@ class TriplaneField:
     renderer's fast tri-plane taps and fused decoder when the decoder has `decode_plane_sum`
     (OSGDecoder), else through `sample_from_planes` + `decoder(...)`. Build once per tri-plane set."""
 
-    def __init__(self, planes: torch.Tensor, decoder, plane_axes: torch.Tensor, box_warp: float) -> None:
+    def __init__(self, planes: torch.Tensor, decoder, plane_axes: torch.Tensor | tuple, box_warp: float) -> None:
         if planes.ndim != 5:
             raise RenderingError(f"planes must be [N, 3, C, H, W], got shape {tuple(planes.shape)}")
+        if isinstance(plane_axes, tuple):
+            plane_axes = torch.tensor(plane_axes, dtype=torch.float32).reshape(-1, 3, 3)
         self.planes, self.decoder, self.plane_axes, self.box_warp = planes, decoder, plane_axes, float(box_warp)
         fits = planes.shape[1] * (planes.shape[3] + 2) * (planes.shape[4] + 2) < 2 ** 24
         self.taps = TriplaneTaps(planes, plane_axes, box_warp) if hasattr(decoder, "decode_plane_sum") and fits else None
+
+    def density(self, coordinates: torch.Tensor) -> torch.Tensor:
+        """Points [N, M, 3] -> raw density sigma [N, M] only (the decoder's colour rows are skipped)."""
+        N, M, _ = coordinates.shape
+        if self.taps is not None:
+            return self.decoder.decode_plane_sum(self.taps(coordinates), self.taps.n_planes, features=False)[0] \
+                .reshape(N, M).float()
+        return self(coordinates)[0]
 
     def __call__(self, coordinates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Points [N, M, 3] -> (raw density sigma [N, M], features [N, M, C'] in (-0.001, 1.001))."""
