@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,7 +34,12 @@ from goae.models.afa import AFA
 from goae.models.eg3d import EG3DGenerator, RenderOutput
 from goae.models.encoder import GOAEncoder
 from goae.models.goae import GOAE
+from goae.card import Provenance, write_model_card
+from goae.io import atomic_dir
 from goae.runtime import tf32
+
+DIRECTIONS_FOLDER = "directions"  # edit directions inside a pipeline folder (the app's sliders)
+_REDUCED_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray]
 
@@ -61,6 +69,34 @@ class GOAEOutput(BaseOutput):
     mask: torch.Tensor
     edit_features: dict[str, torch.Tensor]
     intermediates: dict[str, torch.Tensor] | None = None
+    images: list[Image.Image] | np.ndarray | torch.Tensor | None = None
+
+
+@dataclass
+class GOAEViewOutput(RenderOutput):
+    """A render of cached tri-planes (`render_view`): the RenderOutput fields, plus `images` in the
+    requested output_type."""
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor | None = None
+
+
+OUTPUT_TYPES = ("pil", "np", "pt", None)
+
+
+def to_output_type(image: torch.Tensor, output_type: str | None):
+    """Images [B,3,H,W] in [-1, 1] -> 'pil' (list of RGB images), 'np' (float32 [B,H,W,3] in [0, 1]),
+    'pt' (float32 [B,3,H,W] in [0, 1]) or None (nothing)."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if output_type is None:
+        return None
+    x = ((image.detach().float() + 1) / 2).clamp(0, 1)
+    if output_type == "pt":
+        return x
+    arr = x.permute(0, 2, 3, 1).cpu().numpy()
+    if output_type == "np":
+        return arr
+    return [Image.fromarray((a * 255).round().astype(np.uint8)) for a in arr]
 
 
 def _to_uint8_batch(images: ImageInput) -> list[Image.Image]:
@@ -81,8 +117,10 @@ def _to_uint8_batch(images: ImageInput) -> list[Image.Image]:
 class GOAEPipeline(DiffusionPipeline):
     """GOAE inversion pipeline. `GOAEPipeline.from_pretrained(repo_or_dir)` / `save_pretrained(dir)`."""
 
-    model_cpu_offload_seq = "encoder->generator->afa"
+    # No model_cpu_offload_seq: the generator runs through methods other than forward, so diffusers'
+    # offload hooks would not move it (enable_model_cpu_offload says so and stops).
     weights_label: str = "unlabelled"  # where the weights came from (a folder, a repo id, or "random (seed N)")
+    directions_dir: Path | None = None  # edit directions that travel with the weights (folder/directions)
 
     def __init__(self, generator: EG3DGenerator, encoder: GOAEncoder, afa: AFA,
                  afa_resolution: int = 32, mask_blur_sigma: float = 1.5, mask_threshold: float = 0.35,
@@ -130,6 +168,106 @@ class GOAEPipeline(DiffusionPipeline):
         pipe = cls.from_random(seed=seed, generator=generator, encoder=GOAEncoder(**enc_kwargs), afa=AFA(**afa_kwargs))
         pipe.weights_label = f"random {name} (seed {seed})"
         return pipe
+
+    # ----------------------------------------------------------------------------- loading, saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *, torch_dtype: torch.dtype | None = None,
+                        dtype: torch.dtype | None = None, show_progress: bool = False, **kwargs) -> "GOAEPipeline":
+        """A pipeline folder or Hub repo id (diffusers' loader), checked before any module is built.
+
+        torch_dtype / dtype: torch.bfloat16 or torch.float16 run the pipeline at that precision (the
+        fast path: weights stay float32 and the numerically fragile steps fp32, outputs float32, see
+        goae.fast); float32 / None is the parity path. fp16 needs CUDA: on a CPU use bfloat16, or load,
+        move to the GPU and then `pipe.to(torch.float16)`. show_progress: diffusers' loading bar.
+        """
+        from diffusers.utils import is_accelerate_available, logging as dlogging
+
+        from goae.hub import check_pipeline_folder, resolve_pretrained
+
+        want = dtype if dtype is not None else torch_dtype
+        if want is not None and want != torch.float32 and want not in _REDUCED_DTYPES:
+            raise ValueError(f"torch_dtype must be torch.float32, torch.bfloat16 or torch.float16, got {want}")
+        folder = resolve_pretrained(pretrained_model_name_or_path, revision=kwargs.pop("revision", None))
+        check_pipeline_folder(folder)
+        # Without accelerate diffusers would warn and fall back to this anyway.
+        kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
+        bars = dlogging.is_progress_bar_enabled()
+        dlogging.enable_progress_bar() if show_progress else dlogging.disable_progress_bar()
+        try:
+            pipe = super().from_pretrained(str(folder), **kwargs)
+        finally:
+            dlogging.enable_progress_bar() if bars else dlogging.disable_progress_bar()
+        pipe.set_progress_bar_config(disable=True)
+        pipe.weights_label = str(pretrained_model_name_or_path)
+        pipe.provenance = Provenance(note=f"re-saved from {pretrained_model_name_or_path}")
+        if (folder / DIRECTIONS_FOLDER).is_dir():
+            pipe.directions_dir = folder / DIRECTIONS_FOLDER
+        if want is not None:
+            pipe.to(want)
+        return pipe
+
+    @property
+    def provenance(self) -> Provenance:
+        """What the weights were made from (written into the model card by save_pretrained)."""
+        return getattr(self, "_provenance", None) or Provenance(note=f"weights: {self.weights_label}")
+
+    @provenance.setter
+    def provenance(self, value: Provenance) -> None:
+        self._provenance = value
+
+    def to(self, *args, **kwargs) -> "GOAEPipeline":
+        """diffusers' `to(device)`; a dtype (bf16 / fp16) switches the fast path on at that precision and
+        float32 switches it off, instead of casting the weights (see from_pretrained)."""
+        args = list(args)
+        dtype = kwargs.pop("dtype", None)
+        for a in [a for a in args if isinstance(a, torch.dtype)]:
+            dtype = a
+            args.remove(a)
+        if args or kwargs:
+            super().to(*args, **kwargs)  # the device first: fp16 is checked against where it will run
+        if dtype is not None:
+            if dtype == torch.float32:
+                self.disable_fast_path()
+            elif dtype == torch.float16 and self.device.type != "cuda":
+                raise fastpath.FastPathError("torch.float16 needs CUDA (CPUs have no fast fp16): on a CPU use "
+                                             "torch.bfloat16; for a GPU, move the pipeline there first "
+                                             "(pipe.to('cuda', torch.float16))")
+            elif dtype in _REDUCED_DTYPES:
+                fast = self.fast_path
+                self.enable_fast_path(_REDUCED_DTYPES[dtype], channels_last=fast.channels_last if fast else True,
+                                      compile=fast.compile_backend if fast and fast.compile else False)
+            else:
+                raise ValueError(f"GOAEPipeline runs in float32, bfloat16 or float16, not {dtype}")
+        return self
+
+    def save_pretrained(self, save_directory: str | Path, provenance: Provenance | None = None,
+                        repo_hint: str | None = None, **kwargs) -> Path:
+        """Write the pipeline folder atomically: model_index.json, one folder per component, the model
+        card (README.md, with the weights' licence) and the edit directions that came with the weights.
+        An existing folder is replaced only if it is a goae pipeline folder (or empty)."""
+        out = Path(save_directory)
+        if out.is_dir() and any(out.iterdir()) and not (out / "model_index.json").is_file():
+            raise FileExistsError(f"{out} exists and is not a pipeline folder: refusing to replace what it holds")
+        if kwargs.pop("push_to_hub", False):
+            raise ValueError("use pipe.push_to_hub(repo_id): it uploads the folder with its model card")
+        with atomic_dir(out, overwrite=True) as tmp:
+            super().save_pretrained(str(tmp), safe_serialization=True, **kwargs)
+            if self.directions_dir is not None and self.directions_dir.is_dir():
+                shutil.copytree(self.directions_dir, tmp / DIRECTIONS_FOLDER)
+            write_model_card(tmp, "pipeline", provenance or self.provenance, repo_hint=repo_hint or out.name)
+        return out
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
+                    token: str | None = None, create_pr: bool = False, **kwargs):
+        """Upload the saved folder (weights, model card, directions) to a Hub model repo."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory(prefix="goae-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "pipeline", repo_hint=repo_id)
+            return api.upload_folder(repo_id=repo_id, folder_path=str(folder), create_pr=create_pr,
+                                     commit_message=commit_message or "Upload goae pipeline", **kwargs)
 
     # ----------------------------------------------------------------------------- fast paths
     @property
@@ -235,11 +373,15 @@ class GOAEPipeline(DiffusionPipeline):
         return self.method.encode(x_enc)[0]
 
     @torch.no_grad()
-    def __call__(self, image: ImageInput, camera: Any, return_intermediates: bool = False) -> GOAEOutput:
+    def __call__(self, image: ImageInput, camera: Any, return_intermediates: bool = False,
+                 output_type: str | None = "pil", return_dict: bool = True) -> GOAEOutput | tuple:
         """Invert aligned 512x512 portrait(s) taken with EG3D camera label(s) `camera` ([B,25] or [25]).
 
-        With `return_intermediates`, `intermediates` holds every boundary of the method (W tri-planes
-        and render, AFA output, F tri-planes, the mask stages) for inspection and parity tests.
+        `images` holds the reconstructions as output_type ('pil', 'np', 'pt' in [0, 1], or None);
+        `image` etc. are the [-1, 1] tensors. return_dict=False: (images, ws, planes), the cache that
+        `render_view(None, camera, ws=ws, planes=planes)` renders. With `return_intermediates`,
+        `intermediates` holds every boundary of the method (W tri-planes and render, AFA output, F
+        tri-planes, the mask stages) for inspection and parity tests.
         """
         x_enc, x_512 = self.preprocess(image)
         c = self.camera_tensor(camera, x_enc.shape[0])
@@ -251,21 +393,28 @@ class GOAEPipeline(DiffusionPipeline):
                      "gamma": fwd.afa["gamma"], "beta": fwd.afa["beta"], "afa_features": fwd.afa["features"],
                      **{f"render_w.{k}": v for k, v in fwd.render_w.items()},
                      **{f"mask.{k}": v for k, v in fwd.mask.items()}}
-        return GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
-                          image_depth=fwd.final.image_depth, camera=c, mask=fwd.mask["mask"],
-                          edit_features={"x_rec": fwd.x_rec, "adain_rec": fwd.afa["feature_map_adain"]},
-                          intermediates=inter)
+        out = GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
+                         image_depth=fwd.final.image_depth, camera=c, mask=fwd.mask["mask"],
+                         edit_features={"x_rec": fwd.x_rec, "adain_rec": fwd.afa["feature_map_adain"]},
+                         intermediates=inter, images=to_output_type(fwd.final.image, output_type))
+        return out if return_dict else (out.images, out.ws, out.planes)
 
     @torch.no_grad()
-    def render_view(self, result: GOAEOutput, camera: Any, ws: torch.Tensor | None = None,
+    def render_view(self, result: GOAEOutput | None, camera: Any, ws: torch.Tensor | None = None,
                     planes: torch.Tensor | None = None, superresolution: bool = True,
-                    neural_rendering_resolution: int | None = None) -> RenderOutput:
+                    neural_rendering_resolution: int | None = None, output_type: str | None = "pil",
+                    return_dict: bool = True) -> GOAEViewOutput | tuple:
         """Render cached tri-planes at other camera(s) without re-encoding.
+
+        The cache is `result` (a GOAEOutput) or `ws` + `planes`. `images` as in `__call__` (of the
+        super-resolved image; of image_raw without super-resolution); return_dict=False: (images,).
 
         `camera` is [25] / [B,25] (one per inversion) or [V,25] with a single inversion (V views of it).
         `neural_rendering_resolution` (e.g. 64): explicit preview mode, fewer rays (the volume rendering
         dominates on a CPU), the super-resolution still outputs full size. None = the model's own (128).
         """
+        if result is None and (planes is None or ws is None):
+            raise ValueError("render_view needs a GOAEOutput or both ws and planes")
         planes = result.planes if planes is None else planes
         ws = result.ws if ws is None else ws
         c = torch.as_tensor(camera, dtype=torch.float32).reshape(-1, 25).to(planes.device) \
@@ -276,11 +425,15 @@ class GOAEPipeline(DiffusionPipeline):
         elif c.shape[0] == 1 and planes.shape[0] > 1:
             c = c.expand(planes.shape[0], 25)
         with self._tf32():
-            return self.method.render(planes, ws, c, superresolution=superresolution,
+            view = self.method.render(planes, ws, c, superresolution=superresolution,
                                       neural_rendering_resolution=neural_rendering_resolution)
+        images = to_output_type(view.image if superresolution else view.image_raw, output_type)
+        out = GOAEViewOutput(**view, images=images)
+        return out if return_dict else (out.images,)
 
     @torch.no_grad()
-    def edit(self, result: GOAEOutput, offset: torch.Tensor) -> GOAEOutput:
+    def edit(self, result: GOAEOutput, offset: torch.Tensor, output_type: str | None = "pil",
+             return_dict: bool = True) -> GOAEOutput | tuple:
         """Apply a W+ offset ([14,w] or [B,14,w]) the way the paper edits (official `Net.edit`).
 
         The AFA features of the original inversion are kept and shifted by the change the edit makes
@@ -290,9 +443,10 @@ class GOAEPipeline(DiffusionPipeline):
         with self._tf32():
             fwd = self.method.edit(result.ws, offset.to(result.ws.device, result.ws.dtype), result.camera,
                                    f["x_rec"], f["adain_rec"])
-        return GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
-                          image_depth=fwd.final.image_depth, camera=result.camera, mask=fwd.mask["mask"],
-                          edit_features=f)
+        out = GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
+                         image_depth=fwd.final.image_depth, camera=result.camera, mask=fwd.mask["mask"],
+                         edit_features=f, images=to_output_type(fwd.final.image, output_type))
+        return out if return_dict else (out.images, out.ws, out.planes)
 
 
 def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch.device = "cpu") -> GOAEPipeline:
@@ -303,7 +457,7 @@ def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch
     """
     import os
 
-    from goae.hub import HOW_TO_GET_WEIGHTS, WeightsNotFoundError, resolve_pretrained
+    from goae.hub import HOW_TO_GET_WEIGHTS, WeightsNotFoundError
 
     weights = weights or os.environ.get("GOAE_WEIGHTS")
     if not weights:
@@ -315,8 +469,6 @@ def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch
         pipe = GOAEPipeline.from_preset(RANDOM_WEIGHTS[weights], seed=seed)
         pipe.weights_label = f"{weights} (seed {seed})"
     else:
-        folder = resolve_pretrained(weights)
-        pipe = GOAEPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False)
-        pipe.weights_label = str(weights)
+        pipe = GOAEPipeline.from_pretrained(weights)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
