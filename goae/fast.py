@@ -141,6 +141,6 @@ def reset_compile(pipe) -> None:
 def reset(pipe) -> None:
     """Back to the plain fp32 path: default memory formats, no compilation."""
     for block in _synthesis_blocks(pipe.generator):
-        block.channels_last = True  # the plain path's defaults (see SynthesisBlock, AFA)
-    pipe.afa.channels_last = True
+        block.channels_last = None  # the plain path's default: by device (see SynthesisBlock, AFA)
+    pipe.afa.channels_last = None
     reset_compile(pipe)

@@ -126,9 +126,9 @@ class AFA(ModelMixin, ConfigMixin):
         ff = dim_feedforward if dim_feedforward is not None else 2 * feature_channels
         self.cross_att_gamma = CrossAttention(feature_channels, num_heads, ff)
         self.cross_att_beta = CrossAttention(feature_channels, num_heads, ff)
-        # Run the residual CNN in NHWC (oneDNN is faster on it; same numbers to fp32 rounding).
-        # A runtime switch (goae.fast), not config: parameters keep their layout.
-        self.channels_last = True
+        # Run the residual CNN in NHWC on a CPU (oneDNN is faster on it; same numbers to fp32 rounding);
+        # None = by device (NHWC on a CPU, NCHW on a GPU). A runtime switch (goae.fast), not config.
+        self.channels_last: bool | None = None
 
     def forward(self, x_512: torch.Tensor, rec_img_w: torch.Tensor, triplane_x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x_512: input image (B, 3, H, W) in [-1, 1]; rec_img_w: the W-space render of it, same shape;
@@ -146,7 +146,7 @@ class AFA(ModelMixin, ConfigMixin):
                                 f"(feature_channels={C}, feature_resolution={R}); got {tuple(triplane_x.shape)}")
         B = triplane_x.shape[0]
         residual = rec_img_w - x_512
-        if self.channels_last:
+        if self.channels_last if self.channels_last is not None else residual.device.type == "cpu":
             residual = residual.contiguous(memory_format=torch.channels_last)
         features = self.output_layer(self.body(self.input_layer(residual))).contiguous()
         kv = self.norm_kv(features.flatten(2).transpose(1, 2))

@@ -291,8 +291,9 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         # convolution per sample is also bit-identical to running each sample alone.
         x = torch.cat([conv2d_resample(x[i:i + 1], w[i], f=resample_filter, up=up, down=down, padding=padding,
                                        flip_weight=flip_weight) for i in range(n)])
-    elif n > 1:  # batch folded into channels -> groups = batch, in the layout x came in
-        x = x.reshape(1, -1, *x.shape[2:]).contiguous(memory_format=_memory_format(x))
+    elif n > 1:  # batch folded into channels -> groups = batch. NCHW, where the fold is a view: a
+        # channels-last x would be copied twice (out of NHWC, then back into it)
+        x = x.contiguous().reshape(1, -1, *x.shape[2:])
         x = conv2d_resample(x, w.reshape(-1, in_ch, kh, kw), f=resample_filter, up=up, down=down, padding=padding,
                             groups=n, flip_weight=flip_weight)
         x = x.reshape(n, -1, *x.shape[2:])
