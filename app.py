@@ -34,20 +34,15 @@ from typing import Any, Callable
 import gradio as gr
 import numpy as np
 import torch
-from PIL import Image
 
 from goae import export
 from goae.align import AlignError, align_face
-from goae.camera import camera_label, yaw_pitch_from_label
-from goae.edit import DirectionError, EditDirection, combine, load_direction
-from goae.runtime import tune_cpu_allocator
-from goae.io import atomic_path
-from goae.edit import fit_direction
-from goae.presets import RANDOM_WEIGHTS
+from goae.camera import CameraError, camera_label_degrees, yaw_pitch_from_label
+from goae.edit import DirectionError, EditDirection, directions_for, edit_offset, random_weights
+from goae.runtime import setup_runtime
 
 log = logging.getLogger("goae.app")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-DIRECTION_SUFFIXES = {".npy", ".pt", ".pth", ".npz", ".safetensors"}
 EDIT_LABELS = {"glass": "glasses"}
 MODEL_QUEUE = "model"  # every event that runs the networks shares this one queue slot
 FALLBACK_WEIGHTS = "random"  # what the app runs when no weights load: the real architecture, random weights
@@ -58,51 +53,25 @@ class AppError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ model set-up
-def load_model(weights: str | None, device: str, seed: int = 0):
-    """(pipeline, banner). Falls back to the full-size random model, with a banner, when no weights load."""
+def load_model(weights: str | None, device, seed: int = 0):
+    """(pipeline, banner). Falls back to the full-size random model, with a banner, when no weights load
+    (none configured, offline, missing files, a damaged checkpoint with NaN values)."""
     from goae.pipeline import load_pipeline
 
-    if weights in RANDOM_WEIGHTS:
-        return load_pipeline(weights, seed=seed, device=device), \
-            f"Running on **random weights** (`{weights}`): results are not faces."
     reason = "no weights configured (set GOAE_WEIGHTS or --weights)"
     if weights:
         try:
-            return load_pipeline(weights, device=device), ""
-        except Exception as e:  # offline, missing files, bad folder: the demo still starts
+            pipe = load_pipeline(weights, seed=seed, device=device)
+            export.check_weights(pipe)
+        except Exception as e:  # the demo still starts
             log.warning("could not load weights %r: %s", weights, e)
             reason = f"the weights `{weights}` could not be loaded: {e}"
+        else:
+            if random_weights(pipe):
+                return pipe, f"Running on **random weights** (`{weights}`): results are not faces."
+            return pipe, ""
     pipe = load_pipeline(FALLBACK_WEIGHTS, seed=seed, device=device)
     return pipe, f"Running on **random weights** because {reason}. Results are not faces."
-
-
-def load_edit_directions(folder: str | None, pipe) -> tuple[dict[str, EditDirection], list[str]]:
-    """Direction files of `folder` that fit the model, and notes about the others.
-
-    On random weights, files of another width (the official 14x512 files on the 32-wide small model) are
-    projected to the model's width (goae.edit.fit_direction), so that the edit controls can be tried."""
-    if not folder:
-        return {}, []
-    path = Path(folder)
-    if not path.is_dir():
-        return {}, [f"edit directions folder `{folder}` not found"]
-    num_ws, w_dim = pipe.generator.num_ws, pipe.generator.w_dim
-    random_weights = pipe.weights_label.startswith("random")
-    out, notes = {}, []
-    for f in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DIRECTION_SUFFIXES):
-        try:
-            d = load_direction(f, num_ws=num_ws)
-        except DirectionError as e:
-            notes.append(f"skipped `{f.name}`: {e}")
-            continue
-        if d.w_dim != w_dim:
-            if not random_weights:
-                notes.append(f"skipped `{f.name}`: width {d.w_dim}, the model's W+ is {num_ws}x{w_dim}")
-                continue
-            notes.append(f"`{f.name}` ({num_ws}x{d.w_dim}) projected to the random model's {num_ws}x{w_dim}")
-            d = EditDirection(d.name, fit_direction(d.tensor, w_dim))
-        out[d.name] = d
-    return out, notes
 
 
 # ------------------------------------------------------------------------------------------ session state
@@ -125,11 +94,8 @@ def delete_session(session: Session | None) -> None:
         shutil.rmtree(session.folder, ignore_errors=True)
 
 
-def _save_png(image: np.ndarray | Image.Image, path: Path) -> str:
-    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    with atomic_path(path) as tmp:
-        im.save(tmp, format="PNG")
-    return str(path)
+def _save_png(image, path: Path) -> str:
+    return str(export.save_png(image, path))
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -140,7 +106,7 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except (AlignError, AppError, DirectionError, export.ExportError) as e:
+        except (AlignError, AppError, CameraError, DirectionError, export.ExportError) as e:
             raise gr.Error(str(e), duration=None, print_exception=False) from None
         except Exception as e:
             log.exception("error in %s", fn.__name__)
@@ -196,12 +162,17 @@ class GOAEApp:
             raise AppError("Run the inversion first: upload a photo, then press 'Invert'.")
         return session
 
-    def _render(self, result, cameras: torch.Tensor, resolution: int) -> dict[str, torch.Tensor]:
+    def _resolution(self, resolution) -> int | None:
+        """The neural rendering resolution chosen in the options (None = the model's own)."""
+        if resolution is None or export.finite(resolution, "neural rendering resolution") not in self.resolutions:
+            raise AppError(f"neural rendering resolution must be one of {self.resolutions}, got {resolution!r}")
+        return None if int(resolution) == self.default_resolution else int(resolution)
+
+    def _render(self, result, cameras: torch.Tensor, resolution) -> dict[str, torch.Tensor]:
         """Cached tri-planes at cameras [V,25] with a chosen neural-rendering resolution (no re-encoding)."""
         # render_view honours the pipeline's fast path (if enabled); a lower resolution is its preview mode.
-        native = int(self.pipe.generator.neural_rendering_resolution)
         return self.pipe.render_view(result, cameras, ws=result.ws[:1], planes=result.planes[:1],
-                                     neural_rendering_resolution=None if int(resolution) == native else int(resolution))
+                                     neural_rendering_resolution=self._resolution(resolution), output_type=None)
 
     @staticmethod
     def _camera_text(face) -> str:
@@ -247,39 +218,40 @@ class GOAEApp:
         """One encoder pass + AFA refinement + occlusion-aware mix; the result is cached in the session."""
         if not isinstance(session, Session) or session.face is None:
             raise AppError("Upload a photo with a face first.")
+        self._resolution(resolution)  # a bad option fails before the slow part
         progress(0.05, desc="Inverting (encoder, AFA refinement, occlusion-aware mix)")
         t0 = time.perf_counter()
-        result = self.pipe(session.face.image, session.face.camera)
-        session.result, session.current, session.edits = result, result, {}
+        result = self.pipe(session.face.image, session.face.camera, output_type=None)
         progress(0.8, desc="Rendering")
-        recon = export.to_uint8(result.image[:1])[0]
-        recon_path = _save_png(recon, session.path("reconstruction.png"))
-        latent = session.path("latent.safetensors")
-        from safetensors.torch import save_file
-        with atomic_path(latent) as tmp:
-            save_file({"ws": result.ws[0].cpu().contiguous(), "camera": result.camera[0].cpu().contiguous()}, str(tmp))
+        # The library's bundle writer (as `goae invert`): reconstruction, depth, W+ code, result.json.
+        folder = export.save_inversion(self.pipe, session.face, session.path("inversion"), result=result,
+                                       overwrite=True)
+        session.result, session.current, session.edits = result, result, {}
         status = f"Inverted in {time.perf_counter() - t0:.1f} s ({self.pipe.device.type})."
         view = self.view(session, yaw, pitch, resolution)
-        return (session, recon, recon_path, str(latent), status, *view[1:])
+        return (session, export.to_uint8(result.image[:1])[0], str(folder / "reconstruction.png"),
+                str(folder / "ws.safetensors"), status, *view[1:])
 
     @user_errors
     def view(self, session: Session | None, yaw: float, pitch: float, resolution: int):
         """Novel view + its depth from the cached tri-planes (the inversion or its edit)."""
         if not isinstance(session, Session) or session.current is None:
             return session, None, None, None, None, None   # nothing inverted yet: the sliders just move
-        cam = camera_label(torch.tensor([float(yaw)]).deg2rad(), torch.tensor([float(pitch)]).deg2rad())
+        cam = camera_label_degrees(export.finite(yaw, "yaw"), export.finite(pitch, "pitch"))
         out = self._render(session.current, cam, resolution)
         image = export.to_uint8(out["image"])[0]
         view_path = _save_png(image, session.path("view.png"))
         depth16, preview = session.path("depth16.png"), session.path("depth_preview.png")
-        export.save_depth(out["image_depth"][0], depth16, preview)
+        near, far = self.pipe.generator.ray_range
+        export.save_depth(out["image_depth"][0], depth16, preview, near=near, far=far)
         return session, image, view_path, str(preview), str(preview), str(depth16)
 
     @user_errors
     def video(self, session: Session | None, frames: int, fps: int, resolution: int, progress=gr.Progress()):
         """Turntable (the official orbit) rendered frame by frame from the cached tri-planes, H.264 MP4."""
         session = self._need_result(session)
-        frames = int(frames)
+        frames, fps = export.whole(frames, "video frames", 1, 240), export.finite(fps, "fps", 1, 60)
+        self._resolution(resolution)
         cams = export.orbit_cameras(frames)
         progress((0, frames), desc="Rendering turntable frames", unit="frames")
 
@@ -288,17 +260,18 @@ class GOAEApp:
                 yield export.to_uint8(self._render(session.current, cams[i:i + 1], resolution)["image"])
                 progress((i + 1, frames), desc="Rendering turntable frames", unit="frames")
 
-        path = export.write_video(batches(), session.path("turntable.mp4"), fps=int(fps))
+        path = export.write_video(batches(), session.path("turntable.mp4"), fps=fps)
         return session, str(path), str(path)
 
     @user_errors
     def mesh(self, session: Session | None, resolution: int, progress=gr.Progress()):
         """Marching cubes of the cached tri-planes' density -> .glb (shown) and .ply."""
         session = self._need_result(session)
-        progress(0.1, desc=f"Sampling density on a {int(resolution)}³ grid")
-        gen, planes = self.pipe.generator, session.current.planes[:1]
+        resolution = export.whole(resolution, "mesh grid resolution", 16, 256)
+        progress(0.1, desc=f"Sampling density on a {resolution}³ grid")
         # "auto": EG3D's density level 10, or the densest 10% where the density never reaches it (random weights).
-        v, f, c = export.extract_mesh(gen, planes, resolution=int(resolution), level="auto")
+        v, f, c = export.extract_mesh(self.pipe.generator, session.current.planes[:1], resolution=resolution,
+                                      level="auto")
         progress(0.9, desc="Writing .glb and .ply")
         glb = export.save_glb(session.path("mesh.glb"), v, f, c)
         ply = export.save_ply(session.path("mesh.ply"), v, f, c)
@@ -311,19 +284,15 @@ class GOAEApp:
         session = self._need_result(session)
         if not self.directions:
             raise AppError("No edit directions loaded (set GOAE_DIRECTIONS or --directions).")
-        edits = {name: float(a) for name, a in zip(self.directions, strengths)}
+        edits = {name: export.finite(a, f"strength of {name!r}") for name, a in zip(self.directions, strengths)}
         if all(a == 0 for a in edits.values()):
             session.current, session.edits = session.result, {}
         else:
             progress(0.1, desc="Editing")
-            glasses = "glass" if "glass" in self.directions else None
-            offset = combine(self.directions, edits, glasses_key=glasses)
-            session.current = self.pipe.edit(session.result, offset.to(self.pipe.device))
+            session.current = self.pipe.edit(session.result, edit_offset(self.directions, edits), output_type=None)
             session.edits = {k: v for k, v in edits.items() if v}
         image = export.to_uint8(session.current.image[:1])[0]
-        name = "edit_" + "_".join(f"{k}{v:+g}" for k, v in session.edits.items()) + ".png" if session.edits \
-            else "edit_none.png"
-        path = _save_png(image, session.path(name))
+        path = _save_png(image, session.path(export.edit_file_name(session.edits)))
         return (session, image, path, *self.view(session, yaw, pitch, resolution)[1:])
 
 
@@ -486,15 +455,13 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
     directions = directions or os.environ.get("GOAE_DIRECTIONS")
     examples = examples or os.environ.get("GOAE_EXAMPLES")
     fast = os.environ.get("GOAE_FAST", "0").lower() in ("1", "true", "yes") if fast is None else fast
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu" and os.environ.get("GOAE_TUNE_ALLOCATOR", "1") != "0":
-        tune_cpu_allocator()  # keep render buffers mapped between calls: 10-15% faster on a CPU
+    device = setup_runtime(device or "auto")  # the device, TF32 off, the CPU allocator ($GOAE_TUNE_ALLOCATOR)
     ensure_landmarker()
     pipe, banner = load_model(weights, device)
     if fast:
         pipe.enable_fast_path("auto")
         log.info("goae app: fast path %s", pipe.fast_path)
-    dirs, notes = load_edit_directions(directions, pipe)
+    dirs, notes = directions_for(pipe, directions)
     log.info("goae app: weights %s on %s, %d edit directions", pipe.weights_label, device, len(dirs))
     return GOAEApp(pipe, dirs, banner, notes, list_examples(examples))
 

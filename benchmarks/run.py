@@ -48,7 +48,8 @@ STAGES = [
     ("final_render", "final render"),
     ("end_to_end", "end-to-end pipe(image, camera)"),
     ("novel_view", "novel-view frame (cached tri-planes)"),
-    ("preview_view", "PREVIEW frame (neural res {preview})"),
+    ("preview_view", "preview frame (neural res {preview} + SR)"),
+    ("preview_fast", "PREVIEW frame (neural res {preview}, no SR)"),
 ]
 PIPELINE_STAGES = ("encode", "first_render", "afa_mix", "final_render")  # what end_to_end is made of
 
@@ -193,12 +194,14 @@ def worker(spec: dict) -> dict:
     # -- the real thing first, and views from its cached tri-planes (both honour the fast path themselves):
     # its peak RSS is the pipeline's own, before the stage split below keeps intermediates alive.
     with torch.no_grad():
-        out = run("end_to_end", lambda: pipe(images, cameras), B)
+        out = run("end_to_end", lambda: pipe(images, cameras, output_type=None), B)
         one = {"planes": out.planes[:1], "ws": out.ws[:1]}  # the first photo's cache
         views = orbit_cameras(B + 1, device=device)[1:]  # B turntable frames of it per call
-        run("novel_view", lambda: pipe.render_view(out, views, **one), B)
+        run("novel_view", lambda: pipe.render_view(out, views, **one, output_type=None), B)
         preview = spec["preview_res"]
-        run("preview_view", lambda: pipe.render_view(out, views, **one, neural_rendering_resolution=preview), B)
+        run("preview_view", lambda: pipe.render_view(out, views, **one, neural_rendering_resolution=preview,
+                                                     output_type=None), B)
+        run("preview_fast", lambda: pipe.preview_view(out, views, **one, resolution=preview, output_type=None), B)
     result["peak_rss_bytes"] = peak_rss_bytes()  # pipe() + views, as the app and CLI run them
     if cuda:
         result["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)

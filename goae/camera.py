@@ -7,10 +7,18 @@ Label c = [cam2world (4x4 row-major, 16), intrinsics (3x3 row-major, 9)].
 * yaw/pitch are offsets from the frontal view in radians (EG3D samples pi/2 + yaw, pi/2 + pitch).
   Positive yaw moves the camera towards +x; positive pitch moves it down (towards -y).
   Pitch follows EG3D's polar convention: the polar angle is arccos(1 - 2 (pi/2 + pitch) / pi).
+
+Orbits. `orbit_cameras` follows the official GOAE/EG3D video path (`gen_video`): yaw = 0.35 sin(2 pi t),
+pitch = -0.05 + 0.25 cos(2 pi t) around the frontal view, radius 2.7, focal 4.2647. Two deliberate
+differences: we use the real pi (the official script writes 3.14, so its loop does not quite close),
+and the camera looks at EG3D's pivot (0, 0, 0.2) like GOAE's `--multi_view` and EG3D's own video script
+(GOAE's `gen_video` looks at the world origin). The camera still orbits the world origin at radius 2.7
+(`look_at_pose(official=True)`), which is where every training label sits (||t|| = 2.7).
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -48,6 +56,9 @@ def _angles(yaw: Angles, pitch: Angles) -> tuple[torch.Tensor, torch.Tensor]:
     """Broadcast yaw and pitch to 1-D float64 tensors of one length N (on CPU)."""
     y = torch.as_tensor(yaw, dtype=torch.float64).detach().cpu().reshape(-1)
     p = torch.as_tensor(pitch, dtype=torch.float64).detach().cpu().reshape(-1)
+    if not (torch.isfinite(y).all() and torch.isfinite(p).all()):
+        shown = f"{y.tolist()} and {p.tolist()}" if y.numel() + p.numel() <= 8 else "NaN or inf values"
+        raise CameraError(f"yaw and pitch must be finite numbers, got {shown}")
     if y.numel() != p.numel():
         if y.numel() == 1:
             y = y.expand_as(p)
@@ -148,3 +159,35 @@ def yaw_pitch_from_label(c: torch.Tensor, lookat: Sequence[float] = LOOKAT) -> t
     yaw = torch.atan2(d[:, 0], d[:, 2])
     pitch = -(math.pi / 2) * d[:, 1] / r  # v = pi (1 - cos phi) / 2, pitch = v - pi/2
     return yaw.to(c.dtype), pitch.to(c.dtype)
+
+
+def camera_label_degrees(yaw: float, pitch: float = 0.0, **kwargs) -> torch.Tensor:
+    """camera_label [1, 25] with yaw/pitch in degrees (what people type and sliders show)."""
+    yaw, pitch = _angles(yaw, pitch)
+    return camera_label(torch.deg2rad(yaw), torch.deg2rad(pitch), **kwargs)
+
+
+def orbit_cameras(n_frames: int, yaw_range: float = 0.35, pitch_range: float = 0.25, pitch_offset: float = -0.05,
+                  radius: float = CANONICAL_RADIUS, lookat: Sequence[float] = LOOKAT, focal: float = DEFAULT_FOCAL,
+                  device=None) -> torch.Tensor:
+    """Labels [n_frames, 25] of one closed elliptic orbit (frame t at phase 2 pi t / n_frames; see the
+    module docstring). The official video is 240 frames at 60 fps."""
+    if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
+        raise CameraError(f"n_frames must be a whole number >= 1, got {n_frames!r}")
+    t = torch.arange(int(n_frames), dtype=torch.float64) / n_frames
+    yaw = yaw_range * torch.sin(2 * math.pi * t)
+    pitch = pitch_offset + pitch_range * torch.cos(2 * math.pi * t)
+    return camera_label(yaw, pitch, radius, focal, lookat, official=True, device=device)
+
+
+def view_grid_cameras(yaws: Sequence[float], pitches: Sequence[float] = (0.0,), radius: float = CANONICAL_RADIUS,
+                      lookat: Sequence[float] = LOOKAT, focal: float = DEFAULT_FOCAL, device=None) -> torch.Tensor:
+    """Labels [len(pitches) * len(yaws), 25], row-major: all yaws of pitches[0], then of pitches[1], ...
+    (official orbit convention, like `orbit_cameras`). GOAE's `--multi_view` is
+    `view_grid_cameras([a, 0, -a])` with a = pi * 25 / 360."""
+    y = torch.as_tensor(yaws, dtype=torch.float64).reshape(-1)
+    p = torch.as_tensor(pitches, dtype=torch.float64).reshape(-1)
+    if y.numel() == 0 or p.numel() == 0:
+        raise CameraError("view_grid_cameras needs at least one yaw and one pitch")
+    pp, yy = torch.meshgrid(p, y, indexing="ij")
+    return camera_label(yy.reshape(-1), pp.reshape(-1), radius, focal, lookat, official=True, device=device)

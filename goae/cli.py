@@ -1,68 +1,64 @@
-"""`goae invert PHOTO... --out DIR` (also `python -m goae`).
+"""`goae invert PHOTO... --out DIR` (also `python -m goae`): a thin face over the library.
 
-One folder per photo, written atomically: everything goes to a hidden temporary folder beside the
-final one and is renamed into place when the photo is done, so an interrupted run never leaves a
-half-written result. A photo that fails (no face, unreadable file) prints one clear line and the
-batch goes on; the exit code is 1 if any photo failed, 2 for bad arguments.
+Each photo gets its own folder, written by `goae.export.save_inversion` (atomically: an interrupted
+run never leaves a half-written result) and named by `goae.export.output_folder` (never outside --out
+or --out itself; `face.avif` and `face.webp` get `face` and `face-2`). A photo that fails for any
+reason (no face, unreadable file, damaged weights, full disk) prints one line and the batch goes on;
+the exit code is 1 if any photo failed, 2 for bad arguments or set-up (weights, device, directions).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm.auto import tqdm
 
-from goae.runtime import tune_cpu_allocator
-from goae.io import atomic_dir
+from goae.export.errors import ExportError, finite, whole
 
 
-EDIT_ALIASES = {"glasses": "glass", "eyeglasses": "glass"}  # the official file is glass.npy
+def _number(what: str, low=None, high=None, integer: bool = False):
+    """An argparse type: a finite number (NaN, inf and text are refused) in [low, high]."""
+    def parse(text: str):
+        try:
+            return (whole if integer else finite)(text, what, low, high)
+        except ExportError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
 
 
-def _parse_edits(text: str | None) -> dict[str, float]:
+def _parse_edits(text: str) -> dict[str, float]:
+    """'age=2,glasses=-1' -> {'age': 2.0, 'glasses': -1.0} (finite strengths only)."""
     edits: dict[str, float] = {}
-    if not text:
-        return edits
     for item in text.split(","):
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise argparse.ArgumentTypeError(f"--edit expects name=strength[,name=strength...], got {item!r}")
-        try:
-            edits[name.strip()] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"edit strength for {name!r} is not a number: {value!r}") from None
+        edits[name.strip()] = _number(f"edit strength of {name.strip()!r}")(value)
     return edits
 
 
-def _parse_views(text: str | None) -> list[tuple[float, float]]:
-    """'yaw:pitch,yaw:pitch' in degrees -> [(yaw, pitch)] ('-30:0,0:0,30:0')."""
-    if not text:
-        return []
+def _parse_views(text: str) -> list[tuple[float, float]]:
+    """'yaw:pitch,yaw:pitch' in degrees -> [(yaw, pitch)] ('-30:0,0:0,30:0'); pitch defaults to 0."""
     views = []
     for item in text.split(","):
         yaw, _, pitch = item.partition(":")
-        try:
-            views.append((float(yaw), float(pitch or 0)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"--views expects yaw:pitch in degrees, got {item!r}") from None
+        views.append((_number("view yaw (degrees)", -180, 180)(yaw),
+                      _number("view pitch (degrees)", -90, 90)(pitch or "0")))
     return views
 
 
 def _parse_level(text: str) -> float | str:
-    """--mesh-level: a number or 'auto'."""
+    """--mesh-level: a finite number or 'auto'."""
     if text == "auto":
         return text
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--mesh-level expects a number or 'auto', got {text!r}") from None
+        return finite(text, "--mesh-level")
+    except ExportError:
+        raise argparse.ArgumentTypeError(f"--mesh-level expects a finite number or 'auto', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,145 +70,122 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--weights", default=None,
                      help="pipeline folder or Hub repo id (default: $GOAE_WEIGHTS); 'random' = full-size "
                           "architecture on seeded random weights, for trying the tool without weights")
-    inv.add_argument("--seed", type=int, default=0, help="seed of --weights random")
+    inv.add_argument("--seed", type=_number("--seed", 0, 2**63 - 1, integer=True), default=0,
+                     help="seed of --weights random")
     inv.add_argument("--views", type=_parse_views, default=None,
                      help="extra views, 'yaw:pitch' in degrees, comma separated (e.g. --views=-30:0,30:0,0:15)")
     inv.add_argument("--video", action="store_true", help="write a turntable MP4")
-    inv.add_argument("--frames", type=int, default=120, help="turntable frame count")
-    inv.add_argument("--fps", type=int, default=30, help="turntable frames per second")
+    inv.add_argument("--frames", type=_number("--frames", 1, 10000, integer=True), default=120,
+                     help="turntable frame count")
+    inv.add_argument("--fps", type=_number("--fps", 1, 1000), default=30, help="turntable frames per second")
     inv.add_argument("--mesh", action="store_true", help="write mesh.ply and mesh.glb")
-    inv.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid size")
+    inv.add_argument("--mesh-resolution", type=_number("--mesh-resolution", 2, 1024, integer=True), default=256,
+                     help="marching-cubes grid size")
     inv.add_argument("--mesh-level", type=_parse_level, default="auto",
                      help="density iso-level of the mesh; 'auto' (default) = EG3D's 10 where the density reaches "
                           "it, else the densest 10%% of the grid (random weights)")
     inv.add_argument("--edit", type=_parse_edits, default=None, help="semantic edits, e.g. age=2,glass=1")
     inv.add_argument("--directions", default=None,
                      help="folder of edit direction files (.npy/.safetensors; default $GOAE_DIRECTIONS)")
-    inv.add_argument("--face-index", type=int, default=None, help="which face when several (default: largest)")
+    inv.add_argument("--face-index", type=_number("--face-index", 0, 10000, integer=True), default=None,
+                     help="which face when several (default: largest)")
     inv.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     inv.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16", "fp16"),
                      help="fp32 (default: the parity path) or the fast path: auto = bf16 where the device has "
                           "it, bf16, fp16 (CUDA)")
-    inv.add_argument("--overwrite", action="store_true", help="replace existing result folders")
+    inv.add_argument("--overwrite", action="store_true",
+                     help="replace existing result folders (folders with a result.json, or empty ones)")
     return p
 
 
-def _write_png(path: Path, image_chw: torch.Tensor) -> None:
-    from PIL import Image
-    from goae.export import to_uint8
-    Image.fromarray(to_uint8(image_chw[None])[0]).save(path)
+class SetupError(Exception):
+    """Weights, device or directions that cannot be used: exit code 2."""
 
 
-def invert_one(pipe, photo: Path, out_root: Path, args, directions) -> Path:
-    """Align, invert and export one photo into out_root/<stem>/ atomically. Returns the folder."""
-    from safetensors.torch import save_file
-    from goae import export
+def one_line(e: BaseException) -> str:
+    """A clear one-line message: input and file errors (goae's are ValueErrors) by their text, anything
+    else with its type."""
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror + (f": {e.filename}" if e.filename else "")
+    elif isinstance(e, (OSError, ValueError)) and str(e):
+        text = str(e)
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return " ".join(text.split())
+
+
+def _setup(args):
+    """(pipeline, directions, export options) or SetupError."""
+    from goae.edit import directions_for, random_weights, resolve_names
+    from goae.export import ExportOptions, check_weights
+    from goae.pipeline import load_pipeline
+    from goae.runtime import setup_runtime
+
+    try:
+        device = setup_runtime(args.device or "auto")
+        pipe = load_pipeline(args.weights, seed=args.seed, device=device)
+        check_weights(pipe)
+        if args.precision != "fp32":
+            pipe.enable_fast_path(args.precision)
+    except Exception as e:  # weights missing / unreadable, no such device
+        raise SetupError(one_line(e)) from None
+    if random_weights(pipe):
+        print("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces.", file=sys.stderr)
+    directions, edits = {}, {}
+    if args.edit:
+        folder = args.directions or os.environ.get("GOAE_DIRECTIONS")
+        if not folder:
+            raise SetupError("--edit needs edit directions: pass --directions FOLDER or set $GOAE_DIRECTIONS (the "
+                             "official ones are age.npy, anger.npy, glass.npy from the GOAE repository)")
+        directions, notes = directions_for(pipe, folder)
+        try:
+            edits = resolve_names(args.edit, directions, notes)
+        except ValueError as e:
+            raise SetupError(one_line(e)) from None
+    try:
+        options = ExportOptions(views=args.views or (), video_frames=args.frames if args.video else 0, fps=args.fps,
+                                mesh_resolution=args.mesh_resolution if args.mesh else 0, mesh_level=args.mesh_level,
+                                edits=edits)
+    except ExportError as e:
+        raise SetupError(one_line(e)) from None
+    return pipe, directions, options
+
+
+def invert_one(pipe, photo: Path, folder: Path, options, directions, face_index=None, overwrite=False) -> Path:
+    """Align one photo, then invert it and write its folder (goae.export.save_inversion)."""
     from goae.align import align_face
-    from goae.camera import camera_label, yaw_pitch_from_label
-    from goae.edit import combine
+    from goae.export import save_inversion
 
-    t0 = time.perf_counter()
-    face = align_face(photo, face_index=args.face_index)
-    final_dir = out_root / photo.stem
-    with atomic_dir(final_dir, overwrite=args.overwrite) as tmp:
-        files: dict[str, str] = {}
-        face.image.save(tmp / "aligned.png")
-        files["aligned"] = "aligned.png"
-        result = pipe(face.image, face.camera)
-        _write_png(tmp / "reconstruction.png", result.image[0])
-        files["reconstruction"] = "reconstruction.png"
-        export.save_depth(result.image_depth[0], tmp / "depth16.png", tmp / "depth_preview.png")
-        files["depth16"], files["depth_preview"] = "depth16.png", "depth_preview.png"
-        save_file({"ws": result.ws[0].cpu().contiguous(), "camera": result.camera[0].cpu().contiguous()},
-                  str(tmp / "ws.safetensors"))
-        files["ws"] = "ws.safetensors"
-        for yaw, pitch in args.views or []:
-            cam = camera_label(yaw=torch.tensor([yaw]).deg2rad(), pitch=torch.tensor([pitch]).deg2rad())
-            name = f"view_yaw{yaw:+g}_pitch{pitch:+g}.png"
-            _write_png(tmp / name, pipe.render_view(result, cam)["image"][0])
-            files.setdefault("views", []).append(name)
-        if args.video:
-            cams = export.orbit_cameras(args.frames)
-            frames = export.render_views(pipe, result, cams)
-            export.write_video(frames, tmp / "turntable.mp4", fps=args.fps)
-            files["video"] = "turntable.mp4"
-        mesh_error = None
-        if args.mesh:
-            try:
-                v, f, col = export.extract_mesh(pipe.generator, result.planes[:1], resolution=args.mesh_resolution,
-                                                    level=args.mesh_level)
-            except export.ExportError as e:  # e.g. no surface at the density level (random weights)
-                mesh_error = str(e)
-                tqdm.write(f"{photo}: warning: no mesh: {e}", file=sys.stderr)
-            else:
-                export.save_ply(tmp / "mesh.ply", v, f, col)
-                export.save_glb(tmp / "mesh.glb", v, f, col)
-                files["mesh_ply"], files["mesh_glb"] = "mesh.ply", "mesh.glb"
-        if args.edit:
-            offset = combine(directions, args.edit)
-            edited = pipe.edit(result, offset)
-            name = "edit_" + "_".join(f"{k}{v:+g}" for k, v in args.edit.items()) + ".png"
-            _write_png(tmp / name, edited.image[0])
-            files["edit"] = name
-        yaw, pitch = yaw_pitch_from_label(result.camera[:1])
-        meta = {
-            "photo": str(photo), "files": files, "face_index": face.face_index, "faces_found": len(face.faces),
-            "face_box": [float(x) for x in face.box], "camera": [float(x) for x in face.camera],
-            "camera_yaw_deg": float(torch.rad2deg(yaw)[0]), "camera_pitch_deg": float(torch.rad2deg(pitch)[0]),
-            "weights": pipe.weights_label, "edits": args.edit or {}, "seconds": round(time.perf_counter() - t0, 3),
-        }
-        if mesh_error:
-            meta["mesh_error"] = mesh_error
-        (tmp / "result.json").write_text(json.dumps(meta, indent=1))
-    return final_dir
+    face = align_face(photo, face_index=face_index)
+    warn = lambda msg: tqdm.write(f"{photo}: {msg}", file=sys.stderr)  # noqa: E731
+    return save_inversion(pipe, face, folder, options, directions=directions, overwrite=overwrite,
+                          source=str(photo), warn=warn)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from goae.align import AlignError
-    from goae.pipeline import load_pipeline
+    from goae.export import output_folder
 
-    out_root = Path(args.out)
-    out_root.mkdir(parents=True, exist_ok=True)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu" and os.environ.get("GOAE_TUNE_ALLOCATOR", "1") != "0":
-        tune_cpu_allocator()  # keep render buffers mapped between calls: 10-15% faster on a CPU
     try:
-        pipe = load_pipeline(args.weights, seed=args.seed, device=device)
-        if args.precision != "fp32":
-            pipe.enable_fast_path(args.precision)
-    except Exception as e:  # weights missing / unreadable: one clear line, no traceback
+        pipe, directions, options = _setup(args)
+    except SetupError as e:
         print(f"goae: error: {e}", file=sys.stderr)
         return 2
-    if pipe.weights_label.startswith("random"):
-        print("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces.",
-              file=sys.stderr)
-    directions = {}
-    if args.edit:
-        from goae.edit import DirectionError, load_directions
-        folder = args.directions or os.environ.get("GOAE_DIRECTIONS")
-        if not folder:
-            print("goae: error: --edit needs edit directions: pass --directions FOLDER or set $GOAE_DIRECTIONS "
-                  "(the official ones are age.npy, anger.npy, glass.npy from the GOAE repository)", file=sys.stderr)
-            return 2
-        try:
-            directions = load_directions(folder, num_ws=pipe.generator.num_ws, w_dim=pipe.generator.w_dim)
-        except (DirectionError, OSError) as e:
-            print(f"goae: error: {e}", file=sys.stderr)
-            return 2
-        args.edit = {EDIT_ALIASES.get(k, k): v for k, v in args.edit.items()}
-        unknown = sorted(set(args.edit) - set(directions))
-        if unknown:
-            print(f"goae: error: unknown edit(s) {unknown}; available: {sorted(directions)}", file=sys.stderr)
-            return 2
-    failures = 0
+    out_root = Path(args.out)
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"goae: error: cannot create --out: {one_line(e)}", file=sys.stderr)
+        return 2
+    failures, taken = 0, set()
     for photo in tqdm([Path(p) for p in args.photos], desc="photos", unit="photo", file=sys.stderr):
         try:
-            folder = invert_one(pipe, photo, out_root, args, directions)
+            folder = output_folder(out_root, photo, taken)
+            invert_one(pipe, photo, folder, options, directions, args.face_index, args.overwrite)
             tqdm.write(f"{photo}: ok -> {folder}", file=sys.stderr)
-        except (AlignError, FileExistsError, OSError, ValueError) as e:  # ValueError covers goae's input errors
+        except Exception as e:  # one bad photo costs its own result, never the batch (Ctrl-C still stops it)
             failures += 1
-            tqdm.write(f"{photo}: error: {e}", file=sys.stderr)
+            tqdm.write(f"{photo}: error: {one_line(e)}", file=sys.stderr)
     print(f"{len(args.photos) - failures} succeeded, {failures} failed", file=sys.stderr)
     return 1 if failures else 0
 

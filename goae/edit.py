@@ -20,6 +20,11 @@ of "a non-glasses edit was made", not of each attribute; subtracting it per attr
 glasses k times over). It is applied only when some non-glasses attribute has a non-zero strength,
 so all-zero strengths give exactly a zero offset (the official script would still subtract 0.8*glass
 for alpha = 0). For a single attribute with non-zero alpha the result equals the official offset.
+
+Folders for a model (`load_direction_folder`, what the app and the command line use): every file that
+fits the model's W+ shape, minus the directions of another domain (the official `ws_edit` also holds
+`cat_*.npy`, for EG3D's AFHQ cats); on random weights, files of another width are projected with
+`fit_direction` so that the edit controls can be tried. Each file left out or projected gets a note.
 """
 from __future__ import annotations
 
@@ -43,8 +48,13 @@ DIRECTION_KEY = "direction"
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
-__all__ = ["DirectionError", "EditDirection", "load_direction", "load_directions", "combine",
-           "save_direction", "validate_direction"]
+DIRECTION_SUFFIXES = (".npy", ".pt", ".pth", ".npz", ".safetensors")
+OTHER_DOMAINS = {"cat": "AFHQ cats"}  # name prefix -> the model such directions belong to
+ALIASES = {"glasses": "glass", "eyeglasses": "glass"}  # the official file is glass.npy
+
+__all__ = ["DirectionError", "EditDirection", "load_direction", "load_directions", "load_direction_folder",
+           "combine", "save_direction", "validate_direction", "fit_direction", "random_weights", "directions_for",
+           "resolve_names", "edit_offset"]
 
 
 class DirectionError(ValueError):
@@ -156,14 +166,80 @@ def load_directions(folder: str | os.PathLike, num_ws: int = NUM_WS,
     folder = Path(folder)
     if not folder.is_dir():
         raise DirectionError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.suffix in {".npy", ".pt", ".pth", ".npz", ".safetensors"})
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DIRECTION_SUFFIXES)
     out: dict[str, EditDirection] = {}
     for p in files:
         if p.stem in out:
             raise DirectionError(f"{folder}: two files are named {p.stem!r} (different extensions)")
         out[p.stem] = load_direction(p, num_ws=num_ws, w_dim=w_dim)
     return out
+
+
+def random_weights(pipe) -> bool:
+    """Whether `pipe` runs on seeded random weights (from_random, from_preset, load_pipeline('random...'))."""
+    return str(getattr(pipe, "weights_label", "")).startswith("random")
+
+
+def load_direction_folder(folder: str | os.PathLike, num_ws: int = NUM_WS, w_dim: int | None = None,
+                          project: bool = False) -> tuple[dict[str, EditDirection], list[str]]:
+    """The directions in `folder` that a model with W+ [num_ws, w_dim] can use, and one note per file left out
+    (unreadable, another shape, another domain) or changed (`project`: another width, through `fit_direction`;
+    for random weights only). A missing folder gives no directions and one note."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}, [f"edit directions folder `{folder}` not found"]
+    out: dict[str, EditDirection] = {}
+    notes: list[str] = []
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DIRECTION_SUFFIXES):
+        domain = f.stem.split("_", 1)[0] if "_" in f.stem else None
+        if domain in OTHER_DOMAINS:
+            notes.append(f"skipped `{f.name}`: a direction of another model ({OTHER_DOMAINS[domain]})")
+            continue
+        if f.stem in out:
+            notes.append(f"skipped `{f.name}`: another file is already named {f.stem!r}")
+            continue
+        try:
+            d = load_direction(f, num_ws=num_ws)
+        except DirectionError as e:
+            notes.append(f"skipped `{f.name}`: {e}")
+            continue
+        if w_dim is not None and d.w_dim != w_dim:
+            if not project:
+                notes.append(f"skipped `{f.name}`: width {d.w_dim}, the model's W+ is {num_ws}x{w_dim}")
+                continue
+            notes.append(f"`{f.name}` ({num_ws}x{d.w_dim}) projected to the random model's {num_ws}x{w_dim}")
+            d = EditDirection(d.name, fit_direction(d.tensor, w_dim))
+        out[d.name] = d
+    return out, notes
+
+
+def directions_for(pipe, folder: str | os.PathLike | None) -> tuple[dict[str, EditDirection], list[str]]:
+    """`load_direction_folder` for this pipeline's W+ shape (projecting other widths on random weights only)."""
+    if not folder:
+        return {}, []
+    g = pipe.generator
+    return load_direction_folder(folder, g.num_ws, g.w_dim, project=random_weights(pipe))
+
+
+def resolve_names(strengths: Mapping[str, float], directions: Mapping[str, EditDirection],
+                  notes: list[str] = ()) -> dict[str, float]:
+    """User edit names -> direction names ('glasses' -> 'glass'), with finite strengths; DirectionError names
+    what is unknown, with the note that says why a file was left out."""
+    out = {ALIASES.get(k, k): float(v) for k, v in strengths.items()}
+    for name, alpha in out.items():
+        if not np.isfinite(alpha):
+            raise DirectionError(f"strength of {name!r} must be finite, got {alpha}")
+    unknown = sorted(set(out) - set(directions))
+    if unknown:
+        why = [n for n in notes if any(f"`{u}." in n for u in unknown)]
+        raise DirectionError(f"unknown edit(s) {unknown}; available: {sorted(directions)}"
+                             + (f" ({'; '.join(why)})" if why else ""))
+    return out
+
+
+def edit_offset(directions: Mapping[str, EditDirection], strengths: Mapping[str, float]) -> torch.Tensor:
+    """`combine` with the glasses compensation wherever the folder has a 'glass' direction (the app and CLI rule)."""
+    return combine(directions, strengths, glasses_key="glass" if "glass" in directions else None)
 
 
 def combine(directions: Mapping[str, EditDirection], strengths: Mapping[str, float],

@@ -432,6 +432,21 @@ class GOAEPipeline(DiffusionPipeline):
         return out if return_dict else (out.images,)
 
     @torch.no_grad()
+    def preview_view(self, result: GOAEOutput | None, camera: Any, ws: torch.Tensor | None = None,
+                     planes: torch.Tensor | None = None, resolution: int = 64, output_type: str | None = "pil",
+                     return_dict: bool = True) -> GOAEViewOutput | tuple:
+        """A fast approximate view for interactive use (a slider being dragged): the neural rendering at
+        resolution^2 without super-resolution, upsampled (bilinear) to the output size. `image` and
+        `image_depth` are at the output size; the full `render_view` follows when the slider stops."""
+        view = self.render_view(result, camera, ws=ws, planes=planes, superresolution=False,
+                                neural_rendering_resolution=resolution, output_type=None)
+        size = (self.generator.img_resolution,) * 2
+        image = F.interpolate(view.image_raw, size=size, mode="bilinear", align_corners=False)
+        depth = F.interpolate(view.image_depth, size=size, mode="bilinear", align_corners=False)
+        out = GOAEViewOutput(**{**view, "image_depth": depth}, image=image, images=to_output_type(image, output_type))
+        return out if return_dict else (out.images,)
+
+    @torch.no_grad()
     def edit(self, result: GOAEOutput, offset: torch.Tensor, output_type: str | None = "pil",
              return_dict: bool = True) -> GOAEOutput | tuple:
         """Apply a W+ offset ([14,w] or [B,14,w]) the way the paper edits (official `Net.edit`).

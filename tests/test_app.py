@@ -131,6 +131,8 @@ def test_invert_and_views_from_cache(goae_app, inverted, monkeypatch):
     session, recon, recon_path, latent, status, view, view_path, depth, preview, depth16 = inverted
     assert recon.dtype == np.uint8 and recon.shape == (512, 512, 3)
     assert Path(recon_path).is_file() and Path(latent).is_file() and "Inverted in" in status
+    # The library's bundle writer made the session's inversion folder (as `goae invert` does).
+    assert (Path(latent).parent / "result.json").is_file() and Path(latent).parent.parent == session.folder
     assert view.shape == (512, 512, 3) and Path(depth16).is_file() and Path(preview).is_file()
 
     # Slider moves re-render the cached tri-planes: the encoder must not run again.
@@ -180,12 +182,38 @@ def test_two_sessions_do_not_share_state(goae_app, examples_dir):
     assert not np.array_equal(ra[1], rb[1])
 
 
-def test_directions_that_do_not_fit_real_weights_are_skipped(app_module, examples_dir):
+def test_directions_that_do_not_fit_real_weights_are_skipped(examples_dir):
+    from goae.edit import directions_for  # what the app (and the CLI) load direction folders with
+
     fake = types.SimpleNamespace(generator=types.SimpleNamespace(num_ws=14, w_dim=32), weights_label="someone/goae")
-    dirs, notes = app_module.load_edit_directions(str(examples_dir / "goae" / "ws_edit"), fake)
+    dirs, notes = directions_for(fake, str(examples_dir / "goae" / "ws_edit"))
     assert dirs == {} and notes and all("skipped" in n for n in notes)
-    dirs, notes = app_module.load_edit_directions("/nonexistent/folder", fake)
+    dirs, notes = directions_for(fake, "/nonexistent/folder")
     assert dirs == {} and "not found" in notes[0]
+    # Random weights: other widths are projected; the cat directions (another model) are left out either way.
+    fake.weights_label = "random-small (seed 0)"
+    dirs, notes = directions_for(fake, str(examples_dir / "goae" / "ws_edit"))
+    assert sorted(dirs) == ["age", "anger", "glass"] and sum("cat_" in n and "skipped" in n for n in notes) == 2
+
+
+def test_non_finite_inputs_are_refused(goae_app, inverted):
+    """#15.7: NaN reaching a camera rendered a black image; every numeric input is checked."""
+    session = inverted[0]
+    nan, inf = float("nan"), float("inf")
+    calls = {
+        "yaw": lambda: goae_app.view(session, nan, 0, 64),
+        "pitch": lambda: goae_app.view(session, 0, inf, 64),
+        "neural rendering resolution": lambda: goae_app.view(session, 0, 0, nan),
+        "video frames": lambda: goae_app.video(session, nan, 12, 32, progress=no_progress),
+        "fps": lambda: goae_app.video(session, 4, inf, 32, progress=no_progress),
+        "mesh grid resolution": lambda: goae_app.mesh(session, nan, progress=no_progress),
+        "strength": lambda: goae_app.edit(session, 0, 0, 64, *[nan] * len(goae_app.directions), progress=no_progress),
+    }
+    for what, call in calls.items():
+        with pytest.raises(gr.Error, match=what) as e:
+            call()
+        assert "Internal error" not in e.value.message
+    assert session.current is session.result  # nothing changed
 
 
 def test_fit_direction():

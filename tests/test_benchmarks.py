@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_STAGES = ("encode", "first_render", "generator", "volume_rendering", "superresolution", "afa_mix",
                 "final_render", "end_to_end")
-VIEW_STAGES = ("novel_view", "preview_view")
+VIEW_STAGES = ("novel_view", "preview_view", "preview_fast")
 MESH = 24  # a tiny grid keeps the test quick; the real runs use 128^3 and 256^3
 
 # Three Python processes (parent + one per mode) on the small preset: ~30 s on a quiet 2-core CPU.

@@ -71,12 +71,12 @@ def test_invert_batch_with_a_failure(weights_dir, tiny_directions, examples_dir,
 
 def test_interrupted_run_leaves_nothing(weights_dir, examples_dir, tmp_path, monkeypatch):
     _landmarker_or_skip()
-    from goae import export
+    from goae.export import bundle
 
     def boom(*a, **k):
         raise KeyboardInterrupt  # as if Ctrl-C arrived while the video was being written
 
-    monkeypatch.setattr(export, "write_video", boom)
+    monkeypatch.setattr(bundle, "write_video", boom)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         cli.main(["invert", str(examples_dir / "wild" / "obama.jpg"), "--out", str(out),

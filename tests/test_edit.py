@@ -170,3 +170,27 @@ def test_pipeline_edit_follows_the_offset(tiny_pipe, examples_dir, tmp_path):
     expected = 1.5 * dirs["age"].tensor - 0.8 * dirs["glass"].tensor
     torch.testing.assert_close(edited.ws - result.ws, expected[None], atol=1e-6, rtol=0)
     assert (edited.image - result.image).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------- folders for a model
+def test_direction_folder_for_a_model(ws_edit_dir, tmp_path):
+    from goae.edit import load_direction_folder, resolve_names
+
+    dirs, notes = load_direction_folder(ws_edit_dir, 14, 512)
+    assert sorted(dirs) == ["age", "anger", "glass"]                      # cat_* belong to the AFHQ model
+    assert [n for n in notes if "cat_" in n] and all("AFHQ" in n for n in notes)
+    dirs, notes = load_direction_folder(ws_edit_dir, 14, 32)              # real 32-wide weights: nothing fits
+    assert dirs == {} and sum("width 512" in n for n in notes) == 3
+    with pytest.raises(DirectionError, match=r"unknown edit\(s\) \['age'\].*width 512"):
+        resolve_names({"age": 1.0}, dirs, notes)                          # the error says why
+    dirs, notes = load_direction_folder(ws_edit_dir, 14, 32, project=True)  # random weights: projected
+    assert sorted(dirs) == ["age", "anger", "glass"] and all(d.tensor.shape == (14, 32) for d in dirs.values())
+    assert resolve_names({"glasses": 1, "age": -2}, dirs) == {"glass": 1.0, "age": -2.0}
+    with pytest.raises(DirectionError, match="finite"):
+        resolve_names({"age": float("nan")}, dirs)
+
+    np.save(tmp_path / "smile.npy", np.zeros((1, 14, 512), np.float32))
+    torch.save(torch.zeros(14, 512), tmp_path / "smile.pt")
+    (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
+    dirs, notes = load_direction_folder(tmp_path, 14, 512)
+    assert sorted(dirs) == ["smile"] and any("broken.npy" in n for n in notes) and any("smile.pt" in n for n in notes)

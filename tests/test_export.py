@@ -1,4 +1,4 @@
-"""Exports: cameras, rendered views, MP4, 16-bit depth PNG, marching-cubes mesh, PLY and GLB.
+"""Exports: orbit cameras, rendered views, MP4, 16-bit depth PNG, marching-cubes mesh, PLY and GLB.
 
 Generator-dependent tests use the tiny GOAE generator of the parity goldens (random weights) at a low
 neural rendering resolution; the mesh/PLY/GLB readers below are written independently of goae.export.
@@ -14,9 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from goae.camera import yaw_pitch_from_label
-from goae.export import (ExportError, density_grid, extract_mesh, load_depth, marching_cubes, orbit_cameras,
-                         render_views, resolve_mesh_level, save_depth, save_glb, save_ply, to_uint8, view_grid_cameras, write_video)
+import goae.export
+from goae.camera import CameraError, orbit_cameras, view_grid_cameras, yaw_pitch_from_label
+from goae.export import (ExportError, density_grid, extract_mesh, load_depth, marching_cubes, render_views,
+                         resolve_mesh_level, save_depth, save_glb, save_ply, to_uint8, write_video)
 from goae.models.eg3d import EG3DGenerator
 from goae.models.renderer import sample_from_planes
 from goae.pipeline import GOAEOutput, GOAEPipeline
@@ -66,8 +67,10 @@ def test_orbit_cameras_follow_the_official_orbit():
     cos = (fwd * to_pivot).sum(1) / to_pivot.norm(dim=1)
     assert (cos > 1 - 1e-6).all()
     assert torch.allclose(c[:, 16:], torch.tensor([4.2647, 0, 0.5, 0, 4.2647, 0.5, 0, 0, 1]).expand(n, 9))
-    with pytest.raises(ExportError):
-        orbit_cameras(0)
+    for bad in (0, 2.5, float("nan")):
+        with pytest.raises(CameraError):
+            orbit_cameras(bad)
+    assert goae.export.orbit_cameras is orbit_cameras  # old import path still works
 
 
 def test_view_grid_cameras_order():
@@ -119,6 +122,9 @@ def test_write_video_errors_leave_nothing(tmp_path):
         write_video(np.zeros((0, 8, 8, 3), np.uint8), tmp_path / "a.mp4")
     with pytest.raises(ExportError, match="uint8"):
         write_video(np.zeros((2, 8, 8, 3), np.float32), tmp_path / "b.mp4")
+    for fps in (float("nan"), float("inf"), 0, -5):
+        with pytest.raises(ExportError, match="fps"):
+            write_video(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "d.mp4", fps=fps)
 
     def broken():
         yield np.zeros((2, 16, 16, 3), np.uint8)
@@ -162,7 +168,9 @@ def test_depth_png_roundtrip(pipe_and_result, tmp_path):
     pipe, result = pipe_and_result
     depth = pipe.render_view(result, orbit_cameras(3)[1:2])["image_depth"][0]  # [1,H,W]
     assert depth.shape == (1, NEURAL_RES, NEURAL_RES)
-    save_depth(depth, tmp_path / "d.png", tmp_path / "d_preview.png")
+    near, far = pipe.generator.ray_range  # the file records them: no constants repeated here
+    assert (near, far) == (2.25, 3.3)
+    save_depth(depth, tmp_path / "d.png", tmp_path / "d_preview.png", near=near, far=far)
     assert _png_bit_depth(tmp_path / "d.png") == 16
     back = load_depth(tmp_path / "d.png")
     assert back.dtype == np.float32 and back.shape == (NEURAL_RES, NEURAL_RES)
@@ -180,11 +188,22 @@ def test_depth_png_roundtrip(pipe_and_result, tmp_path):
     assert preview[near].astype(int).sum() > preview[far].astype(int).sum()  # near is brighter
 
 
+def test_depth_other_range_roundtrips(tmp_path):
+    d = np.linspace(1.0, 5.0, 64, dtype=np.float32).reshape(8, 8)
+    save_depth(d, tmp_path / "d.png", near=1.0, far=5.0)
+    assert np.abs(load_depth(tmp_path / "d.png") - d).max() <= 4.0 / 65535
+
+
 def test_depth_errors(tmp_path):
     with pytest.raises(ExportError, match="one map"):
-        save_depth(torch.full((2, 4, 4), 2.5), tmp_path / "x.png")
+        save_depth(torch.full((2, 4, 4), 2.5), tmp_path / "x.png", near=2.25, far=3.3)
     with pytest.raises(ExportError, match="NaN"):
-        save_depth(torch.tensor([[[float("nan")]]]), tmp_path / "x.png")
+        save_depth(torch.tensor([[[float("nan")]]]), tmp_path / "x.png", near=2.25, far=3.3)
+    for near, far in ((3.3, 2.25), (float("nan"), 3.3), (2.25, float("inf"))):
+        with pytest.raises(ExportError):
+            save_depth(torch.full((1, 4, 4), 2.5), tmp_path / "x.png", near=near, far=far)
+    with pytest.raises(TypeError):
+        save_depth(torch.full((1, 4, 4), 2.5), tmp_path / "x.png")  # the range is the caller's: no default
     Image.fromarray(np.zeros((4, 4), np.uint16)).save(tmp_path / "plain.png")
     with pytest.raises(ExportError, match="metadata"):
         load_depth(tmp_path / "plain.png")
@@ -267,8 +286,13 @@ def test_mesh_level_auto(generator, pipe_and_result):
     assert len(f) > 50 and c.shape == (len(v), 3)
     with pytest.raises(ExportError, match="number or 'auto'"):
         resolve_mesh_level(inner, "high")
+    for bad in (float("nan"), float("inf"), "nan"):
+        with pytest.raises(ExportError, match="finite"):
+            resolve_mesh_level(inner, bad)
     with pytest.raises(ExportError, match="finite"):
-        resolve_mesh_level(inner, float("nan"))
+        extract_mesh(generator, result.planes, resolution=32, level=float("nan"))
+    with pytest.raises(ExportError, match="mesh resolution must be a finite number"):
+        extract_mesh(generator, result.planes, resolution=float("nan"))
 
 
 # ----------------------------------------------------------------------------------------- PLY / GLB

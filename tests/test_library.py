@@ -108,6 +108,17 @@ def test_output_types_and_tuples(folder, photo):
         pipe(*photo, output_type="latent")
 
 
+def test_preview_is_the_neural_rendering_upsampled(folder, photo):
+    pipe = GOAEPipeline.from_pretrained(folder)
+    out = pipe(*photo, output_type=None)
+    cam = camera_label(0.3, 0.1)
+    prev = pipe.preview_view(out, cam, resolution=32, output_type="np")
+    raw = pipe.render_view(out, cam, superresolution=False, neural_rendering_resolution=32, output_type=None)
+    assert prev.image.shape == (1, 3, 512, 512) and prev.image_depth.shape == (1, 1, 512, 512)
+    assert prev.images.shape == (1, 512, 512, 3)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(prev.image, 16), raw.image_raw, atol=0.05, rtol=0)
+
+
 def test_loading_is_quiet_and_offload_is_not_advertised(folder):
     script = ("import sys; from goae.pipeline import GOAEPipeline; p = GOAEPipeline.from_pretrained(sys.argv[1]);"
               "\ntry:\n    p.enable_model_cpu_offload()\nexcept Exception as e:\n    print('offload:', e)")
