@@ -15,6 +15,13 @@ Any other global raises `UnsafePickleError` before it can be called. From the re
 tree we rebuild `G_ema`'s state dict with the official key names and its constructor kwargs, and
 load them into goae's `EG3DGenerator` with strict key/shape checks.
 
+Nothing in a file is trusted to be small either: a few bytes of pickle or zip can describe gigabytes
+(memo indices, shared sub-objects expanded by a walk, compressed storages, huge constructor
+kwargs). Before anything is built we walk the opcodes (`_scan_pickle`), bound every walk over the
+record tree (`_Walk`), refuse compressed zip entries and tensors that declare more bytes than the
+file holds, check the kwargs against goae's architectures (`goae.hub.BOUNDS`) and compare the
+state dict with the model built on the meta device; NaN/Inf weights are refused too.
+
 CLI:  python -m goae.convert eg3d ffhqrebalanced512-128.pkl weights/generator [--overwrite]
       python -m goae.convert goae --eg3d PKL --encoder encoder_FFHQ.pt --afa afa_FFHQ.pt OUT
 """
@@ -30,6 +37,8 @@ import io
 import os
 import pickle
 import pickletools
+import reprlib
+import stat
 import sys
 import types
 import zipfile
@@ -40,7 +49,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from goae.io import atomic_dir
+from goae.hub import WeightsFolderError, check_config, check_finite, check_pipeline_folder, describe_mismatch, meta_module
+from goae.io import atomic_dir, check_output_dir
 
 # ----------------------------------------------------------------------------- errors
 
@@ -69,6 +79,18 @@ class UnsafePickleError(CheckpointError):
     """The pickle references code that an official checkpoint never contains."""
 
 
+class OversizedCheckpointError(WrongCheckpointError):
+    """The file describes far more data or structure than it holds (a pickle or zip bomb?)."""
+
+
+class UnsupportedArchitectureError(WrongCheckpointError):
+    """The network is not an EG3D generator that goae can build (other class, kwargs out of range)."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """Weights hold NaN or Inf values."""
+
+
 # ----------------------------------------------------------------------------- inert records
 
 
@@ -92,7 +114,8 @@ class PickledObject:
 
 def _persistent_record(meta: Any) -> PickledObject:
     """Stands in for torch_utils.persistence._reconstruct_persistent_obj: keep the data, skip the exec."""
-    if not (isinstance(meta, dict) and meta.get("type") == "class" and "class_name" in meta and "state" in meta):
+    if not (isinstance(meta, dict) and meta.get("type") == "class" and isinstance(meta.get("class_name"), str)
+            and "state" in meta):
         raise WrongCheckpointError("malformed persistent object in the pickle (expected meta with type/class_name/state)")
     obj = PickledObject()
     obj.class_name = str(meta["class_name"])
@@ -115,6 +138,10 @@ def _standin(fullname: str) -> type:
 
 def _load_storage(data: bytes):
     """torch.storage._load_from_bytes, but with weights_only=True (the official one is unrestricted)."""
+    if not isinstance(data, bytes):
+        raise WrongCheckpointError(f"an embedded tensor storage is a {type(data).__name__}, expected bytes")
+    if data.startswith(_ZIP_MAGIC):  # official storages are legacy streams; a zip must not be a bomb
+        _check_zip(io.BytesIO(data), len(data), "an embedded tensor storage")
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -144,10 +171,21 @@ def _rebuild_parameter_with_state(data, requires_grad, backward_hooks, state):
     return _rebuild_parameter(data, requires_grad, backward_hooks)  # python attrs on a Parameter are not needed
 
 
+def _numpy_dtype(spec: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """numpy.dtype for the short numeric specs numpy pickles ('f8', 'i8', 'b1'): a nested field spec
+    could smuggle objects, or make numpy walk a shared structure 2**n times."""
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise UnsafePickleError(f"refusing numpy dtype spec {_short(spec)}")
+    dtype = np.dtype(spec)
+    if dtype.kind not in "biufc":
+        raise UnsafePickleError(f"refusing numpy dtype {dtype!r}")
+    return dtype
+
+
 def _numpy_scalar(dtype: Any, data: bytes | None = None):
     """numpy.core.multiarray.scalar for plain numeric dtypes only (an object dtype could smuggle objects)."""
     if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-        raise UnsafePickleError(f"refusing numpy scalar of dtype {dtype!r}")
+        raise UnsafePickleError(f"refusing numpy scalar of dtype {_short(dtype)}")
     return np.frombuffer(data, dtype=dtype, count=1)[0].copy()
 
 
@@ -168,7 +206,7 @@ _ALLOWED: dict[str, Any] = {
     "builtins.frozenset": frozenset,
     "builtins.object": object,
     "copyreg._reconstructor": copyreg._reconstructor,  # only ever gets allowed classes
-    "numpy.dtype": np.dtype,
+    "numpy.dtype": _numpy_dtype,
     "numpy.core.multiarray.scalar": _numpy_scalar,  # pickles written with numpy 1.x (the releases)
     "numpy._core.multiarray.scalar": _numpy_scalar,  # numpy 2.x
     "torch.storage._load_from_bytes": _load_storage,
@@ -225,6 +263,16 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _TORCH_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+
+
+def _short(x: Any) -> str:
+    # For quoting pickled data in messages: plain repr would expand a shared structure 2**n times.
+    text = _REPR.repr(x)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _first_line(e: BaseException) -> str:
     lines = [s.strip() for s in str(e).splitlines() if s.strip()]
     for s in lines:  # torch's weights_only message names the global on such a line
@@ -233,29 +281,105 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
-def _check_exists(path: Path) -> None:
-    if not path.exists():
-        raise CheckpointNotFoundError(f"{path}: no such file")
-    if path.is_dir():
-        raise WrongCheckpointError(f"{path} is a folder, expected a checkpoint file")
-
-
-def _pickle_is_complete(path: Path) -> bool:
-    # Walk the opcodes without executing anything: a truncated pickle never reaches STOP.
+def _check_file(path: Path) -> int:
+    """Refuse what is not a regular file before opening it (a FIFO blocks forever, /dev/zero never
+    ends); links to files are fine. Returns the size in bytes."""
     try:
-        with open(path, "rb") as f:
-            for op, _, _ in pickletools.genops(f):
+        st = path.stat()
+    except FileNotFoundError:
+        raise CheckpointNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise WrongCheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WrongCheckpointError(f"{path} is a folder, expected a checkpoint file")
+    if not stat.S_ISREG(st.st_mode):
+        raise WrongCheckpointError(f"{path} is not a regular file (a FIFO, socket or device?), expected a checkpoint file")
+    return st.st_size
+
+
+# Limits on what a network pickle may describe. A released EG3D pickle is far below them: G_ema has
+# ~80 modules 5 levels deep and ~100 kwargs values; the tiny test pickle (G, D) is 24k opcodes.
+_MAX_PICKLE_OPS = 2_000_000
+_MAX_DEPTH = 32
+_MAX_KWARGS_NODES = 10_000
+_MAX_MODULES = 20_000
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+class _Bounded:
+    """A file view whose read(n) never asks for more than is left: pickletools would otherwise
+    request a declared length (up to 2**64) from the file in one call."""
+
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self.f.tell()
+        return self.f.read(left if n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.f.readline()
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
+def _scan_pickle(path: Path, size: int) -> None:
+    """Walk the opcodes without building anything, before the real unpickler runs: a truncated file
+    never reaches STOP, and some opcodes make CPython's C unpickler allocate far beyond the file
+    (a memo index of 2**29 in a 9-byte pickle fills an 8 GB table). A real pickler numbers memo
+    entries 0, 1, 2, ..., so an index above the opcode count is refused."""
+    with open(path, "rb") as f:
+        try:
+            for n_ops, (op, arg, pos) in enumerate(pickletools.genops(_Bounded(f, size)), 1):
+                if n_ops > _MAX_PICKLE_OPS:
+                    raise OversizedCheckpointError(f"{path} has more than {_MAX_PICKLE_OPS:,} pickle opcodes "
+                                                   f"(an EG3D network pickle has tens of thousands)")
+                if op.name in _MEMO_PUTS and arg >= n_ops:
+                    raise OversizedCheckpointError(f"{path}: pickle memo index {arg} at opcode {n_ops} is one no pickler "
+                                                   f"writes (the unpickler would allocate {16 * arg:,} bytes for it)")
+                if op.name == "FRAME" and arg > size - pos:  # the C unpickler would read(arg) at once
+                    break
                 if op.name == "STOP":
-                    return True
-    except Exception:
-        return False
-    return False
+                    return
+        except CheckpointError:
+            raise
+        except Exception as e:  # pickletools: unknown opcode vs. data that ends early
+            if "unknown" in str(e):
+                raise WrongCheckpointError(f"{path} is not a readable network pickle ({_first_line(e)})") from None
+    raise TruncatedCheckpointError(f"{path} is truncated (the pickle ends early); re-download it")
+
+
+def _check_zip(file: Any, size: int, what: str) -> None:
+    """torch.save writes every zip entry uncompressed. A compressed entry is how a 2 MB file expands
+    to GBs inside torch.load (a zip bomb), so refuse it, and require the entries to fit in the file."""
+    try:
+        with zipfile.ZipFile(file) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+        raise WrongCheckpointError(f"{what} is not a readable zip archive ({_first_line(e)})") from None
+    packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise OversizedCheckpointError(f"{what} has compressed entries ({_preview(packed, 3)}); torch.save never "
+                                       f"compresses, and a compressed tensor can expand to gigabytes (a zip bomb?)")
+    total = sum(i.file_size for i in infos)
+    if total > size:
+        raise OversizedCheckpointError(f"{what}: its zip entries declare {total:,} bytes, more than the {size:,}-byte file holds")
+
+
+def _check_declared_bytes(sd: Mapping[str, torch.Tensor], size: int, what: str) -> None:
+    # Every tensor of a real checkpoint is stored in the file. A view can declare any size over a
+    # tiny storage (stride 0); anything that later copies it would allocate the declared size.
+    declared = sum(t.numel() * t.element_size() for t in sd.values())
+    if declared > size:
+        raise OversizedCheckpointError(f"{what}: its tensors declare {declared:,} bytes, more than the {size:,}-byte "
+                                       f"file holds (views of a tiny storage?)")
 
 
 def read_network_pickle(pkl_path: str | os.PathLike) -> dict:
     """Unpickle an official network pickle safely; modules come back as `PickledObject`s."""
     path = Path(pkl_path)
-    _check_exists(path)
+    size = _check_file(path)
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:
@@ -266,22 +390,40 @@ def read_network_pickle(pkl_path: str | os.PathLike) -> dict:
         raise WrongCheckpointError(f"{path} is a legacy torch.save file, not an EG3D network pickle (.pkl)")
     if head[0] != 0x80:  # official pickles use protocol >= 2, which starts with the PROTO opcode
         raise WrongCheckpointError(f"{path} is not a network pickle (no pickle protocol header)")
+    _scan_pickle(path, size)
     try:
         with open(path, "rb") as f:
             data = OfficialUnpickler(f).load()
-    except (UnsafePickleError, WrongCheckpointError):
-        raise
+    except CheckpointError as e:  # raised inside the unpickler: name the file
+        raise type(e)(f"{path}: {e}") from None
     except Exception as e:
-        if not _pickle_is_complete(path):
-            raise TruncatedCheckpointError(f"{path} is truncated (the pickle ends early: {_first_line(e)}); re-download it") from None
         raise WrongCheckpointError(f"{path} is not a readable network pickle: {type(e).__name__}: {_first_line(e)}") from None
     if not isinstance(data, dict):
         raise WrongCheckpointError(f"{path} holds a {type(data).__name__}, expected a network pickle dict with 'G_ema'")
     return data
 
 
-def module_state_dict(obj: PickledObject, prefix: str = "") -> dict[str, torch.Tensor]:
+class _Walk:
+    """Bounds a walk over the record tree. A pickle can reference one object from many places, so
+    a 1 KB file can describe a tree of 2**30 nodes; shared objects are walked (and counted) once
+    per reference, which bounds the expanded size, and too deep a walk is a cycle or a bomb."""
+
+    def __init__(self, what: str, max_nodes: int, max_depth: int = _MAX_DEPTH):
+        self.what, self.max_nodes, self.max_depth, self.nodes = what, max_nodes, max_depth, 0
+
+    def step(self, depth: int) -> None:
+        self.nodes += 1
+        if self.nodes > self.max_nodes:
+            raise OversizedCheckpointError(f"{self.what} has more than {self.max_nodes:,} entries, counting shared "
+                                           f"sub-objects once per reference (an EG3D pickle has a few hundred)")
+        if depth > self.max_depth:
+            raise OversizedCheckpointError(f"{self.what} is nested more than {self.max_depth} levels deep (or has a cycle)")
+
+
+def module_state_dict(obj: PickledObject, prefix: str = "", walk: _Walk | None = None, depth: int = 0) -> dict[str, torch.Tensor]:
     """torch.nn.Module.state_dict() of a pickled module record: parameters, persistent buffers, children."""
+    walk = walk or _Walk("the module tree", _MAX_MODULES)
+    walk.step(depth)
     st = obj.state
     if "_parameters" not in st or "_modules" not in st:
         raise WrongCheckpointError(f"pickled object {obj.class_name!r} at '{prefix or '<root>'}' is not a torch module")
@@ -299,19 +441,26 @@ def module_state_dict(obj: PickledObject, prefix: str = "") -> dict[str, torch.T
             continue
         if not isinstance(child, PickledObject):
             raise WrongCheckpointError(f"submodule '{prefix}{name}' is a {type(child).__name__}, not a module")
-        sd.update(module_state_dict(child, prefix + name + "."))
+        sd.update(module_state_dict(child, prefix + name + ".", walk, depth + 1))
     return sd
 
 
-def _plain(x: Any) -> Any:
+def _plain(x: Any, walk: _Walk | None = None, depth: int = 0) -> Any:
     """EasyDicts/OrderedDicts/numpy scalars -> JSON-friendly python (for constructor kwargs)."""
+    walk = walk or _Walk("the constructor kwargs", _MAX_KWARGS_NODES)
+    walk.step(depth)
     if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
+        bad = [k for k in x if not isinstance(k, str)]
+        if bad:
+            raise WrongCheckpointError(f"{walk.what} have non-string keys ({_preview(map(repr, bad), 3)})")
+        return {k: _plain(v, walk, depth + 1) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return type(x)(_plain(v) for v in x)
+        return type(x)(_plain(v, walk, depth + 1) for v in x)
     if isinstance(x, np.generic):
         return x.item()
-    return x
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    raise WrongCheckpointError(f"{walk.what} hold a {type(x).__name__}; constructor kwargs are plain values")
 
 
 @dataclass
@@ -330,25 +479,29 @@ def read_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema") -> 
     constructor kwargs, and the pickled attributes neural_rendering_resolution / rendering_kwargs."""
     data = read_network_pickle(pkl_path)
     if key not in data:
-        raise WrongCheckpointError(f"{pkl_path} has no {key!r} (keys: {sorted(map(str, data))}); is it an EG3D network pickle?")
+        keys = sorted(_short(k) for k in list(data)[:10])  # a key may be a huge shared tuple
+        raise WrongCheckpointError(f"{pkl_path} has no {key!r} (keys: {', '.join(keys)}); is it an EG3D network pickle?")
     G = data[key]
     if not isinstance(G, PickledObject) or "_init_kwargs" not in G.state:
-        raise WrongCheckpointError(f"{pkl_path}: {key!r} is not a persistent EG3D module (got {G!r})")
+        raise WrongCheckpointError(f"{pkl_path}: {key!r} is not a persistent EG3D module (got {_short(G)})")
     if G.state.get("_init_args"):
-        raise WrongCheckpointError(f"{pkl_path}: {key!r} was built with positional args {G.state['_init_args']!r}; expected keyword args only")
+        raise WrongCheckpointError(f"{pkl_path}: {key!r} was built with positional args {_short(G.state['_init_args'])}; "
+                                   f"expected keyword args only")
     try:
         nrr = G.state.get("neural_rendering_resolution")
-        return OfficialGenerator(
+        off = OfficialGenerator(
             class_name=G.class_name,
-            init_kwargs=_plain(G.state["_init_kwargs"]),
-            state_dict=module_state_dict(G),
+            init_kwargs=_plain(G.state["_init_kwargs"], _Walk(f"{pkl_path}: {key}'s constructor kwargs", _MAX_KWARGS_NODES)),
+            state_dict=module_state_dict(G, walk=_Walk(f"{pkl_path}: {key}'s module tree", _MAX_MODULES)),
             neural_rendering_resolution=None if nrr is None else int(nrr),
-            rendering_kwargs=_plain(G.state.get("rendering_kwargs") or {}),
+            rendering_kwargs=_plain(G.state.get("rendering_kwargs") or {}, _Walk(f"{pkl_path}: {key}.rendering_kwargs", _MAX_KWARGS_NODES)),
         )
     except CheckpointError:
         raise
-    except Exception as e:  # malformed records (wrong types, cycles, ...)
+    except Exception as e:  # malformed records (wrong types, ...)
         raise WrongCheckpointError(f"{pkl_path}: malformed {key!r} ({type(e).__name__}: {_first_line(e)})") from None
+    _check_declared_bytes(off.state_dict, Path(pkl_path).stat().st_size, f"{pkl_path} ({key})")
+    return off
 
 
 # ----------------------------------------------------------------------------- state dict checks
@@ -368,32 +521,45 @@ def _preview(items: Sequence[str], n: int = 8) -> str:
 
 def check_state_dict(sd: Mapping[str, torch.Tensor], expected: Mapping[str, Sequence[int]], what: str = "checkpoint") -> None:
     """Raise StateDictMismatchError listing missing, unexpected and mis-shaped keys (one line)."""
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k} {tuple(sd[k].shape)} != {tuple(expected[k])}" for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
-    if missing or unexpected or shapes:
-        parts = [f"{what} does not match the model"]
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {_preview(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_preview(unexpected)}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches: {_preview(shapes, 4)}")
-        raise StateDictMismatchError("; ".join(parts))
+    mismatch = describe_mismatch(shape_map(sd), expected)
+    if mismatch:
+        raise StateDictMismatchError(f"{what} does not match the model; {mismatch}")
 
 
 # ----------------------------------------------------------------------------- EG3D
 
 
+_GENERATOR_CLASS = "TriPlaneGenerator"
+_REQUIRED_KWARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "rendering_kwargs")
+
+
 def load_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema"):
     """Official network pickle -> goae `EG3DGenerator` (eval mode) with the pickled weights."""
     off = read_official_generator(pkl_path, key)  # validate the file before touching the model code
-    from goae.models.eg3d import EG3DGenerator
+    from goae.models.eg3d import _OFFICIAL_NAMED, EG3DGenerator
 
+    what = f"{pkl_path} ({key})"
+    if off.class_name.rsplit(".", 1)[-1] != _GENERATOR_CLASS:
+        raise UnsupportedArchitectureError(f"{what} is a {off.class_name!r}, not EG3D's {_GENERATOR_CLASS} "
+                                           f"(a StyleGAN2/StyleGAN3 or other network pickle?)")
     # GOAE copies rendering_kwargs from the pickled object (it is the same dict as the kwarg).
     kwargs = dict(off.init_kwargs, rendering_kwargs=off.rendering_kwargs or off.init_kwargs.get("rendering_kwargs", {}))
-    G = EG3DGenerator.from_official_kwargs(kwargs, neural_rendering_resolution=off.neural_rendering_resolution)
-    check_state_dict(off.state_dict, shape_map(G), f"{pkl_path} ({key})")
+    missing = [k for k in _REQUIRED_KWARGS if kwargs.get(k) in (None, {})]
+    if missing:
+        raise UnsupportedArchitectureError(f"{what} lacks the EG3D constructor kwargs {missing}")
+    # Check the numbers before building anything: a 1 KB pickle with w_dim 16384 is 5 GB of model.
+    config = {k: v for k, v in kwargs.items() if k in _OFFICIAL_NAMED}
+    config.update(synthesis_kwargs={k: v for k, v in kwargs.items() if k not in _OFFICIAL_NAMED},
+                  neural_rendering_resolution=off.neural_rendering_resolution)
+    check_config("generator", config, where=f"{what} constructor kwargs", error=UnsupportedArchitectureError)
+
+    def build():
+        return EG3DGenerator.from_official_kwargs(kwargs, neural_rendering_resolution=off.neural_rendering_resolution)
+
+    expected = shape_map(meta_module(build, f"{what} constructor kwargs", UnsupportedArchitectureError))
+    check_state_dict(off.state_dict, expected, what)
+    check_finite(off.state_dict, what, NonFiniteWeightsError)
+    G = build()
     G.load_state_dict(off.state_dict, strict=True)
     return G.eval()
 
@@ -403,8 +569,7 @@ def convert_eg3d(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, overwr
     from safetensors.torch import load_file
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:  # fail before the (slow) load
-        raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
+    check_output_dir(out_dir, overwrite)  # fail before the (slow) load
     G = load_official_generator(pkl_path)
     expected = G.state_dict()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -425,7 +590,7 @@ def load_official_state_dict(
     and, if `expected_keys` ({key: shape}) is given, check keys and shapes against it."""
     path = Path(pt_path)
     what = what or str(path)
-    _check_exists(path)
+    size = _check_file(path)
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:
@@ -436,6 +601,8 @@ def load_official_state_dict(
         raise WrongCheckpointError(f"{path} is {kind}; expected a torch.save .pt state dict")
     if is_zip and not zipfile.is_zipfile(path):  # the zip directory sits at the end of the file
         raise TruncatedCheckpointError(f"{path} is truncated (zip central directory missing); re-download it")
+    if is_zip:
+        _check_zip(path, size, str(path))
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -451,8 +618,10 @@ def load_official_state_dict(
     bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise WrongCheckpointError(f"{path} is not a flat state dict of tensors (entries {_preview(bad, 4)})")
+    _check_declared_bytes(sd, size, str(path))
     if expected_keys is not None:
         check_state_dict(sd, expected_keys, what)
+    check_finite(sd, what, NonFiniteWeightsError)
     return dict(sd)
 
 
@@ -485,18 +654,24 @@ def convert_goae(
     from goae.pipeline import GOAEPipeline
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
-    for pt in (encoder_pt, afa_pt):  # cheap format checks before building the (large) models
-        load_official_state_dict(pt)
+    check_output_dir(out_dir, overwrite)  # fail before the (slow) load
+    configs = {"encoder": (GOAEncoder, dict(encoder_config or {})), "afa": (AFA, dict(afa_config or {}))}
+    shapes = {}
+    for name, (cls, config) in configs.items():  # every file and config is checked before a real model is built
+        check_config(name, config, where=f"{name} config", error=UnsupportedArchitectureError)
+        shapes[name] = shape_map(meta_module(lambda: cls(**config), f"{name} config", UnsupportedArchitectureError))
+    enc_sd, afa_sd = load_goae_checkpoints(encoder_pt, afa_pt, shapes["encoder"], shapes["afa"])
     generator = load_official_generator(eg3d_pkl)
-    encoder, afa = GOAEncoder(**(encoder_config or {})), AFA(**(afa_config or {}))
-    enc_sd, afa_sd = load_goae_checkpoints(encoder_pt, afa_pt, shape_map(encoder), shape_map(afa))
+    encoder, afa = GOAEncoder(**configs["encoder"][1]), AFA(**configs["afa"][1])
     encoder.load_state_dict(enc_sd, strict=True)
     afa.load_state_dict(afa_sd, strict=True)
     pipe = GOAEPipeline(generator=generator, encoder=encoder.eval(), afa=afa.eval())
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        pipe.save_pretrained(tmp)  # safetensors (diffusers' default)
+        try:  # the folder must pass the check that loading it will do (and the parts must fit together)
+            check_pipeline_folder(tmp)
+        except WeightsFolderError as e:
+            raise WrongCheckpointError(f"the converted pipeline is not usable: {str(e).replace(str(tmp), str(out_dir))}") from None
     return out_dir
 
 
@@ -522,11 +697,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = convert_eg3d(args.pkl, args.out_dir, overwrite=args.overwrite)
         else:
             out = convert_goae(args.eg3d, args.encoder, args.afa, args.out_dir, overwrite=args.overwrite)
-    except (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    except (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError, ImportError) as e:
+        return _fail(str(e), 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted; nothing was written", 130)
+    except Exception as e:  # a full disk, no memory, or a bug: still one line, and nothing half-written
+        return _fail(f"{type(e).__name__}: {e}", 1)
     print(f"wrote {out}")
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {' '.join(message.split()) or 'unknown error'}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

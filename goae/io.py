@@ -4,6 +4,10 @@ Every file goae writes goes through here so that an interrupted run (Ctrl-C, ful
 exception half-way through saving weights) never leaves a half-written file or folder at the
 destination: we write into a temporary sibling in the same folder (same filesystem) and rename
 it into place only once it is complete. `os.replace` of a file is atomic on POSIX and Windows.
+
+What lands at the destination gets the permissions of a normal new file or folder (0666 / 0777
+minus the umask), whatever the writer did to the temporary: mkstemp/mkdtemp make 0600/0700, and
+safetensors writes through its own private temporary file, so its files would otherwise be 0600.
 """
 
 from __future__ import annotations
@@ -22,9 +26,44 @@ def _tmp_prefix(path: Path) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    # Linux reports the umask without changing it; os.umask(0) would briefly make files that other
+    # threads create meanwhile world-writable.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+def _set_normal_modes(root: Path) -> None:
+    """chmod `root` and everything under it to a new file's/folder's usual mode (symlinks untouched:
+    chmod would follow them out of the folder)."""
+    mask = _umask()
+    os.chmod(root, (0o777 if root.is_dir() else 0o666) & ~mask)
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                if not p.is_symlink():
+                    os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """The checks `atomic_dir` makes before writing, for callers that want to fail before slow work:
+    FileExistsError if `out_dir` exists (unless overwrite) or is not a folder, or is a symbolic link
+    (replacing the link with a folder, or writing where it points, would both surprise)."""
+    out_dir = Path(out_dir)
+    if out_dir.is_symlink():
+        raise FileExistsError(f"{out_dir} is a symbolic link; give the real folder path instead")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -47,9 +86,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions of a new file
     try:
         yield tmp
+        _set_normal_modes(tmp)  # after writing: a writer may have replaced the file with a 0600 one
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -65,15 +104,12 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
     `overwrite=True`, in which case it is replaced only after the new folder is complete.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+    check_output_dir(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(out_dir), dir=out_dir.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the result is a normal folder
         yield tmp
+        _set_normal_modes(tmp)  # mkdtemp makes 0700, safetensors 0600 files: give the usual modes
         _move_into_place(tmp, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -81,7 +117,7 @@ def atomic_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
 
 
 def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.exists():
+    if not os.path.lexists(out_dir):
         os.rename(tmp, out_dir)
         return
     if not overwrite:  # appeared while we were writing

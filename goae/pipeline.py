@@ -182,7 +182,7 @@ class GOAEPipeline(DiffusionPipeline):
         """
         from diffusers.utils import is_accelerate_available, logging as dlogging
 
-        from goae.hub import check_pipeline_folder, resolve_pretrained
+        from goae.hub import check_finite, check_pipeline_folder, resolve_pretrained
 
         want = dtype if dtype is not None else torch_dtype
         if want is not None and want != torch.float32 and want not in _REDUCED_DTYPES:
@@ -197,6 +197,8 @@ class GOAEPipeline(DiffusionPipeline):
             pipe = super().from_pretrained(str(folder), **kwargs)
         finally:
             dlogging.enable_progress_bar() if bars else dlogging.disable_progress_bar()
+        for name in ("generator", "encoder", "afa"):  # headers were checked; values only exist now
+            check_finite(getattr(pipe, name), name)
         pipe.set_progress_bar_config(disable=True)
         pipe.weights_label = str(pretrained_model_name_or_path)
         pipe.provenance = Provenance(note=f"re-saved from {pretrained_model_name_or_path}")

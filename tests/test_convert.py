@@ -474,20 +474,29 @@ def test_roundtrip_convert_from_pretrained(tmp_path, pkl, official, parity_dir):
         assert (a[k] - gold[f"psi1.{k}"]).abs().max() <= 5e-4, k  # and the pickle path reproduces the official G
 
 
+# Encoder/AFA sizes that fit the tiny pickle's generator (w_dim 512, 32 channels at the 32x32 block):
+# the converter checks that the three parts fit together.
 TINY_ENCODER = dict(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
-                    pretrained_window_sizes=(3, 3, 3, 2), w_dim=32)  # parity/goae tiny_config.json
-TINY_AFA = dict(stage_channels=(16, 32, 64), feature_channels=128)
+                    pretrained_window_sizes=(3, 3, 3, 2), w_dim=512)
+TINY_AFA = dict(stage_channels=(16, 32, 64), feature_channels=32)
 
 
-def test_convert_goae_roundtrip(tmp_path, pkl, official, parity_dir):
+def test_convert_goae_roundtrip(tmp_path, pkl, official):
     pipeline = pytest.importorskip("goae.pipeline", reason="goae.pipeline (GOAEPipeline) is not written yet")
-    enc = load_file(parity_dir / "goae" / "tiny_encoder.safetensors")
-    afa = load_file(parity_dir / "goae" / "tiny_afa.safetensors")
+    from goae.models.afa import AFA
+    from goae.models.encoder import GOAEncoder
+
+    torch.manual_seed(0)
+    enc, afa = GOAEncoder(**TINY_ENCODER).state_dict(), AFA(**TINY_AFA).state_dict()
     torch.save(enc, tmp_path / "encoder.pt")
     torch.save(afa, tmp_path / "afa.pt")
     out = convert.convert_goae(pkl, tmp_path / "encoder.pt", tmp_path / "afa.pt", tmp_path / "goae",
                                encoder_config=TINY_ENCODER, afa_config=TINY_AFA)
     assert (out / "model_index.json").is_file() and _leftovers(tmp_path) == []
+    mask = os.umask(0)
+    os.umask(mask)
+    for p in [out, *out.rglob("*")]:  # safetensors files too (safetensors writes them 0600)
+        assert p.stat().st_mode & 0o777 == (0o777 if p.is_dir() else 0o666) & ~mask, p
     pipe = pipeline.GOAEPipeline.from_pretrained(out)
     for module, ref in ((pipe.encoder, enc), (pipe.afa, afa), (pipe.generator, official.state_dict)):
         sd = module.state_dict()
@@ -498,6 +507,13 @@ def test_convert_goae_roundtrip(tmp_path, pkl, official, parity_dir):
         convert.convert_goae(pkl, tmp_path / "encoder.pt", tmp_path / "encoder.pt", tmp_path / "goae2",
                              encoder_config=TINY_ENCODER, afa_config=TINY_AFA)
     assert not (tmp_path / "goae2").exists() and _leftovers(tmp_path) == []
+    # Parts that do not fit together (encoder w_dim 32 for a w_dim-512 generator): refused, nothing written.
+    small = dict(TINY_ENCODER, w_dim=32)
+    torch.save(GOAEncoder(**small).state_dict(), tmp_path / "encoder32.pt")
+    with pytest.raises(WrongCheckpointError, match="encoder w_dim 32 != generator w_dim 512"):
+        convert.convert_goae(pkl, tmp_path / "encoder32.pt", tmp_path / "afa.pt", tmp_path / "goae3",
+                             encoder_config=small, afa_config=TINY_AFA)
+    assert not (tmp_path / "goae3").exists() and _leftovers(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- hub
