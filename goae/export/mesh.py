@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from goae.export.errors import ExportError, finite, whole
+from goae.models.renderer_fused import chunk_points_for
 
 EG3D_MESH_LEVEL = 10.0
 
@@ -28,19 +29,22 @@ def _field(generator, planes: torch.Tensor):
 
 @torch.no_grad()
 def density_grid(generator, planes: torch.Tensor, resolution: int = 128, bounds: float | None = None,
-                 chunk: int = 2 ** 15) -> np.ndarray:
-    """Raw sigma float32 [R,R,R] on the grid linspace(-bounds, bounds, R)^3, indexed [x, y, z]."""
+                 chunk: int | None = None) -> np.ndarray:
+    """Raw sigma float32 [R,R,R] on the grid linspace(-bounds, bounds, R)^3, indexed [x, y, z].
+    Only the density is decoded, in chunks sized for the device (None), into one buffer on the device
+    that is copied to the host once."""
     r = whole(resolution, "mesh resolution", low=2, high=1024)
     bounds = generator.box_warp / 2 if bounds is None else finite(bounds, "bounds", low=1e-6)
     field = _field(generator, planes)
     dev = planes.device
+    chunk = chunk_points_for(dev) if chunk is None else whole(chunk, "chunk", low=1)
     axis = torch.linspace(-bounds, bounds, r, device=dev)
-    sigma = torch.empty(r ** 3, dtype=torch.float32)
+    sigma = torch.empty(r ** 3, dtype=torch.float32, device=dev)
     for s in range(0, r ** 3, chunk):
         idx = torch.arange(s, min(s + chunk, r ** 3), device=dev)
         pts = torch.stack([axis[idx // r ** 2], axis[(idx // r) % r], axis[idx % r]], dim=-1)[None]
-        sigma[s:s + idx.numel()] = field.density(pts)[0].cpu()
-    return sigma.reshape(r, r, r).numpy()
+        sigma[s:s + idx.numel()] = field.density(pts)[0]
+    return sigma.reshape(r, r, r).cpu().numpy()
 
 
 def marching_cubes(volume: np.ndarray, level: float, bounds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +79,7 @@ def resolve_mesh_level(sigma: np.ndarray, level: float | str = EG3D_MESH_LEVEL, 
 
 @torch.no_grad()
 def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None, resolution: int = 128,
-                 level: float | str = EG3D_MESH_LEVEL, chunk: int = 2 ** 15, bounds: float | None = None,
+                 level: float | str = EG3D_MESH_LEVEL, chunk: int | None = None, bounds: float | None = None,
                  border: float = 30 / 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mesh of one tri-plane set [1,96,256,256]: (vertices [V,3] float32, faces [F,3] int32, colors [V,3] uint8).
 
@@ -109,8 +113,9 @@ def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None
                           f"{sigma.max():.3g}] inside the box; choose a level in that range")
     field = _field(generator, planes)
     colors = []
-    for s in range(0, len(vertices), chunk):
-        pts = torch.from_numpy(vertices[s:s + chunk]).to(planes.device)[None]
+    step = chunk or chunk_points_for(planes.device)
+    for s in range(0, len(vertices), step):
+        pts = torch.from_numpy(vertices[s:s + step]).to(planes.device)[None]
         rgb = field(pts)[1][0, :, :3].clamp(0, 1)
         colors.append((rgb * 255).round().to(torch.uint8).cpu().numpy())
     return vertices, faces, np.concatenate(colors)
