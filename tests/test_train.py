@@ -181,10 +181,10 @@ def test_clear_errors(dataset_dir, tmp_path, capsys):
     (bad / "dataset.json").write_text(json.dumps({"labels": [["b.jpg", [0.0] * 25]]}))
     with pytest.raises(DatasetError, match="b.jpg listed in"):
         EG3DDataset(bad)
-    from train.run import build_losses
+    from train.stages import ReconstructionLoss
 
     with pytest.raises(ConfigError, match="losses.lpips_vgg16"):
-        build_losses(load_config(TINY, ["losses.lpips=pretrained"]), "encoder", "cpu")
+        ReconstructionLoss(load_config(TINY, ["losses.lpips=pretrained"]), "encoder", "cpu")
     assert main(["--config", str(TINY), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "dataset folder" in capsys.readouterr().err
     assert main(["--config", str(TINY), "--data", str(dataset_dir), "--out", str(tmp_path / "o"),

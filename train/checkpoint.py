@@ -3,10 +3,18 @@
 A checkpoint holds everything a resumed run needs to continue bit-for-bit where the saved one was:
 module and optimiser states, schedulers, the grad scaler, RNG states, the step and the data position.
 Only tensors and plain Python types go in, so loading uses `torch.load(weights_only=True)`.
+
+Recovery: `latest` may only name a checkpoint file of the folder; a checkpoint that does not load is
+skipped (with a warning) for the one before it; temporary files that a killed write left behind
+(`.<name>.tmp-*`, goae.io's naming) are removed when a run starts.
 """
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +23,7 @@ import torch
 from goae.io import atomic_path, atomic_write_bytes
 
 _NAME = re.compile(r"^step_(\d{7,})\.pt$")
+_TEMP = re.compile(r"^\..+\.(tmp|old)-[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")  # goae.io's temporaries (mkstemp/mkdtemp)
 
 
 class CheckpointError(RuntimeError):
@@ -43,8 +52,15 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:07d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(state, f)  # through a Python file, so that a full disk is an OSError (ENOSPC) ...
+            f.flush()
+            os.fsync(f.fileno())
+    except RuntimeError as e:  # ... which torch's zip writer then buries under its own error
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise
     atomic_write_bytes(folder / "latest", path.name.encode())
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
@@ -61,21 +77,84 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
 
 def find_latest(run_dir: str | Path) -> Path | None:
     """The checkpoint `latest` names, else the highest-numbered one; None when there is none."""
+    found = candidates(run_dir)
+    return found[0] if found else None
+
+
+def candidates(run_dir: str | Path) -> list[Path]:
+    """Checkpoints to resume from, best first: the one `latest` names, then the others, newest first.
+    `latest` must hold a bare checkpoint file name (step_XXXXXXX.pt); anything else is ignored."""
     folder = checkpoint_dir(run_dir)
+    found = list_checkpoints(run_dir)[::-1]
     pointer = folder / "latest"
     if pointer.is_file():
-        target = folder / pointer.read_text().strip()
-        if target.is_file():
-            return target
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+        with open(pointer, "rb") as f:
+            name = f.read(64).decode("utf-8", "replace").strip()
+        if _NAME.match(name) and (folder / name) in found:
+            found.remove(folder / name)
+            found.insert(0, folder / name)
+        elif _NAME.match(name) is None:
+            warn(f"ignoring {pointer}: it must name a checkpoint file of its folder (step_XXXXXXX.pt), not {name[:40]!r}")
+    return found
+
+
+def load_latest(run_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) of the newest checkpoint that loads; a damaged one is skipped with a warning, for the
+    one before it. None when the run has no checkpoint; CheckpointError when none of them loads."""
+    errors = []
+    for path in candidates(run_dir):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            errors.append(str(e))
+            warn(f"{e}; trying the checkpoint before it")
+            continue
+        if errors:
+            warn(f"resuming from {path.name}, an older checkpoint: the steps after it are trained again")
+        return path, state
+    if errors:
+        raise CheckpointError(f"no checkpoint of {checkpoint_dir(run_dir)} can be loaded (last error: {errors[-1]}); "
+                              f"remove the folder to start again")
+    return None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
+    if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():  # a FIFO would block the read forever, a device never end
+        raise CheckpointError(f"checkpoint {path} is not a regular file (a FIFO, socket or device)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle ...: say which file
-        raise CheckpointError(f"cannot load checkpoint {path} (damaged, or not a goae training checkpoint): {e}") from None
+        raise CheckpointError(f"cannot load checkpoint {path} (damaged, or not a goae training checkpoint): "
+                              f"{str(e)[:200]}") from None
+    if not (isinstance(state, dict) and isinstance(state.get("step"), int)):
+        raise CheckpointError(f"checkpoint {path} is not a goae training checkpoint (no step)")
+    return state
+
+
+def remove_stale_temps(*folders: str | Path) -> tuple[int, int]:
+    """Delete the temporaries of interrupted atomic writes in `folders` (not recursive) -> (count, bytes)."""
+    count = size = 0
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for p in Path(folder).iterdir():
+            if not _TEMP.match(p.name):
+                continue
+            st = p.lstat()
+            if stat.S_ISDIR(st.st_mode):
+                size += sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                size += st.st_size
+                p.unlink(missing_ok=True)
+            count += 1
+    return count, size
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)

@@ -120,9 +120,10 @@ def validate(config: dict) -> None:
     if config["model"]["preset"] not in (None, "small"):
         raise ConfigError(f"model.preset must be 'small' or null, got {config['model']['preset']!r}")
     for name in ("train.batch_size", "train.accum_steps", "encoder_stage.max_steps", "afa_stage.max_steps",
-                 "log.every", "log.ckpt_every", "log.keep"):
-        if not isinstance(get(config, name), int) or get(config, name) < (0 if "max_steps" in name else 1):
-            raise ConfigError(f"{name} must be a positive integer, got {get(config, name)!r}")
+                 "log.every", "log.ckpt_every", "log.keep", "data.workers"):
+        low = 0 if name.endswith(("max_steps", "workers")) else 1
+        if not isinstance(get(config, name), int) or isinstance(get(config, name), bool) or get(config, name) < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {get(config, name)!r}")
     sig = config["afa_stage"]["mask_blur_sigma"]
     if not (isinstance(sig, list) and len(sig) == 2 and 0 < sig[0] <= sig[1]):
         raise ConfigError(f"afa_stage.mask_blur_sigma must be [low, high] with 0 < low <= high, got {sig!r}")

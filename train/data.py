@@ -9,6 +9,10 @@ Optimiser step s reads stream positions [p, p + batch) where p, the data positio
 checkpoints; rank r of W takes its slice of that global batch. So the same global batch is read
 whatever the number of processes, and a resumed run continues exactly where it stopped. Synthetic
 samples are seeded per (seed, step, global sample index), so they are world-size independent too.
+`StepBatches` is that stream for one rank, fed to a torch DataLoader whose workers decode the images.
+
+Images are decoded by `goae.align.load_image` (the pipeline's reader: 16-bit and palette PNGs, EXIF,
+size limits), so training sees the pixels inference would see.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from goae.align import AlignError, load_image
 
 FLIP_ENTRIES = [1, 2, 3, 4, 8]  # cam2world entries that change sign under a horizontal mirror (EG3D)
 
@@ -49,27 +55,33 @@ class EG3DDataset:
                                f"dataset.json ({{\"labels\": [[relpath, [25 floats]], ...]}}); name another file with --labels")
         try:
             entries = json.loads(label_path.read_text())["labels"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or not UTF-8
             raise DatasetError(f"{label_path} is not an EG3D labels file ({{\"labels\": [[relpath, [25 floats]], ...]}}): {e}") from None
         if isinstance(entries, dict):  # some tools write {name: label}
             entries = list(entries.items())
-        if not entries:
-            raise DatasetError(f"{label_path} lists no images")
+        if not isinstance(entries, list) or not entries:
+            raise DatasetError(f"{label_path}: \"labels\" must be a non-empty list of [relpath, [25 floats]], "
+                               f"got {str(entries)[:80]}")
         self.files, cams = [], []
         for i, entry in enumerate(entries):
-            if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
                 raise DatasetError(f"{label_path}: entry {i} must be [relpath, [25 floats]], got {str(entry)[:80]}")
             name, label = entry
-            arr = np.asarray(label, dtype=np.float32) if label is not None else None
+            numbers = isinstance(label, (list, tuple)) and all(type(v) in (int, float) for v in label)
+            try:  # not a dict, strings, nested lists or booleans
+                arr = np.asarray(label, dtype=np.float32) if numbers else None
+            except OverflowError:
+                arr = None
             if arr is None or arr.shape != (25,) or not np.isfinite(arr).all():
-                raise DatasetError(f"{label_path}: the label of {name!r} must be 25 finite numbers (cam2world 4x4 + "
-                                   f"intrinsics 3x3), got shape {None if arr is None else arr.shape}")
+                raise DatasetError(f"{label_path}: the label of {name!r} must be 25 finite numbers (a list: cam2world "
+                                   f"4x4 + intrinsics 3x3), got {str(label)[:80]}")
             if not (self.root / name).is_file():
                 raise DatasetError(f"image {self.root / name} listed in {label_path} does not exist")
             self.files.append(name)
             cams.append(arr)
         self.cameras = torch.from_numpy(np.stack(cams))
         self.resolution, self.xflip = resolution, xflip
+        self.enc_resolution = 256  # what __getitem__ (the DataLoader) gives x_enc at; the trainer sets the encoder's
 
     @property
     def num_images(self) -> int:
@@ -84,9 +96,8 @@ class EG3DDataset:
         i = index - self.num_images if flip else index
         path = self.root / self.files[i]
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
+            im = load_image(path)  # 8-bit RGB whatever the file's bit depth / mode
+        except AlignError as e:
             raise DatasetError(f"cannot read image {path}: {e}") from None
         if im.size[0] != im.size[1]:
             raise DatasetError(f"image {path} is {im.size[0]}x{im.size[1]}; EG3D crops are square")
@@ -99,6 +110,12 @@ class EG3DDataset:
         if flip:
             c[FLIP_ENTRIES] *= -1
         return to_t(im), to_t(im.resize((enc_resolution, enc_resolution), Image.BICUBIC)), c
+
+    def __getitem__(self, index: int):
+        try:
+            return self.load(index, self.enc_resolution)
+        except DatasetError as e:  # raised by collate in the main process: a worker's re-raise buries the message
+            return e
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -124,23 +141,64 @@ def rank_slice(count: int, rank: int, world: int, micro: int, accum: int) -> sli
     return slice(start, start + per)
 
 
+class StepBatches(torch.utils.data.Sampler):
+    """This rank's micro-batches, optimiser step after step from data position `position`: the item lists
+    `stream_indices(...)[rank_slice(...)]` the loop would read, as a DataLoader batch_sampler."""
+
+    def __init__(self, n: int, seed: int, position: int, batch_size: int, rank: int, world: int, accum: int, steps: int):
+        self.n, self.seed, self.position, self.batch_size, self.steps = n, seed, position, batch_size, steps
+        self.parts = [rank_slice(batch_size, rank, world, m, accum) for m in range(accum)]
+
+    def __len__(self) -> int:
+        return self.steps * len(self.parts)
+
+    def __iter__(self):
+        for step in range(self.steps):
+            items = stream_indices(self.n, self.seed, self.position + step * self.batch_size, self.batch_size)
+            for part in self.parts:
+                yield items[part]
+
+
+def collate(samples: list):
+    """uint8 images, uint8 encoder inputs and cameras, stacked; or the DatasetError of a sample (raised by the
+    main process: a worker's own re-raise buries the message in a traceback)."""
+    for s in samples:
+        if isinstance(s, DatasetError):
+            return s
+    return tuple(torch.stack(t) for t in zip(*samples))
+
+
+def micro_batches(dataset: EG3DDataset, order: StepBatches, workers: int, pin_memory: bool):
+    """-> (x uint8, x_enc uint8, c float32) CPU tensors in `order`; `workers` processes decode ahead of the step."""
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=order, num_workers=workers, collate_fn=collate,
+                                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+    for batch in loader:
+        if isinstance(batch, DatasetError):
+            raise batch
+        yield batch
+
+
+def to_device(x: torch.Tensor, x_enc: torch.Tensor, c: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """Images in [-1, 1] (`uint8 / 127.5 - 1`, the pipeline's normalisation) and cameras, on `device`."""
+    f = lambda t: t.to(device, non_blocking=True).float().div(127.5).sub(1)
+    return {"x": f(x), "x_enc": f(x_enc), "c": c.to(device, non_blocking=True)}
+
+
 def load_batch(dataset: EG3DDataset, indices: list[int], enc_resolution: int, device) -> dict[str, torch.Tensor]:
-    """Images in [-1, 1] (`uint8 / 127.5 - 1`, the pipeline's normalisation) and cameras."""
-    xs, encs, cs = zip(*(dataset.load(i, enc_resolution) for i in indices))
-    f = lambda t: torch.stack(t).float().div(127.5).sub(1).to(device)
-    return {"x": f(xs), "x_enc": f(encs), "c": torch.stack(cs).to(device)}
+    """The given items, read in this process (sample grids)."""
+    x, x_enc, c = collate([dataset.load(i, enc_resolution) for i in indices])
+    return to_device(x, x_enc, c, device)
 
 
 def synthetic_codes(seed: int, step: int, indices: range, z_dim: int, max_yaw: float, max_pitch: float):
     """z [n, z_dim], yaw [n], pitch [n] of synthetic samples, each from its own (seed, step, index) generator."""
-    zs, yaw, pitch = [], [], []
+    zs, us = [], []
     for i in indices:
         g = torch.Generator().manual_seed(_mix(seed, step, i, 0x5EED))
         zs.append(torch.randn(z_dim, generator=g))
-        u = torch.rand(2, generator=g) * 2 - 1
-        yaw.append(float(u[0]) * max_yaw)
-        pitch.append(float(u[1]) * max_pitch)
-    return torch.stack(zs), torch.tensor(yaw), torch.tensor(pitch)
+        us.append(torch.rand(2, generator=g) * 2 - 1)
+    u = torch.stack(us).double()  # products in float64, then float32: as Python floats would give
+    return torch.stack(zs), (u[:, 0] * max_yaw).float(), (u[:, 1] * max_pitch).float()
 
 
 def step_generator(seed: int, step: int, salt: int) -> torch.Generator:

@@ -1,77 +1,42 @@
-"""The two training stages of GOAE, each an nn.Module whose only trainable child is the module it trains
-(so DistributedDataParallel wraps exactly that), running the one GOAE forward (`goae.models.goae.GOAE`)
-with autograd:
+"""The training stages of GOAE. Each stage owns what it trains and how: its trainable module (its only
+child, so DistributedDataParallel wraps exactly that), its losses, its per-step policy (synthetic
+samples, progressive rows, mask blur), any extra network with its own optimiser, and which of those go
+into checkpoints. The loop in train/run.py knows none of it; `STAGES` names the stages in run order.
 
-    encoder stage: encode into the canonical latent space -> synthesize -> render (W reconstruction)
-    afa stage:     the whole forward (encode -> synthesize -> render -> refine -> fuse -> render), encoder frozen
+    encoder: encode into the canonical latent space -> synthesize -> render (W reconstruction); image losses,
+             delta norm, latent loss on generator samples, background depth, canonical latent discriminator
+    afa:     the whole GOAE forward (encode -> ... -> refine -> fuse -> render), encoder frozen; image losses
 
-The frozen generator (and the frozen encoder of the afa stage) are held outside the module tree.
+What the trainer calls:
+    trained, find_unused_parameters       the module it optimises, and a DDP setting
+    forward(batch, step, micro)           -> (loss, logs, aux), under DDP; logs: name -> 0-dim tensor
+    after_backward(aux, step, micro)      -> logs; after each micro-step's backward (the discriminator)
+    after_step()                          after the optimiser step
+    extra_state() / load_extra_state(s)   checkpoint entries besides model / optimiser / scheduler
+
+Both run the one GOAE forward (`goae.models.goae.GOAE`) with autograd: network passes under the
+trainer's autocast, volume rendering in fp32. The frozen generator is held outside the module tree.
 """
 from __future__ import annotations
 
-from typing import Callable, ContextManager
-
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from goae.models.encoder import STAGES
-from goae.models.goae import GOAE, resize  # noqa: F401  (resize: used by the trainer's sample grids)
+from goae.camera import camera_label
+from goae.models.encoder import STAGES as ROW_GROUPS
+from goae.models.goae import GOAE, resize
+from train import data as D
+from train.config import ConfigError
 
 
 def progressive_stage(step: int, start: int, every: int) -> str:
     """e4e's progressive schedule mapped onto the GOAE encoder's row groups: base code only until
     `start`, then coarse, mid and fine deltas switch on every `every` steps (every = 0: all at once)."""
     if step < start:
-        return STAGES[0]
-    return STAGES[3] if every <= 0 else STAGES[min(3, 1 + (step - start) // every)]
-
-
-class _Stage(nn.Module):
-    def __init__(self, generator, encoder, afa, afa_resolution: int, neural_rendering_resolution: int | None,
-                 render: str, mask_threshold: float = 0.35, deterministic: bool = True,
-                 autocast: Callable[[], ContextManager] | None = None):
-        super().__init__()
-        self.sr = render == "sr"
-        # Not a child: the GOAE forward holds the frozen parts (DDP, state_dict see only the trained one).
-        object.__setattr__(self, "method", GOAE(generator, encoder, afa, afa_resolution=afa_resolution,
-                                                mask_threshold=mask_threshold, deterministic=deterministic,
-                                                neural_rendering_resolution=neural_rendering_resolution,
-                                                autocast=autocast))
-
-    def rgb(self, render) -> torch.Tensor:
-        """What the losses compare: the super-resolved image, or the neural rendering."""
-        return render.image if self.sr else render.image_raw
-
-
-class EncoderStage(_Stage):
-    """forward(x_enc, c, stage) -> dict(ws, delta, rgb, image_depth) of the W reconstruction."""
-
-    def __init__(self, encoder, generator, afa=None, **kw):
-        super().__init__(generator, encoder, afa, **kw)
-        self.encoder = encoder
-
-    def forward(self, x_enc: torch.Tensor, c: torch.Tensor, stage: str = "fine") -> dict[str, torch.Tensor]:
-        m = self.method
-        ws, delta = m.encode(x_enc, stage)
-        _, _, planes_w = m.synthesize(ws)
-        out = m.render(planes_w, ws, c, superresolution=self.sr)
-        return {"ws": ws, "delta": delta, "rgb": self.rgb(out), "image_depth": out.image_depth}
-
-
-class AFAStage(_Stage):
-    """forward(x, x_enc, c, blur_sigma) -> dict(ws, rgb (final), rgb_w (W render), mask); encoder frozen."""
-
-    def __init__(self, afa, encoder, generator, afa_image_resolution: int, **kw):
-        super().__init__(generator, encoder, afa, **kw)
-        self.afa = afa
-        self.afa_image_resolution = afa_image_resolution
-
-    def forward(self, x: torch.Tensor, x_enc: torch.Tensor, c: torch.Tensor, blur_sigma: float) -> dict[str, torch.Tensor]:
-        fwd = self.method(x, x_enc, c, superresolution=self.sr, afa_image_resolution=self.afa_image_resolution,
-                          blur_sigma=blur_sigma)
-        return {"ws": fwd.ws, "rgb": self.rgb(fwd.final), "rgb_w": self.rgb(fwd.render_w), "mask": fwd.mask["mask"],
-                "image_depth": fwd.final.image_depth}
+        return ROW_GROUPS[0]
+    return ROW_GROUPS[3] if every <= 0 else ROW_GROUPS[min(3, 1 + (step - start) // every)]
 
 
 def background_depth_loss(depth: torch.Tensor, depth_ref: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
@@ -85,3 +50,234 @@ def background_depth_loss(depth: torch.Tensor, depth_ref: torch.Tensor, margin: 
     bg = (flat_ref > (lo + hi) / 2).to(flat.dtype)
     gap = F.relu(flat_ref - margin - flat) * bg
     return gap.pow(2).sum(1) / bg.sum(1).clamp(min=1)
+
+
+class ReconstructionLoss:
+    """pSp/e4e image losses at train.loss_resolution: lambda_l2 MSE + lambda_lpips LPIPS + lambda_id identity,
+    on (output, input) pairs. The LPIPS / identity nets are frozen and not built when their weight is 0."""
+
+    def __init__(self, cfg: dict, stage: str, device):
+        from train.losses import IDLoss, LPIPS
+
+        c, s = cfg["losses"], cfg[f"{stage}_stage"]
+        self.weights, self.resolution = {k: s[f"lambda_{k}"] for k in ("l2", "lpips", "id")}, cfg["train"]["loss_resolution"]
+        for name, paths in (("lpips", ("lpips_vgg16", "lpips_lin")), ("id", ("id_weights",))):
+            missing = [k for k in paths if not c[k]]
+            if c[name] == "pretrained" and self.weights[name] > 0 and missing:
+                raise ConfigError(f"losses.{name}=pretrained needs the weight file(s) {', '.join('losses.' + k for k in missing)} "
+                                  f"(vgg16-397923af.pth from torchvision, lpips' weights/v0.1/vgg.pth, pSp's model_ir_se50.pth); "
+                                  f"losses.{name}=random is for tests only")
+        torch.manual_seed(cfg["seed"] + 2)  # random-weight nets must be the same in every process and run
+        self.lpips = self.id = None
+        if self.weights["lpips"] > 0:
+            self.lpips = LPIPS() if c["lpips"] == "random" else LPIPS.from_pretrained(c["lpips_vgg16"], c["lpips_lin"])
+            self.lpips = self.lpips.to(device).eval().requires_grad_(False)
+        if self.weights["id"] > 0:
+            self.id = IDLoss() if c["id"] == "random" else IDLoss.from_pretrained(c["id_weights"])
+            self.id = self.id.to(device).eval().requires_grad_(False)
+
+    def __call__(self, rgb: torch.Tensor, x: torch.Tensor, n_real: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (weighted sum over the batch, per-loss means over the first n_real samples (the photos) for the log)."""
+        y_hat, y = resize(rgb.float(), self.resolution), resize(x, self.resolution)
+        zero = y_hat.new_zeros(y_hat.shape[0])
+        per = {"l2": (y_hat - y).pow(2).flatten(1).mean(1),
+               "lpips": self.lpips(y_hat, y).reshape(-1) if self.lpips is not None else zero,
+               "id": self.id(y_hat, y).reshape(-1) if self.id is not None else zero}
+        total = sum(self.weights[k] * v.mean() for k, v in per.items())
+        return total, {k: v[:n_real].mean().detach() for k, v in per.items()}
+
+
+class Stage(nn.Module):
+    """What the stages share: the GOAE forward, the reconstruction losses, the no-op hooks."""
+
+    name = ""
+    find_unused_parameters = False
+
+    def __init__(self, cfg: dict, G, encoder, afa, dist_, autocast):
+        super().__init__()
+        self.cfg, self.s, self.dist, t = cfg, cfg[f"{self.name}_stage"], dist_, cfg["train"]
+        self.sr = t["render"] == "sr"  # losses on the super-resolved image, or on the neural rendering
+        self.method = GOAE(G, encoder, afa, afa_resolution=cfg["model"]["afa_resolution"], deterministic=True,
+                           mask_threshold=cfg["model"]["mask_threshold"], autocast=autocast,
+                           neural_rendering_resolution=t["neural_rendering_resolution"])
+        self.recon = ReconstructionLoss(cfg, self.name, dist_.device)
+
+    @property
+    def G(self):  # the frozen generator, held by the GOAE forward (not a child)
+        return self.method.generator
+
+    def rgb(self, render) -> torch.Tensor:
+        return render.image if self.sr else render.image_raw
+
+    def after_backward(self, aux, step: int, micro: int) -> dict[str, torch.Tensor]:
+        return {}
+
+    def after_step(self) -> None:
+        pass
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+
+class EncoderStage(Stage):
+    """Trains the encoder. Batches get `data.synthetic_per_batch` samples of the frozen generator (their
+    canonical codes known: the latent loss); the discriminator sees generator codes vs. encoder rows."""
+
+    name = "encoder"
+
+    def __init__(self, cfg: dict, G, encoder, afa, dist_, autocast):
+        from train.discriminator import LatentCodesDiscriminator
+        from train.optim import make_optimizer
+
+        super().__init__(cfg, G, encoder, afa, dist_, autocast)
+        self.encoder, dev = encoder, dist_.device
+        torch.manual_seed(cfg["seed"] + 3)
+        disc = LatentCodesDiscriminator(G.w_dim, self.s["d_layers"]).to(dev)
+        object.__setattr__(self, "disc", disc)  # not a child: DDP must not see it (R1 is a double backward)
+        self.d_opt = make_optimizer("adam", disc.parameters(), self.s["d_lr"])
+        # The progressive encoder leaves row groups unused until their stage starts.
+        self.find_unused_parameters = self.s["progressive_start"] > 0 or self.s["progressive_every"] > 0
+        self.n_syn = cfg["data"]["synthetic_per_batch"]
+        if self.s["lambda_depth"] > 0:
+            with torch.no_grad():  # mean face: reference depth of the background regulariser
+                self.ws_avg = G.mean_ws()
+                self.planes_avg = G.synthesize_planes(self.ws_avg)
+
+    @property
+    def trained(self) -> nn.Module:
+        return self.encoder
+
+    def run(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """-> ws, delta, rgb, image_depth of the W reconstruction."""
+        m, s = self.method, self.s
+        ws, delta = m.encode(batch["x_enc"], progressive_stage(step, s["progressive_start"], s["progressive_every"]))
+        _, _, planes = m.synthesize(ws)
+        out = m.render(planes, ws, batch["c"], superresolution=self.sr)
+        return {"ws": ws, "delta": delta, "rgb": self.rgb(out), "image_depth": out.image_depth}
+
+    def synthetic(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        """This rank's frozen-G samples: canonical code ws = mapping(z, canonical camera), rendered at a random camera."""
+        d, G, dev, t = self.cfg["data"], self.G, self.dist.device, self.cfg["train"]
+        part = D.rank_slice(self.n_syn, self.dist.rank, self.dist.world, micro, t["accum_steps"])
+        z, yaw, pitch = D.synthetic_codes(self.cfg["seed"], step, range(part.start, part.stop), G.z_dim,
+                                          d["synthetic_yaw"], d["synthetic_pitch"])
+        z, c = z.to(dev), camera_label(yaw, pitch, device=dev)
+        with torch.no_grad():
+            ws = G.mapping(z, camera_label(0.0, 0.0, device=dev).expand(len(z), 25), truncation_psi=d["synthetic_truncation"])
+            img = G.render_planes(G.synthesize_planes(ws), ws, c, deterministic=True)["image"].clamp(-1, 1)
+        r = self.encoder.config.img_size
+        x_enc = F.interpolate(img, size=(r, r), mode="bicubic", align_corners=False, antialias=True)
+        return {"x": img, "x_enc": x_enc, "c": c, "ws": ws}
+
+    def forward(self, batch: dict, step: int, micro: int):
+        s, n_real = self.s, batch["x"].shape[0]
+        syn = self.synthetic(step, micro) if self.n_syn else None
+        if syn is not None:
+            batch = {k: torch.cat([batch[k], syn[k]]) for k in ("x", "x_enc", "c")}
+        out = self.run(batch, step)
+        total, logs = self.recon(out["rgb"], batch["x"], n_real)
+        ws = out["ws"]
+        terms = {"delta": (s["lambda_delta"], out["delta"].norm(dim=-1).sum(1).mean())}
+        if syn is not None:
+            terms["latent"] = (s["lambda_latent"], (ws[n_real:] - syn["ws"]).pow(2).mean())
+        if s["lambda_depth"] > 0:
+            with torch.no_grad():
+                n = ws.shape[0]
+                ref = self.method.render(self.planes_avg.expand(n, -1, -1, -1), self.ws_avg.expand(n, -1, -1), batch["c"],
+                                         superresolution=False, features=False).image_depth
+            terms["depth"] = (s["lambda_depth"], background_depth_loss(out["image_depth"], ref, s["depth_margin"]).mean())
+        if s["lambda_adv"] > 0:
+            from train.discriminator import generator_adv_loss
+
+            self.disc.requires_grad_(False)  # gradients through D into the codes, not into D
+            terms["adv"] = (s["lambda_adv"], generator_adv_loss(self.disc(ws.reshape(-1, ws.shape[-1]))))
+            self.disc.requires_grad_(True)
+        for k, (weight, value) in terms.items():
+            total = total + weight * value
+            logs[k] = value.detach()
+        logs["loss"] = total.detach()
+        return total, logs, ws.detach()
+
+    def after_backward(self, fake_ws: torch.Tensor, step: int, micro: int) -> dict[str, torch.Tensor]:
+        """Canonical latent discriminator: real = mapping(z, canonical camera) of the frozen G; fake = every
+        W+ row the encoder produced. Non-saturating logistic loss, lazy R1 on the reals (e4e)."""
+        from train.discriminator import discriminator_loss, r1_penalty
+
+        s, G, dev, cfg = self.s, self.G, self.dist.device, self.cfg
+        if s["lambda_adv"] <= 0:
+            return {}
+        accum = cfg["train"]["accum_steps"]
+        part = D.rank_slice(cfg["train"]["batch_size"] + self.n_syn, self.dist.rank, self.dist.world, micro, accum)
+        z, _, _ = D.synthetic_codes(cfg["seed"] + 7, step, range(part.start, part.stop), G.z_dim, 0.0, 0.0)
+        with torch.no_grad():
+            real_w = G.mapping(z.to(dev), camera_label(0.0, 0.0, device=dev).expand(len(z), 25))[:, 0]
+        assert real_w.shape[0] == fake_ws.shape[0], (real_w.shape, fake_ws.shape)
+        do_r1 = s["d_reg_every"] > 0 and step % s["d_reg_every"] == 0
+        real_w.requires_grad_(do_r1)
+        real_logits = self.disc(real_w)
+        loss = discriminator_loss(real_logits, self.disc(fake_ws.reshape(-1, fake_ws.shape[-1])))
+        logs = {"d_loss": loss.detach()}
+        if do_r1:
+            r1 = r1_penalty(real_logits, real_w)
+            loss = loss + s["d_r1_gamma"] / 2 * r1 * s["d_reg_every"]
+            logs["r1"] = r1.detach()
+        (loss / accum).backward()
+        return logs
+
+    def after_step(self) -> None:
+        if self.s["lambda_adv"] <= 0:
+            return
+        if self.dist.world > 1:  # R1's double backward is outside DDP's one-backward contract: average by hand
+            for p in self.disc.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.dist.world
+        self.d_opt.step()
+        self.d_opt.zero_grad(set_to_none=True)
+
+    def extra_state(self) -> dict:
+        return {"discriminator": self.disc.state_dict(), "d_optimizer": self.d_opt.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.disc.load_state_dict(state["discriminator"])
+        self.d_opt.load_state_dict(state["d_optimizer"])
+
+
+class AFAStage(Stage):
+    """Trains AFA on a trained, frozen encoder; the mix's blur sigma is drawn per step (official: U(1, 2))."""
+
+    name = "afa"
+
+    def __init__(self, cfg: dict, G, encoder, afa, dist_, autocast):
+        if not cfg["model"]["init"]:
+            raise ConfigError("stage afa trains AFA on a trained encoder: set --init (model.init) to the encoder "
+                              "stage's final/ folder, or use --stage all")
+        super().__init__(cfg, G, encoder, afa, dist_, autocast)
+        encoder.eval().requires_grad_(False)
+        self.afa = afa
+
+    @property
+    def trained(self) -> nn.Module:
+        return self.afa
+
+    def blur_sigma(self, step: int) -> float:
+        lo, hi = self.s["mask_blur_sigma"]
+        return lo + (hi - lo) * float(torch.rand(1, generator=D.step_generator(self.cfg["seed"], step, 0xB1)))
+
+    def run(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
+        """-> ws, rgb (final), rgb_w (W render), mask, image_depth (final)."""
+        fwd = self.method(batch["x"], batch["x_enc"], batch["c"], superresolution=self.sr,
+                          afa_image_resolution=self.cfg["train"]["afa_image_resolution"], blur_sigma=self.blur_sigma(step))
+        return {"ws": fwd.ws, "rgb": self.rgb(fwd.final), "rgb_w": self.rgb(fwd.render_w), "mask": fwd.mask["mask"],
+                "image_depth": fwd.final.image_depth}
+
+    def forward(self, batch: dict, step: int, micro: int):
+        total, logs = self.recon(self.run(batch, step)["rgb"], batch["x"], batch["x"].shape[0])
+        logs["loss"] = total.detach()
+        return total, logs, None
+
+
+STAGES = {"encoder": EncoderStage, "afa": AFAStage}  # `--stage all` runs them in this order, each from the last's result
