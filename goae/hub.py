@@ -24,7 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 HOW_TO_GET_WEIGHTS = (
-    "To get the weights either (a) download them while online: `hf download {repo}` "
+    "To get the official weights in one command (after reading their non-commercial licences): "
+    "`goae download --accept-licences`. Or (a) download a converted folder while online: `hf download {repo}` "
     "(or `huggingface-cli download {repo}`), then run again with HF_HUB_OFFLINE=1 if you like; or "
     "(b) convert the official checkpoints yourself and pass the output folder instead of a repo id: "
     "`python -m goae.convert eg3d ffhqrebalanced512-128.pkl weights/generator` and "

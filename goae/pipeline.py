@@ -467,7 +467,8 @@ class GOAEPipeline(DiffusionPipeline):
 
 
 def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch.device = "cpu") -> GOAEPipeline:
-    """Weights from a pipeline folder or Hub repo id (default: $GOAE_WEIGHTS), or 'random'.
+    """Weights from a pipeline folder or Hub repo id (default: $GOAE_WEIGHTS, else the folder that
+    `goae download` fills), or 'random' / 'random-small'.
 
     Raises goae.hub.WeightsNotFoundError, with the commands to get or convert the weights, when none
     are given or they cannot be found (e.g. offline and not in the Hub cache).
@@ -476,7 +477,10 @@ def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch
 
     from goae.hub import HOW_TO_GET_WEIGHTS, WeightsNotFoundError
 
-    weights = weights or os.environ.get("GOAE_WEIGHTS")
+    from goae.download import default_weights_folder
+
+    # Nothing configured: the folder `goae download` converts the official weights into, if it is there.
+    weights = weights or os.environ.get("GOAE_WEIGHTS") or (str(f) if (f := default_weights_folder()) else None)
     if not weights:
         raise WeightsNotFoundError("no weights given (pass a pipeline folder or Hub repo id, or 'random' to try "
                                    "the real architecture on random weights). " + HOW_TO_GET_WEIGHTS.format(repo="<repo_id>"))

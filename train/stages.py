@@ -19,6 +19,8 @@ trainer's autocast, volume rendering in fp32. The frozen generator is held outsi
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -97,9 +99,11 @@ class Stage(nn.Module):
         super().__init__()
         self.cfg, self.s, self.dist, t = cfg, cfg[f"{self.name}_stage"], dist_, cfg["train"]
         self.sr = t["render"] == "sr"  # losses on the super-resolved image, or on the neural rendering
+        # fp16 keeps the EG3D tri-plane synthesis fp32, as the official code runs it (no conv clamp there)
+        backbone = contextlib.nullcontext if t["precision"] == "fp16" else autocast
         self.method = GOAE(G, encoder, afa, afa_resolution=cfg["model"]["afa_resolution"], deterministic=True,
                            mask_threshold=cfg["model"]["mask_threshold"], autocast=autocast,
-                           neural_rendering_resolution=t["neural_rendering_resolution"])
+                           backbone_autocast=backbone, neural_rendering_resolution=t["neural_rendering_resolution"])
         self.recon = ReconstructionLoss(cfg, self.name, dist_.device)
 
     @property

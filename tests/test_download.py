@@ -1,0 +1,458 @@
+"""`python -m goae.download`: against a real local HTTP server (http.server in a thread, with Range and
+If-Range support written here) serving official-format files under the official names: the tiny
+official-format EG3D pickle from ../shared, and encoder/AFA .pt state dicts made like test_convert's."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import json
+import re
+import socket
+import sys
+import threading
+import urllib.parse
+from pathlib import Path
+
+import pytest
+import torch
+
+from goae import download as dl
+from goae.download import AFA_FILE, EG3D_FILE, ENCODER_FILE, SUMS_NAME
+
+# The encoder/AFA sizes of test_convert.py that fit the tiny pickle's generator.
+TINY_ENCODER = dict(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
+                    pretrained_window_sizes=(3, 3, 3, 2), w_dim=512)
+TINY_AFA = dict(stage_channels=(16, 32, 64), feature_channels=32)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+class FileServer:
+    """Serves {name: bytes} at /<name>, SHA256SUMS if given, honours Range / If-Range (ETag = sha256),
+    can drop the connection part-way through a file once, and records every request."""
+
+    def __init__(self, files: dict[str, bytes], sums: bool = True):
+        self.files = dict(files)
+        self.sums = sums
+        self.drop_once: dict[str, int] = {}  # name -> bytes sent before the connection is dropped
+        self.drop_skip: dict[str, int] = {}  # name -> requests served whole before the drop
+        self.html: set[str] = set()  # names answered as text/html (a quota / login page)
+        self.requests: list[tuple[str, str | None, str | None]] = []  # (path, Range, If-Range)
+        self.routes: dict[str, callable] = {}  # extra paths (the Drive simulation)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Range"), self.headers.get("If-Range")))
+                path = urllib.parse.urlsplit(self.path).path
+                if path in server.routes:
+                    return server.routes[path](self)
+                name = urllib.parse.unquote(path.lstrip("/"))
+                if name == SUMS_NAME and server.sums:
+                    body = "".join(f"{hashlib.sha256(server.good[n]).hexdigest()}  {n}\n" for n in server.good).encode()
+                    return server.send(self, body, "text/plain")
+                if name not in server.files:
+                    return self.send_error(404)
+                server.send(self, server.files[name], "text/html" if name in server.html else "application/octet-stream",
+                            name=name)
+
+        self.good = dict(files)  # what SHA256SUMS describes (the official bytes)
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # a client that hangs up early is expected here
+                if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                    super().handle_error(request, client_address)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def send(self, h, data: bytes, ctype: str, name: str | None = None) -> None:
+        etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        start = 0
+        m = re.fullmatch(r"bytes=(\d+)-", h.headers.get("Range") or "")
+        if m and h.headers.get("If-Range") in (None, etag):
+            start = int(m.group(1))
+            if start >= len(data):
+                h.send_response(416)
+                h.send_header("Content-Range", f"bytes */{len(data)}")
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+                return
+            h.send_response(206)
+            h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            h.send_response(200)
+            h.send_header("Accept-Ranges", "bytes")
+        h.send_header("Content-Type", ctype)
+        h.send_header("Content-Length", str(len(data) - start))
+        h.send_header("ETag", etag)
+        h.end_headers()
+        cut = None
+        if name in self.drop_once:
+            if self.drop_skip.get(name, 0) > 0:
+                self.drop_skip[name] -= 1
+            else:
+                cut = self.drop_once.pop(name)
+        if cut is not None:  # send part of the body, then drop the connection (HTTP/1.0: it closes)
+            h.wfile.write(data[start:cut])
+            h.wfile.flush()
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        h.wfile.write(data[start:])
+
+    def file_requests(self, name: str):
+        return [r for r in self.requests if r[0] == f"/{name}"]
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def official(parity_dir) -> dict[str, bytes]:
+    """The three files in official format, as bytes (the pickle is read from ../shared, never copied)."""
+    from goae.models.afa import AFA
+    from goae.models.encoder import GOAEncoder
+
+    torch.manual_seed(0)
+    out = {EG3D_FILE: (parity_dir / "eg3d" / "g_tiny_official_format.pkl").read_bytes()}
+    for name, module in ((ENCODER_FILE, GOAEncoder(**TINY_ENCODER)), (AFA_FILE, AFA(**TINY_AFA))):
+        buf = io.BytesIO()
+        torch.save(module.state_dict(), buf)  # what the GOAE release holds: a flat state dict
+        out[name] = buf.getvalue()
+    return out
+
+
+@pytest.fixture
+def server(official):
+    s = FileServer(official)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """GOAE_HOME in tmp; no mirror from the environment; stdin is not a terminal; tiny configs for conversion."""
+    from goae import convert
+
+    monkeypatch.setenv("GOAE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    real = convert.convert_goae
+    monkeypatch.setattr(convert, "convert_goae", lambda *a, **k: real(*a, **{**k, "encoder_config": TINY_ENCODER,
+                                                                           "afa_config": TINY_AFA}))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def run(capsys, request):
+    """main(argv) -> (exit code, stdout, stderr); the transcript goes into the test report (pytest -rA)."""
+    def _run(*argv) -> tuple[int, str, str]:
+        code = dl.main(list(argv))
+        out, err = capsys.readouterr()
+        request.node.add_report_section("call", "transcript",
+                                        f"$ python -m goae.download {' '.join(argv)}\n[exit {code}]\n[stdout]\n{out}[stderr]\n{err}")
+        return code, out, err
+    return _run
+
+
+def error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def leftovers(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if ".tmp-" in p.name or p.name.endswith(".part"))
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def test_full_download_and_conversion(home, server, official, run, monkeypatch):
+    from safetensors.torch import load_file
+
+    from goae.pipeline import GOAEPipeline
+
+    assert dl.default_weights_folder() is None
+    monkeypatch.setenv(dl.MIRROR_ENV, server.url + "/")  # the environment variable, trailing slash and all
+    code, out, err = run("--accept-licences", "--retries", "0")
+    assert code == 0, err
+    folder = home / "weights" / "goae-ffhq"
+    assert dl.default_weights_folder() == folder
+    assert out.splitlines()[0] == f"goae weights ready: {folder}"
+    assert "NVIDIA Source Code License" in err and "no LICENSE file" in err
+    # Every file fetched once, whole, under its official name; SHA256SUMS checked and recorded.
+    assert sorted(r[0] for r in server.requests) == sorted(["/" + SUMS_NAME, *(f"/{n}" for n in official)])
+    downloads = home / "downloads"
+    sums = dl.read_sums(downloads / SUMS_NAME)
+    assert sums == {n: hashlib.sha256(b).hexdigest() for n, b in official.items()}
+    for name, data in official.items():
+        assert (downloads / name).read_bytes() == data
+        assert sums[name] in (folder / "README.md").read_text()  # provenance in the model card
+    assert leftovers(home) == [] and not list(downloads.glob("*.json"))
+    # The folder loads, and holds exactly the downloaded weights.
+    pipe = GOAEPipeline.from_pretrained(folder)
+    enc = torch.load(io.BytesIO(official[ENCODER_FILE]), weights_only=True)
+    sd = pipe.encoder.state_dict()
+    assert sd.keys() == enc.keys() and all(torch.equal(sd[k], enc[k]) for k in enc)
+    afa = load_file(folder / "afa" / "diffusion_pytorch_model.safetensors")
+    ref = torch.load(io.BytesIO(official[AFA_FILE]), weights_only=True)
+    assert all(torch.equal(afa[k], ref[k]) for k in ref)
+    # A second run does nothing (no request at all).
+    n = len(server.requests)
+    code, out, err = run("--accept-licences")
+    assert code == 0 and "already converted" in err and len(server.requests) == n
+
+
+def test_interrupted_then_resumed(home, server, official, run):
+    server.drop_once[ENCODER_FILE] = half = len(official[ENCODER_FILE]) // 2
+    code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
+    assert code == 1
+    line = error_line(err)
+    assert "stopped at" in line and "run the command again to resume" in line
+    downloads = home / "downloads"
+    part = downloads / (ENCODER_FILE + ".part")
+    assert part.read_bytes() == official[ENCODER_FILE][:half]
+    assert not (downloads / ENCODER_FILE).exists() and not (home / "weights").exists()
+    assert (downloads / EG3D_FILE).read_bytes() == official[EG3D_FILE]  # the file before it is done
+    # Second run: EG3D is not fetched again, the encoder resumes at `half` (If-Range with its ETag).
+    code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
+    assert code == 0, err
+    assert "resuming at" in err
+    enc_requests = server.file_requests(ENCODER_FILE)
+    assert [r[1] for r in enc_requests] == [None, f"bytes={half}-"]
+    assert enc_requests[1][2] == f'"{hashlib.sha256(official[ENCODER_FILE]).hexdigest()}"'
+    assert len(server.file_requests(EG3D_FILE)) == 1
+    assert (downloads / ENCODER_FILE).read_bytes() == official[ENCODER_FILE]
+    assert dl.read_sums(downloads / SUMS_NAME)[ENCODER_FILE] == hashlib.sha256(official[ENCODER_FILE]).hexdigest()
+    assert leftovers(home) == [] and dl.default_weights_folder() == home / "weights" / "goae-ffhq"
+
+
+def test_drop_is_retried_within_one_run(server, official, tmp_path):
+    # With retries (the default), one run survives a dropped connection by resuming itself.
+    server.drop_once[AFA_FILE] = 1000
+    logs = []
+    part = dl.download_file(f"{server.url}/{AFA_FILE}", tmp_path / AFA_FILE, retries=1, log=logs.append)
+    assert part.read_bytes() == official[AFA_FILE]
+    assert [r[1] for r in server.file_requests(AFA_FILE)] == [None, "bytes=1000-"]
+    assert any("retrying (1/1)" in line for line in logs) and any("resuming at" in line for line in logs)
+
+
+def test_resume_restarts_when_the_file_changed(server, official, tmp_path):
+    # A .part of an older version: If-Range does not match, the server sends the whole new file.
+    url = f"{server.url}/{AFA_FILE}"
+    part = tmp_path / (AFA_FILE + ".part")
+    part.write_bytes(b"x" * 500)
+    (tmp_path / (AFA_FILE + ".part.json")).write_text(json.dumps({"source": url, "etag": '"old"'}))
+    assert dl.download_file(url, tmp_path / AFA_FILE, retries=0, log=lambda m: None).read_bytes() == official[AFA_FILE]
+    # A .part longer than the file: 416, then a fresh download.
+    part.write_bytes(official[AFA_FILE] + b"extra")
+    (tmp_path / (AFA_FILE + ".part.json")).write_text(json.dumps({"source": url}))
+    assert dl.download_file(url, tmp_path / AFA_FILE, retries=0, log=lambda m: None).read_bytes() == official[AFA_FILE]
+
+
+def _corrupt(data: bytes) -> bytes:
+    mid = len(data) // 2
+    return data[:mid] + bytes(b ^ 0xFF for b in data[mid:mid + 64]) + data[mid + 64:]
+
+
+@pytest.mark.parametrize("how", ["checksum", "not_a_checkpoint", "web_page"])
+def test_corrupted_file(home, server, official, run, how):
+    if how == "checksum":  # flipped bytes inside a tensor: only the mirror's SHA256SUMS can tell
+        server.files[AFA_FILE] = _corrupt(official[AFA_FILE])
+    elif how == "not_a_checkpoint":  # no digests to compare: the converter's safe loader refuses the bytes
+        server.sums = False
+        server.files[AFA_FILE] = b"\x00garbage" * 1000
+    else:  # a 200 answer that is a quota/login page
+        server.sums = False
+        server.html.add(AFA_FILE)
+        server.files[AFA_FILE] = b"<html><body>Quota exceeded</body></html>"
+    code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
+    assert code == 1 and out == ""
+    line = error_line(err)
+    expected = {"checksum": "has sha256", "not_a_checkpoint": "is not a usable GOAE AFA module",
+                "web_page": "answered with a web page"}[how]
+    assert expected in line and AFA_FILE in line, line
+    downloads = home / "downloads"
+    # The bad bytes are gone (not kept as good, not kept to resume from); nothing was converted.
+    assert not (downloads / AFA_FILE).exists() and not (downloads / (AFA_FILE + ".part")).exists()
+    assert AFA_FILE not in dl.read_sums(downloads / SUMS_NAME)
+    assert not (home / "weights").exists() and leftovers(home) == []
+    assert dl.default_weights_folder() is None
+    if how == "checksum":  # the mirror is fixed: the next run fetches only the AFA file and converts
+        server.files[AFA_FILE] = official[AFA_FILE]
+        n = len(server.requests)
+        code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
+        assert code == 0, err
+        assert [r[0] for r in server.requests[n:]] == ["/" + SUMS_NAME, "/" + AFA_FILE]
+        assert dl.default_weights_folder() is not None
+
+
+def test_bad_file_put_there_by_hand(home, official, run):
+    # Offline: the files are in the downloads folder already, one of them damaged (a truncated copy).
+    downloads = home / "downloads"
+    downloads.mkdir(parents=True)
+    for name, data in official.items():
+        (downloads / name).write_bytes(data if name != EG3D_FILE else data[: len(data) // 3])
+    code, out, err = run("--mirror", "http://127.0.0.1:9/never-used")  # no licence needed: no download
+    assert code == 1
+    line = error_line(err)
+    assert "is not a usable EG3D generator" in line and "moved aside" in line and "download ffhqrebalanced512-128.pkl by hand" in line
+    assert (downloads / (EG3D_FILE + ".rejected")).is_file() and not (downloads / EG3D_FILE).exists()
+    assert not (home / "weights").exists()
+    # The good copy put in place by hand: verified and converted without any network access.
+    (downloads / EG3D_FILE).write_bytes(official[EG3D_FILE])
+    code, out, err = run("--mirror", "http://127.0.0.1:9/never-used")
+    assert code == 0, err
+    assert dl.default_weights_folder() == home / "weights" / "goae-ffhq"
+
+
+def test_licence_not_accepted(home, server, run):
+    code, out, err = run("--mirror", server.url)
+    assert code == 2 and out == ""
+    line = error_line(err)
+    assert "not accepted" in line and "--accept-licences" in line and "nothing was downloaded" in line
+    assert "NVIDIA Source Code License" in err and "https://github.com/NVlabs/eg3d/blob/main/LICENSE.txt" in err
+    assert "https://github.com/jiangyzy/GOAE" in err and "no LICENSE file" in err
+    assert server.requests == [] and not home.exists()
+    # Interactive: 'no' refuses; EOF refuses.
+    for answer in (lambda q: "no", functools.partial(_raise, EOFError)):
+        with pytest.raises(dl.LicenceNotAcceptedError, match="nothing was downloaded"):
+            dl.download_weights(mirror=server.url, interactive=True, prompt=answer, log=lambda m: None)
+    assert server.requests == [] and not home.exists()
+
+
+def _raise(exc, *args):
+    raise exc
+
+
+def test_interactive_yes_downloads(home, server, official):
+    asked = []
+    dl.download_weights(mirror=server.url, interactive=True, prompt=lambda q: asked.append(q) or "yes",
+                        retries=0, log=lambda m: None)
+    assert len(asked) == 1 and "accept" in asked[0]
+    assert dl.default_weights_folder() is not None
+
+
+def test_server_down(home, run):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out, err = run("--accept-licences", "--mirror", f"http://127.0.0.1:{port}", "--retries", "0")
+    assert code == 1 and out == ""
+    line = error_line(err)
+    assert line.startswith("python -m goae.download: error: cannot reach 127.0.0.1:") and "connection refused" in line
+    assert not (home / "weights").exists()
+    assert [p.name for p in (home / "downloads").iterdir()] in ([], [".lock"])
+    # A mirror without the file: HTTP 404, named.
+    srv = FileServer({}, sums=False)
+    try:
+        code, out, err = run("--accept-licences", "--mirror", srv.url, "--retries", "0")
+    finally:
+        srv.close()
+    assert code == 1 and f"{srv.url}/{EG3D_FILE}: HTTP 404" in error_line(err)
+
+
+def test_usage_errors(home, run, tmp_path):
+    other = tmp_path / "not-a-pipeline"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    code, out, err = run("--accept-licences", "--out", str(other))
+    assert code == 1 and "refusing to replace" in error_line(err) and (other / "notes.txt").exists()
+    code, out, err = run("--accept-licences", "--mirror", "ftp://example.org/w")
+    assert code == 1 and "http(s) URL" in error_line(err)
+    code, out, err = run("--retries", "-1")
+    assert code == 2
+
+
+# ----------------------------------------------------------------------------- Google Drive (simulated)
+#
+# The real GOAE files sit in a Google Drive folder. These pages follow the formats goae parses (the
+# folder page's `_DRIVE_ivd` data; the 'cannot scan for viruses' form with its hidden fields); they are
+# a simulation, not a recording of Google's pages, so they test goae's flow rather than Google's format.
+
+
+def _js_escape(text: str) -> str:
+    return "".join(c if c.isalnum() or c in " _.-:" else f"\\x{ord(c):02x}" for c in text)
+
+
+def _drive(server: FileServer, official: dict[str, bytes], monkeypatch, listing: bool = True) -> None:
+    ids = {ENCODER_FILE: "1EncoderFileIdAAAA", AFA_FILE: "1AfaFileIdBBBBBBBB"}
+    entries = [[fid, ["folder"], name, "application/octet-stream"] for name, fid in ids.items()]
+    data = _js_escape(json.dumps([entries]))
+    page = (f"<html><head><title>GOAE - Google Drive</title></head><body><script>window['_DRIVE_ivd'] = '{data}';"
+            f"</script></body></html>") if listing else "<html><body>Sign in</body></html>"
+
+    def folder(h):
+        server.send(h, page.encode(), "text/html")
+
+    def uc(h):  # the large-file warning page, whose form leads to the file
+        fid = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query)["id"][0]
+        form = (f'<form id="download-form" action="/usercontent" method="get"><input type="submit" value="Download anyway">'
+                f'<input type="hidden" name="id" value="{fid}"><input type="hidden" name="export" value="download">'
+                f'<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-123"></form>')
+        server.send(h, f"<html><body><p class='uc-warning-caption'>Google Drive can't scan this file</p>{form}</body></html>".encode(),
+                    "text/html")
+
+    def usercontent(h):
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(h.path).query)
+        if q.get("confirm") != ["t"] or q.get("uuid") != ["u-123"]:
+            return h.send_error(403)
+        name = {v: k for k, v in ids.items()}[q["id"][0]]
+        server.send(h, official[name], "application/octet-stream", name=name)
+
+    server.routes.update({"/drive/folders/F": folder, "/embedded": folder, "/uc": uc, "/usercontent": usercontent})
+    monkeypatch.setattr(dl, "GOAE_DRIVE_FOLDER_ID", "F")
+    monkeypatch.setattr(dl, "DRIVE_FOLDER_PAGE", server.url + "/drive/folders/{id}")
+    monkeypatch.setattr(dl, "DRIVE_EMBEDDED_FOLDER", server.url + "/embedded?id={id}")
+    monkeypatch.setattr(dl, "DRIVE_FILE_URL", server.url + "/uc?export=download&id={id}")
+    monkeypatch.setattr(dl, "NGC_FILE_URL", server.url + "/{name}")
+
+
+def test_official_hosts_simulated(home, server, official, run, monkeypatch):
+    _drive(server, official, monkeypatch)
+    # Drive drops too: the retry resolves a fresh URL and resumes (the first request of the file is
+    # goae's probe that the confirmation led to the file).
+    server.drop_once[ENCODER_FILE], server.drop_skip[ENCODER_FILE] = 4096, 1
+    code, out, err = run("--accept-licences", "--retries", "1")
+    assert code == 0, err
+    downloads = home / "downloads"
+    assert all((downloads / n).read_bytes() == b for n, b in official.items())
+    assert [r[1] for r in server.requests if r[0].startswith("/usercontent") and "1Encoder" in r[0]] == [None, None, None, "bytes=4096-"]
+
+
+def test_drive_listing_unreadable(home, server, official, run, monkeypatch):
+    _drive(server, official, monkeypatch, listing=False)
+    code, out, err = run("--accept-licences", "--retries", "0")
+    assert code == 1
+    line = error_line(err)
+    assert "Google Drive: could not find encoder_FFHQ.pt" in line
+    assert f"put it at {home / 'downloads' / ENCODER_FILE}" in line and "--accept-licences` again" in line
+    assert (home / "downloads" / EG3D_FILE).is_file()  # what could be fetched is kept
+
+
+def test_non_interactive_session_refuses(tmp_path):
+    # A real non-interactive process (stdin is not a terminal), through `python -m goae.download`.
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GOAE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(root),
+           dl.MIRROR_ENV: "http://127.0.0.1:9"}
+    r = subprocess.run([sys.executable, "-m", "goae.download"], stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "error: the licences of the weights were not accepted" in r.stderr and "--accept-licences" in r.stderr
+    assert not (tmp_path / "home").exists()
