@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from goae.hub import WeightsFolderError, check_config, check_finite, check_pipeline_folder, describe_mismatch, meta_module
+from goae.card import Provenance, current_command, sha256_file, write_model_card
 from goae.io import atomic_dir, check_output_dir
 
 # ----------------------------------------------------------------------------- errors
@@ -577,7 +578,33 @@ def convert_eg3d(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, overwr
         written = load_file(tmp / "diffusion_pytorch_model.safetensors")  # verify before publishing
         if written.keys() != expected.keys() or any(not torch.equal(written[k], expected[k]) for k in expected):
             raise CheckpointError(f"verification of the written weights in {tmp} failed")
+        write_model_card(tmp, "generator", _provenance({"eg3d": pkl_path}), repo_hint=out_dir.name)
     return out_dir
+
+
+def _provenance(sources: Mapping[str, str | os.PathLike]) -> "Provenance":
+    """Model-card provenance of a conversion: each source file's name and sha256, and the command."""
+    return Provenance(sources={Path(p).name: sha256_file(p) for p in sources.values()}, command=current_command(),
+                      note="converted from the official checkpoints by goae.convert")
+
+
+def _copy_directions(folder: str | os.PathLike, out: Path, num_ws: int, w_dim: int) -> list[str]:
+    """Validated edit directions of `folder` -> out/*.safetensors (so an app loading the pipeline folder gets
+    its edit sliders). Files of another domain (cat_*) or width are left out. Returns the names copied."""
+    from goae.edit import DirectionError, load_direction, save_direction
+
+    names = []
+    for f in sorted(Path(folder).iterdir()):
+        if not f.is_file() or f.name.startswith(("cat_", ".")):
+            continue
+        try:
+            d = load_direction(f, num_ws=num_ws, w_dim=w_dim)
+        except DirectionError as e:
+            print(f"goae.convert: edit direction {f.name} left out: {e}", file=sys.stderr)
+            continue
+        save_direction(out / f"{d.name}.safetensors", d.tensor, num_ws=num_ws)
+        names.append(d.name)
+    return names
 
 
 # ----------------------------------------------------------------------------- GOAE .pt state dicts
@@ -646,9 +673,12 @@ def convert_goae(
     overwrite: bool = False,
     encoder_config: Mapping[str, Any] | None = None,
     afa_config: Mapping[str, Any] | None = None,
+    directions: str | os.PathLike | None = None,
 ) -> Path:
     """Official EG3D pickle + encoder_FFHQ.pt + afa_FFHQ.pt -> GOAEPipeline folder (model_index.json,
-    generator/, encoder/, afa/), written atomically. The configs default to the released ones."""
+    generator/, encoder/, afa/, README.md model card with the sources' sha256), written atomically. The
+    configs default to the released ones. `directions`: a folder of edit directions (the official .npy
+    files) copied, validated, into the folder's directions/."""
     from goae.models.afa import AFA
     from goae.models.encoder import GOAEncoder
     from goae.pipeline import GOAEPipeline
@@ -666,8 +696,13 @@ def convert_goae(
     encoder.load_state_dict(enc_sd, strict=True)
     afa.load_state_dict(afa_sd, strict=True)
     pipe = GOAEPipeline(generator=generator, encoder=encoder.eval(), afa=afa.eval())
+    pipe.provenance = _provenance({"eg3d": eg3d_pkl, "encoder": encoder_pt, "afa": afa_pt})
+    if directions is not None and not Path(directions).is_dir():
+        raise CheckpointNotFoundError(f"edit directions folder {directions} does not exist")
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        pipe.save_pretrained(tmp)  # safetensors (diffusers' default)
+        pipe.save_pretrained(tmp, repo_hint=out_dir.name)  # with its model card
+        if directions is not None:
+            _copy_directions(directions, tmp / "directions", generator.num_ws, generator.w_dim)
         try:  # the folder must pass the check that loading it will do (and the parts must fit together)
             check_pipeline_folder(tmp)
         except WeightsFolderError as e:
@@ -691,12 +726,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--afa", required=True, help="afa_FFHQ.pt")
     g.add_argument("out_dir")
     g.add_argument("--overwrite", action="store_true")
+    g.add_argument("--directions", help="folder of edit directions (e.g. the official ws_edit/*.npy) to ship inside")
     args = parser.parse_args(argv)
     try:
         if args.command == "eg3d":
             out = convert_eg3d(args.pkl, args.out_dir, overwrite=args.overwrite)
         else:
-            out = convert_goae(args.eg3d, args.encoder, args.afa, args.out_dir, overwrite=args.overwrite)
+            out = convert_goae(args.eg3d, args.encoder, args.afa, args.out_dir, overwrite=args.overwrite,
+                               directions=args.directions)
     except (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
             PermissionError, ImportError) as e:
         return _fail(str(e), 2)
