@@ -148,6 +148,8 @@ def test_trained_folders_load_and_invert(reference, dataset_dir, examples_dir, t
     trained = ckpt(ref, 24)["model"]
     assert max_diff(enc.encoder.state_dict(), trained) == 0  # final/ holds the trained encoder
     for folder, level in ((ref / "final", 32), (out / "final", 64)):
+        card = (folder / "README.md").read_text()  # the model card: licence and how it was made
+        assert "license_name" in card and "trained by train/run.py" in card
         pipe = GOAEPipeline.from_pretrained(str(folder))
         assert pipe.config.afa_resolution == level and pipe.afa.config.feature_resolution == level
         res = pipe(photo, cam)

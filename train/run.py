@@ -268,8 +268,13 @@ class Trainer:
 
     def save_final(self) -> None:
         self.encoder.eval(), self.afa.eval()
+        from goae.card import Provenance, current_command
+
+        pipe = self.pipeline()
+        pipe.provenance = Provenance(command=current_command(), note=f"trained by train/run.py, stage {self.stage.name}, "
+                                     f"{self.step} steps, generator {self.cfg['model']['generator'] or self.cfg['model']['preset']}")
         with atomic_dir(self.final_dir, overwrite=True) as tmp:
-            self.pipeline().save_pretrained(str(tmp))
+            pipe.save_pretrained(str(tmp))  # with its model card
 
     # -- loop -------------------------------------------------------------------------------------
     def fit(self, resume: bool) -> None:
