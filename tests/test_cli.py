@@ -56,7 +56,10 @@ def test_invert_batch_with_a_failure(weights_dir, tiny_directions, examples_dir,
     assert code == 1  # one photo failed
     assert "coffee.png: error: No face found" in err, err
     assert "2 succeeded, 1 failed" in err
-    assert sorted(p.name for p in out.iterdir()) == ["1", "astronaut"]  # no folder, no temp left for coffee
+    # no folder, no temp left for coffee; the run's manifest lists all three
+    assert sorted(p.name for p in out.iterdir()) == ["1", "astronaut", "manifest.jsonl"]
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(m["input"], m["status"]) for m in manifest] == list(zip(map(str, photos), ("ok", "failed", "ok")))
     for name in ("astronaut", "1"):
         meta = json.loads((out / name / "result.json").read_text())
         listed = [f for v in meta["files"].values() for f in (v if isinstance(v, list) else [v])]

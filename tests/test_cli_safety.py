@@ -65,7 +65,7 @@ def test_dangerous_and_duplicate_names(landmarker, weights_dir, examples_dir, tm
     err = capsys.readouterr().err
     assert code == 0, err
     _survived(out, keep)
-    assert sorted(p.name for p in out.iterdir()) == ["face", "face-2", "notes.txt", "other", "photo"]
+    assert sorted(p.name for p in out.iterdir()) == ["face", "face-2", "manifest.jsonl", "notes.txt", "other", "photo"]
     for folder, photo in (("photo", "..jpg"), ("face", "face.jpg"), ("face-2", "face.png")):
         assert json.loads((out / folder / "result.json").read_text())["photo"] == str(photos / photo)
 
@@ -77,7 +77,7 @@ def test_dangerous_and_duplicate_names(landmarker, weights_dir, examples_dir, tm
     assert "not a goae result folder" in _lines(err, "other.jpg")[0]
     assert "ok ->" in _lines(err, "..jpg")[0] and "Traceback" not in err
     _survived(out, keep)
-    assert sorted(p.name for p in out.iterdir()) == ["face", "face-2", "notes.txt", "other", "photo"]
+    assert sorted(p.name for p in out.iterdir()) == ["face", "face-2", "manifest.jsonl", "notes.txt", "other", "photo"]
 
 
 @pytest.mark.parametrize("option", [
@@ -105,7 +105,8 @@ def test_nan_weights_are_one_clear_line(parity_dir, examples_dir, tmp_path, caps
                      "--weights", str(tmp_path / "nan-weights")])
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if "goae: error:" in x]
-    assert code == 2 and len(line) == 1 and "NaN or inf" in line[0] and "encoder." in line[0], err
+    # the loader (goae.hub) or check_weights names the damaged component, whichever notices first
+    assert code == 2 and len(line) == 1 and "nan or inf" in line[0].lower() and "encoder" in line[0], err
     assert "Traceback" not in err
 
 
@@ -128,7 +129,7 @@ def test_unexpected_error_costs_one_photo(landmarker, weights_dir, examples_dir,
     assert code == 1 and "Traceback" not in err
     assert _lines(err, "obama.jpg") == [f"{examples_dir / 'wild' / 'obama.jpg'}: error: RuntimeError: something deep broke"]
     assert "ok ->" in _lines(err, "astronaut.png")[0]
-    assert sorted(p.name for p in out.iterdir()) == ["astronaut"]
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut", "manifest.jsonl"]
 
 
 def test_full_disk_costs_each_photo_its_own_result(landmarker, small_disk, weights_dir, examples_dir,  # noqa: F811
@@ -146,5 +147,5 @@ def test_full_disk_costs_each_photo_its_own_result(landmarker, small_disk, weigh
     second = _lines(err, "astronaut.png")  # its own result: written if it fits, else its own line
     assert len(second) == 1 and ("ok ->" in second[0] or "No space left on device" in second[0]), err
     _survived(small_disk, keep)
-    written = sorted(p.name for p in small_disk.iterdir())
+    written = sorted(p.name for p in small_disk.iterdir() if p.name != "manifest.jsonl")  # written if it fits
     assert written in (["filler", "notes.txt", "other"], ["astronaut", "filler", "notes.txt", "other"])  # no temp

@@ -147,6 +147,25 @@ def _replaceable(folder: Path, overwrite: bool) -> None:
                                   "not replacing it")
 
 
+def result_complete(folder: str | os.PathLike, source: str | os.PathLike | None = None) -> bool:
+    """True when `folder` holds a finished goae result: a readable result.json (written last, atomically) whose
+    files all exist, made from `source` (the path it records as "photo" or "video", compared as resolved
+    paths; None = any). `goae invert --resume` skips inputs whose folder is complete."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        return False
+    if source is not None:
+        made_from = meta.get("photo", meta.get("video"))
+        if not isinstance(made_from, str) or Path(made_from).resolve() != Path(source).resolve():
+            return False
+    names = [f for v in meta["files"].values() for f in (v if isinstance(v, list) else [v])]
+    return all(isinstance(f, str) and (folder / f).is_file() for f in names)
+
+
 def save_inversion(pipe, face, folder: str | os.PathLike, options: ExportOptions = ExportOptions(), *,
                    directions: Mapping[str, EditDirection] | None = None, result=None, overwrite: bool = False,
                    source: str | None = None, warn: Callable[[str], None] | None = None) -> Path:
