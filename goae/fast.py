@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -99,18 +98,14 @@ class FastPath:
         return self.device_type == "cuda"
 
 
-def _synthesis_blocks(module: nn.Module) -> Iterator[nn.Module]:
-    from goae.models.stylegan2 import SynthesisBlock
-    return (m for m in module.modules() if isinstance(m, SynthesisBlock))
+def _synthesis_blocks(generator) -> list[nn.Module]:
+    return [m for name, m in generator.hot_modules().items() if name.startswith("synthesis.")]
 
 
 def compiled_modules(pipe) -> dict[str, nn.Module]:
     """The modules `compile=True` compiles, by name: each is called as a module by the GOAE forward
     (goae.models.goae), so its compiled form is what runs. Shapes are static per resolution."""
-    g = pipe.generator
-    blocks = {f"synthesis.b{b.resolution}": b for b in _synthesis_blocks(g.backbone.synthesis)}
-    return {"encoder": pipe.encoder, **blocks, "renderer": g.renderer, "superresolution": g.superresolution,
-            "afa": pipe.afa}
+    return {"encoder": pipe.encoder, **pipe.generator.hot_modules(), "afa": pipe.afa}
 
 
 def apply(pipe, fast: FastPath) -> None:

@@ -360,14 +360,14 @@ def check_pipeline_folder(folder: str | os.PathLike) -> None:
     check_config("pipeline", index, where=str(folder / "model_index.json"))
     g, e, a = (check_component_folder(folder / name, name) for name in COMPONENTS)
     res = index.get("afa_resolution", 32)
-    block = getattr(g.backbone.synthesis, f"b{res}", None)
+    width = g.feature_channels(res) if res in g.feature_levels else None
     problems = [
-        f"afa_resolution {res} is not a generator block resolution" if block is None else None,
+        f"afa_resolution {res} is not a generator block resolution" if width is None else None,
         f"encoder w_dim {e.config.w_dim} != generator w_dim {g.w_dim}" if e.config.w_dim != g.w_dim else None,
         f"encoder num_ws {e.config.num_ws} != generator num_ws {g.num_ws}" if e.config.num_ws != g.num_ws else None,
         f"afa feature_resolution {a.config.feature_resolution} != afa_resolution {res}" if a.config.feature_resolution != res else None,
-        f"afa feature_channels {a.config.feature_channels} != generator width {block.conv1.weight.shape[0]} at {res}"
-        if block is not None and a.config.feature_channels != block.conv1.weight.shape[0] else None,
+        f"afa feature_channels {a.config.feature_channels} != generator width {width} at {res}"
+        if width is not None and a.config.feature_channels != width else None,
     ]
     problems = [p for p in problems if p]
     if problems:

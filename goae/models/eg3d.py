@@ -329,6 +329,18 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         block = getattr(self.backbone.synthesis, f"b{self._split(res)[0][-1]}")
         return int(block.conv1.out_channels)
 
+    @property
+    def feature_levels(self) -> list[int]:
+        """The resolutions the synthesis can be split at (synthesize_until / synthesize_from)."""
+        return list(self.backbone.synthesis.block_resolutions)
+
+    def hot_modules(self) -> dict[str, nn.Module]:
+        """The submodules a forward calls as modules, by name: each synthesis block, the renderer and the
+        super-resolution (what torch.compile compiles; the blocks also carry the memory-format switch)."""
+        synthesis = self.backbone.synthesis
+        blocks = {f"synthesis.b{r}": getattr(synthesis, f"b{r}") for r in synthesis.block_resolutions}
+        return {**blocks, "renderer": self.renderer, "superresolution": self.superresolution}
+
     def field(self, planes: torch.Tensor) -> TriplaneField:
         """Density and colour of tri-planes [N,96,H,W] (or [N,3,32,H,W]) at arbitrary points: field(xyz [N,M,3])
         -> (raw density [N,M], features [N,M,32]). For meshes and density queries; build once per planes."""
