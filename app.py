@@ -1,32 +1,50 @@
 """GOAE web demo (Gradio Blocks; also the Hugging Face Space entry point, `app_file: app.py`).
 
-    python app.py [--weights REPO_OR_DIR | random | random-small] [--directions DIR]
-                  [--host 127.0.0.1] [--port 7860] [--share]
+    python app.py [--weights REPO_OR_DIR | random | random-small] [--directions DIR] [--examples DIR]
+                  [--host 127.0.0.1] [--port 7860] [--share] [--fast]
 
 photo -> aligned crop + estimated camera -> one inversion -> views from the cached tri-planes (yaw/pitch
-sliders), turntable video, depth map, mesh (.glb/.ply), semantic edits, a download for every output.
+sliders: a fast preview while dragging, the full render on release), turntable video, depth map, mesh
+(.glb/.ply), semantic edits, a download for every output; and a stateless API endpoint (`/invert`).
 
 Settings come from the command line or the environment (a Space has only the environment):
   GOAE_WEIGHTS     pipeline folder or Hub repo id; 'random' / 'random-small' for seeded random weights.
                    Unset or not loadable (e.g. offline): the app runs on random weights with a banner.
   GOAE_DIRECTIONS  folder of edit direction files (age.npy, anger.npy, glass.npy, ...); default none.
-  GOAE_EXAMPLES    folder of example photos shown under the upload box; default none.
+  GOAE_EXAMPLES    folder of example photos shown under the upload box; default examples/ beside app.py.
+  GOAE_CACHE_MB    RAM for the sessions' tri-plane caches together (default 512); older ones wait on disk.
 
-One model, loaded once at start-up, is shared by every visitor; all that belongs to a visitor (the
-aligned face, the inversion with its tri-planes, the files written) lives in that browser session's
-`gr.State`. Model calls share one queue slot (`concurrency_id`), so two visitors never run the model
-at the same time and never see each other's results.
+Where it runs. One model, loaded once, serves every visitor. On a ZeroGPU Space (the `spaces` package and
+SPACES_ZERO_GPU) every model step runs inside `@spaces.GPU` (`gpu` below): in a worker process that has the
+GPU for that call only. So those steps are pure functions: CPU tensors in, CPU tensors and files out, and
+the device is chosen inside each call (CUDA when the call has it, else the CPU). Everything a visitor owns
+(the aligned face, the names of their tri-plane caches, their files) stays in the main process: the small
+`Session` in that browser session's `gr.State`, the tri-planes in the app's `InversionCache`. On a GPU Space
+or a CPU the decorator changes nothing and the same code runs in-process.
 """
 from __future__ import annotations
 
+try:  # ZeroGPU: `spaces` must be imported before anything initialises CUDA. Optional everywhere else.
+    import spaces
+except ImportError:
+    spaces = None
+
 import argparse
+import atexit
 import base64
 import functools
+import hashlib
 import logging
 import os
+import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,130 +52,448 @@ from typing import Any, Callable
 import gradio as gr
 import numpy as np
 import torch
+from PIL import Image
+from safetensors.torch import load_file as load_tensors
+from safetensors.torch import save as tensors_to_bytes
 
 from goae import export
 from goae.align import AlignError, align_face
 from goae.camera import CameraError, camera_label_degrees, yaw_pitch_from_label
-from goae.edit import DirectionError, EditDirection, directions_for, edit_offset, random_weights
-from goae.runtime import setup_runtime
+from goae.edit import DirectionError, EditDirection, directions_for, edit_offset, random_weights, resolve_names
+from goae.io import atomic_write_bytes
+from goae.pipeline import GOAEOutput
+from goae.runtime import setup_runtime, tf32
 
 log = logging.getLogger("goae.app")
+ROOT = Path(__file__).resolve().parent
+DEFAULT_EXAMPLES = ROOT / "examples"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 EDIT_LABELS = {"glass": "glasses"}
 MODEL_QUEUE = "model"  # every event that runs the networks shares this one queue slot
 FALLBACK_WEIGHTS = "random"  # what the app runs when no weights load: the real architecture, random weights
+MAX_UPLOAD_MB = 30  # every way a photo comes in: uploads, inline data: URLs, API calls
+SESSION_TTL_S = 3600  # a session's state and files go 1 h after its last step (at once when its tab closes)
+API_FILES_TTL_S = 600  # files of a stateless /invert call, once Gradio has copied them to its own cache
+MAX_API_VIEWS = 16
+
+# Seconds a ZeroGPU call may hold the GPU (spaces.GPU `duration`), from the times measured on the 2-core
+# CPU (README, Speed: 5.2 s per inversion, 1.3 s per view or video frame, 1.1 s per preview, mesh 0.8 s at
+# 128^3 and 5.9 s at 256^3, fp32); a GPU runs each step several times faster, so these are upper bounds
+# plus the first call's set-up in a fresh worker (CUDA context, weights to the GPU). No GPU was available
+# to measure on; benchmarks/run.py --device cuda gives the numbers to tighten them with.
+GPU_SECONDS = {"invert": 20, "view": 10, "preview": 5, "edit": 15, "video_frame": 0.5, "mesh_256": 20}
+GPU_SECONDS_MAX = 120
 
 
 class AppError(ValueError):
     """A request the app cannot serve in the session's current state (e.g. no inversion yet)."""
 
 
-# ------------------------------------------------------------------------------------------ model set-up
+# ------------------------------------------------------------------------------------------ where it runs
+def on_zero_gpu() -> bool:
+    """A ZeroGPU Space: the `spaces` package is there and SPACES_ZERO_GPU says so."""
+    return spaces is not None and os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
+def gpu(duration: float | Callable[..., float]):
+    """`@spaces.GPU(duration=...)` on a ZeroGPU Space; elsewhere the function itself, unchanged.
+    `duration` (seconds) may be a function of the call's arguments."""
+    def decorate(fn: Callable) -> Callable:
+        return spaces.GPU(duration=duration)(fn) if on_zero_gpu() else fn
+    return decorate
+
+
+def call_device(pipe) -> torch.device:
+    """The device for this call, chosen per call: CUDA when this call has it (inside a ZeroGPU call, on a
+    GPU Space), else the CPU. The pipeline is moved there if it is elsewhere."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if pipe.device.type != device.type:
+        pipe.to(device)
+    return device
+
+
 def load_model(weights: str | None, device, seed: int = 0):
-    """(pipeline, banner). Falls back to the full-size random model, with a banner, when no weights load
-    (none configured, offline, missing files, a damaged checkpoint with NaN values)."""
+    """(pipeline on `device`, banner). Falls back to the full-size random model, with a banner, when no
+    weights load (none configured, offline, missing files, a damaged checkpoint with NaN values). Weights
+    are loaded and checked on the CPU, then moved (on ZeroGPU, `spaces` takes over that move)."""
+    from goae.download import default_weights_folder
     from goae.pipeline import load_pipeline
 
-    reason = "no weights configured (set GOAE_WEIGHTS or --weights)"
+    reason = "no weights configured (set GOAE_WEIGHTS or --weights, or run `goae download`)"
+    weights = weights or (str(folder) if (folder := default_weights_folder()) else None)
     if weights:
         try:
-            pipe = load_pipeline(weights, seed=seed, device=device)
+            pipe = load_pipeline(weights, seed=seed, device="cpu")
             export.check_weights(pipe)
         except Exception as e:  # the demo still starts
             log.warning("could not load weights %r: %s", weights, e)
-            reason = f"the weights `{weights}` could not be loaded: {e}"
+            reason = f"the weights `{weights}` could not be loaded: {hide_paths(str(e))}"
         else:
             if random_weights(pipe):
-                return pipe, f"Running on **random weights** (`{weights}`): results are not faces."
-            return pipe, ""
-    pipe = load_pipeline(FALLBACK_WEIGHTS, seed=seed, device=device)
+                return pipe.to(device), f"Running on **random weights** (`{weights}`): results are not faces."
+            return pipe.to(device), ""
+    pipe = load_pipeline(FALLBACK_WEIGHTS, seed=seed, device="cpu").to(device)
     return pipe, f"Running on **random weights** because {reason}. Results are not faces."
 
 
-# ------------------------------------------------------------------------------------------ session state
+# ------------------------------------------------------------------------------------------ the inversion
+INVERT_STAGES = [(0.10, "Encoding (Swin-V2 → W+)"), (0.25, "Rendering the first reconstruction"),
+                 (0.45, "Refining (AFA)"), (0.60, "Fusing (occlusion-aware mix)"), (0.80, "Final render")]
+
+
+@torch.no_grad()
+def invert_with_progress(pipe, image, camera, progress: Callable = lambda *a, **k: None) -> GOAEOutput:
+    """`pipe(image, camera, output_type=None)` stage by stage through `pipe.method` (the calls of
+    goae.models.goae.GOAE.forward), reporting each stage; tests/test_app.py checks it gives pipe()'s result.
+    (The pipeline has no progress callback: with one, this function would be a single call.)"""
+    stage = iter(INVERT_STAGES)
+    x_enc, x = pipe.preprocess(image)
+    c = pipe.camera_tensor(camera, 1)
+    m = pipe.method
+    with tf32(matmul=False, convolutions=pipe.fast_path is not None and pipe.device.type == "cuda"):
+        progress(*next(stage))
+        ws, _ = m.encode(x_enc)
+        progress(*next(stage))
+        x_rec, img_rec, planes_w = m.synthesize(ws)
+        first = m.render(planes_w, ws, c)
+        progress(*next(stage))
+        afa = m.refine(x, first.image, x_rec)
+        progress(*next(stage))
+        planes, mask, _ = m.fuse(ws, afa["feature_map_adain"], img_rec, c, planes_w)
+        del planes_w, first
+        progress(*next(stage))
+        final = m.render(planes, ws, c)
+    return GOAEOutput(ws=ws, planes=planes, image=final.image, image_raw=final.image_raw,
+                      image_depth=final.image_depth, camera=c, mask=mask["mask"],
+                      edit_features={"x_rec": x_rec, "adain_rec": afa["feature_map_adain"]})
+
+
+def cache_entry(result) -> dict[str, torch.Tensor]:
+    """What a session keeps of an inversion (or an edit): what views, videos, meshes and edits need, as
+    compact CPU tensors (~30 MB at full size, mostly the [96,256,256] tri-planes); images go to files."""
+    keep = {"ws": result.ws, "planes": result.planes, "camera": result.camera,
+            **(result.edit_features or {})}
+    return {k: v[:1].detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in keep.items()}
+
+
+def cached_result(entry: dict[str, torch.Tensor], device) -> GOAEOutput:
+    """A cache entry on `device`, as the GOAEOutput that render_view, preview_view and edit read."""
+    t = {k: v.to(device) for k, v in entry.items()}
+    return GOAEOutput(ws=t["ws"], planes=t["planes"], image=None, image_raw=None, image_depth=None,
+                      camera=t["camera"], mask=None,
+                      edit_features={k: t[k] for k in ("x_rec", "adain_rec") if k in t})
+
+
+# ------------------------------------------------------------------------------------------ memory and folders
+class InversionCache:
+    """The tri-plane caches of every session, on the CPU, bounded: the most recently used stay in RAM up
+    to `max_bytes` together; older ones are written to their session's folder (safetensors) and read back
+    when used again. Keys are those file paths, so a session's entries go with its folder."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._ram: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._lock = threading.RLock()
+
+    @staticmethod
+    def size(entry: dict[str, torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in entry.values())
+
+    @property
+    def ram_bytes(self) -> int:
+        with self._lock:
+            return sum(self.size(e) for e in self._ram.values())
+
+    def put(self, path: Path, entry: dict[str, torch.Tensor]) -> str:
+        key = str(path)
+        with self._lock:
+            Path(key).unlink(missing_ok=True)  # an older entry of the same name
+            self._ram[key] = entry
+            self._ram.move_to_end(key)
+            self._spill()
+        return key
+
+    def get(self, key: str) -> dict[str, torch.Tensor]:
+        with self._lock:
+            if key in self._ram:
+                self._ram.move_to_end(key)
+                return self._ram[key]
+            if not Path(key).is_file():
+                raise AppError("This session's inversion is no longer kept (the session ended or the app "
+                               "restarted): invert the photo again.")
+            entry = load_tensors(key)
+            self._ram[key] = entry
+            self._spill()
+            return entry
+
+    def forget(self, key: str | None) -> None:
+        """Drop one entry, in RAM and on disk."""
+        if key:
+            with self._lock:
+                self._ram.pop(key, None)
+                Path(key).unlink(missing_ok=True)
+
+    def discard(self, folder: Path) -> None:
+        """Forget the entries under `folder` (their files go with the folder)."""
+        prefix = str(folder) + os.sep
+        with self._lock:
+            for key in [k for k in self._ram if k.startswith(prefix)]:
+                del self._ram[key]
+
+    def _spill(self) -> None:
+        """Least recently used entries to disk until the rest fits (the newest always stays)."""
+        while len(self._ram) > 1 and self.ram_bytes > self.max_bytes:
+            key, entry = self._ram.popitem(last=False)
+            # Entries never change, so one read back from disk is not written again; nor is one whose
+            # session has ended meanwhile.
+            if Path(key).parent.parent.is_dir() and not Path(key).is_file():
+                Path(key).parent.mkdir(exist_ok=True)
+                atomic_write_bytes(key, tensors_to_bytes(entry))
+
+
+class Folders:
+    """Everything the app writes, under one folder per process (<tmp>/goae-app-<pid>-*): sessions/<id>/ per
+    browser session, api/<id>/ per stateless API call. A session's folder is made on its first file and
+    removed when the session ends or a photo fails; the whole root at shutdown. Roots left behind by app
+    processes that no longer run are removed at start."""
+
+    PREFIX = "goae-app-"
+
+    def __init__(self, parent: str | None = None):
+        parent = Path(parent or tempfile.gettempdir())
+        self.remove_stale(parent)
+        self.root = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=parent))
+        atexit.register(self.remove_all)
+
+    @classmethod
+    def remove_stale(cls, parent: Path) -> None:
+        for old in parent.glob(f"{cls.PREFIX}*-*"):
+            pid = old.name[len(cls.PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def session(self, session_id: str | None = None) -> Path:
+        """The folder of a session (not yet made); the id (Gradio's session hash) is never used as a name."""
+        name = hashlib.sha256((session_id or uuid.uuid4().hex).encode()).hexdigest()[:24]
+        return self.root / "sessions" / name
+
+    def api_call(self) -> Path:
+        """A new folder for one stateless API call; those of earlier calls older than API_FILES_TTL_S go."""
+        for old in (self.root / "api").glob("*"):
+            if time.time() - old.stat().st_mtime > API_FILES_TTL_S:
+                shutil.rmtree(old, ignore_errors=True)
+        return self.root / "api" / uuid.uuid4().hex
+
+    def remove_all(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class Session:
-    """Everything one browser session owns. Lives in gr.State: never shared between visitors."""
-    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="goae-app-")))
-    photo: Any = None            # path or bytes of the current photo
-    face: Any = None             # goae.align.AlignedFace
-    result: Any = None           # GOAEOutput of the inversion (the cached tri-planes)
-    current: Any = None          # GOAEOutput shown: the inversion or its edit
+    """What one browser session owns, in its gr.State: small and picklable. The tri-planes are in the
+    app's InversionCache under `inversion` / `current`; the files in `folder`."""
+    folder: Path
+    photo: str | None = None       # path of the current photo
+    face: Any = None               # goae.align.AlignedFace
+    inversion: str | None = None   # cache key: the inversion (ws, tri-planes, camera, AFA features)
+    current: str | None = None     # cache key of what is shown: the inversion or its edit
     edits: dict[str, float] = field(default_factory=dict)
 
-    def path(self, name: str) -> Path:
-        return self.folder / name
+    def path(self, name: str = "") -> Path:
+        """The session's folder, or a file in it; the folder is made on first use."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / name
+        path.parent.mkdir(exist_ok=True)
+        return path
+
+    @property
+    def cache_keys(self) -> tuple[Path, Path]:
+        """Where the inversion's and the edit's tri-planes are spilled when RAM is short."""
+        return self.folder / "cache" / "inversion.safetensors", self.folder / "cache" / "edit.safetensors"
 
 
-def delete_session(session: Session | None) -> None:
-    if isinstance(session, Session):
-        shutil.rmtree(session.folder, ignore_errors=True)
+# ------------------------------------------------------------------------------------------ input and errors
+def _path_roots() -> list[str]:
+    from gradio.utils import get_upload_folder
+    roots = {tempfile.gettempdir(), str(Path.home()), str(ROOT), os.getcwd(), sys.prefix, str(get_upload_folder())}
+    return sorted((r.rstrip("/") for r in roots if r and r != "/"), key=len, reverse=True)
 
 
-def _save_png(image, path: Path) -> str:
-    return str(export.save_png(image, path))
+def hide_paths(text: str) -> str:
+    """A message without the server's paths: each path under a server folder becomes its file name."""
+    pattern = "|".join(re.escape(r) for r in _path_roots())
+    return re.sub(rf"(?:{pattern})/[^\s'\"`,;()]*", lambda m: Path(m.group(0)).name or "…", text)
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Bad input and state -> gr.Error with its message; anything else -> a short error (details in the log)."""
+    """Bad input and state -> gr.Error with its message; anything else -> a short error (details in the log).
+    No message shows a server path."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
+        except gr.Error as e:
+            e.message = hide_paths(str(e.message))
             raise
         except (AlignError, AppError, CameraError, DirectionError, export.ExportError) as e:
-            raise gr.Error(str(e), duration=None, print_exception=False) from None
+            raise gr.Error(hide_paths(str(e)), duration=None, print_exception=False) from None
         except Exception as e:
             log.exception("error in %s", fn.__name__)
-            raise gr.Error(f"Internal error ({type(e).__name__}: {e}). The session still works; "
-                           "try again or another photo.", duration=None, print_exception=False) from None
+            raise gr.Error(f"Internal error ({type(e).__name__}: {hide_paths(str(e))}). The session still "
+                           "works; try again or another photo.", duration=None, print_exception=False) from None
     return wrapper
 
 
-def photo_input(**kwargs) -> gr.Image:
-    """gr.Image whose upload reaches goae.align untouched (path or bytes), so unreadable, corrupt or huge
-    files get align's clear messages instead of a failure inside Gradio's own image decoding.
+def _too_large(size: int) -> gr.Error:
+    return gr.Error(f"The photo is too large ({size / 2**20:.1f} MB): the limit is {MAX_UPLOAD_MB} MB.",
+                    duration=None, print_exception=False)
+
+
+def photo_input(allowed: list[Path], **kwargs) -> gr.Image:
+    """gr.Image whose photo reaches goae.align untouched (path or bytes), so unreadable, corrupt or huge
+    files get align's clear messages instead of a failure inside Gradio's own image decoding. The size
+    limit holds for uploads and inline data: URLs alike, and only files Gradio received (its upload
+    folder) or the example photos (`allowed`) are read: an API call cannot name another server file.
 
     The preprocess step is replaced on the instance: a gr.Image subclass would do the same, but Gradio
     writes a .pyi stub next to the source file of every component subclass."""
+    from gradio.utils import get_upload_folder, is_in_or_equal
+
     image = gr.Image(**kwargs)
+    limit = MAX_UPLOAD_MB * 2**20
 
     def preprocess(payload):
         if payload is None:
             return None
         if payload.url and payload.url.startswith("data:"):
-            return base64.b64decode(payload.url.split(",", 1)[1])
-        return payload.path
+            data = payload.url.split(",", 1)[-1]
+            if len(data) * 3 // 4 > limit:
+                raise _too_large(len(data) * 3 // 4)
+            try:
+                return base64.b64decode(data, validate=True)
+            except ValueError:
+                raise gr.Error("The photo's data: URL is not valid base64.", print_exception=False) from None
+        path = Path(payload.path)
+        if not any(is_in_or_equal(path, folder) for folder in [Path(get_upload_folder()), *allowed]):
+            raise gr.Error("Send the photo as an upload (gradio_client: handle_file(...)).", print_exception=False)
+        if path.is_file() and path.stat().st_size > limit:
+            raise _too_large(path.stat().st_size)
+        return str(path)
 
     image.preprocess = preprocess
     return image
 
 
+class RequestSizeLimit:
+    """ASGI middleware: request bodies over `max_bytes` get HTTP 413 on every route, so a photo sent inline
+    (a data: URL inside an API call's JSON) meets the same limit as an upload (issue #15)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await self._refuse(send)
+        received, started = 0, False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        async def watched_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = f"Request too large: the limit for a photo is {MAX_UPLOAD_MB} MB.".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
 # ------------------------------------------------------------------------------------------ callbacks
 class GOAEApp:
-    """The app's callbacks. Each takes the session and returns the new session plus component values."""
+    """The app's callbacks. Each takes the session and returns the new session plus component values.
+    The `_gpu_*` methods are the model steps: pure functions of CPU data, run through `gpu` (ZeroGPU)."""
 
     def __init__(self, pipe, directions: dict[str, EditDirection] | None = None, banner: str = "",
-                 notes: list[str] | None = None, examples: list[str] | None = None):
+                 notes: list[str] | None = None, examples: list[str] | None = None,
+                 cache_bytes: int = 512 * 2**20, folders: Folders | None = None):
         self.pipe = pipe
         self.directions = directions or {}
         self.banner, self.notes, self.examples = banner, notes or [], examples or []
-        on_gpu = pipe.device.type == "cuda"
+        self.cache = InversionCache(cache_bytes)
+        self.folders = folders or Folders()
         native = int(pipe.generator.neural_rendering_resolution)
         # The model's own resolution by default; lower ones are an explicit preview choice (fewer rays,
-        # the super-resolution still gives 512).
+        # the super-resolution still gives 512). Slider drags preview at half of it without super-resolution.
         self.resolutions = sorted({32, 64, native})
         self.default_resolution = native
-        self.default_frames = 120 if on_gpu else 24
+        self.preview_resolution = max(16, native // 2)
+        self.default_frames = 120 if torch.cuda.is_available() else 24
+        self.mesh_resolution = 128
+        ray_near, ray_far = pipe.generator.ray_range
+        self.depth_range = dict(near=ray_near, far=ray_far)
+        # The model steps, through ZeroGPU where the app runs on it (durations in seconds).
+        s = GPU_SECONDS
+        self._gpu_invert = gpu(s["invert"])(self._gpu_invert)
+        self._gpu_view = gpu(s["view"])(self._gpu_view)
+        self._gpu_preview = gpu(s["preview"])(self._gpu_preview)
+        self._gpu_edit = gpu(s["edit"])(self._gpu_edit)
+        self._gpu_video = gpu(lambda entry, frames, *a, **k: min(
+            GPU_SECONDS_MAX, s["view"] + s["video_frame"] * frames))(self._gpu_video)
+        self._gpu_mesh = gpu(lambda entry, res, *a, **k: min(
+            GPU_SECONDS_MAX, s["view"] + s["mesh_256"] * (res / 256) ** 3))(self._gpu_mesh)
+        self._gpu_api = gpu(lambda face, folder, options, *a, **k: min(
+            GPU_SECONDS_MAX, s["invert"] + s["view"] * len(options.views) / 4 + s["video_frame"] * options.video_frames
+            + s["mesh_256"] * (options.mesh_resolution / 256) ** 3 + (s["edit"] if options.edits else 0)))(self._gpu_api)
 
-    # -- helpers
-    @staticmethod
-    def _session(session: Session | None) -> Session:
-        return session if isinstance(session, Session) else Session()
+    # -- sessions
+    def new_session(self, session_id: str | None = None) -> Session:
+        return Session(folder=self.folders.session(session_id))
 
-    @staticmethod
-    def _need_result(session: Session | None) -> Session:
+    def _session(self, session: Session | None, session_id: str | None = None) -> Session:
+        return session if isinstance(session, Session) else self.new_session(session_id)
+
+    def end_session(self, session: Session | None) -> None:
+        """A session ended (closed tab, expired state) or starts over with a new photo: its tri-plane caches
+        and files go."""
+        if isinstance(session, Session):
+            self.end_folder(session.folder)
+
+    def end_folder(self, folder: Path) -> None:
+        self.cache.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _need_result(self, session: Session | None) -> Session:
         if not isinstance(session, Session) or session.current is None:
             raise AppError("Run the inversion first: upload a photo, then press 'Invert'.")
         return session
@@ -168,11 +504,9 @@ class GOAEApp:
             raise AppError(f"neural rendering resolution must be one of {self.resolutions}, got {resolution!r}")
         return None if int(resolution) == self.default_resolution else int(resolution)
 
-    def _render(self, result, cameras: torch.Tensor, resolution) -> dict[str, torch.Tensor]:
-        """Cached tri-planes at cameras [V,25] with a chosen neural-rendering resolution (no re-encoding)."""
-        # render_view honours the pipeline's fast path (if enabled); a lower resolution is its preview mode.
-        return self.pipe.render_view(result, cameras, ws=result.ws[:1], planes=result.planes[:1],
-                                     neural_rendering_resolution=self._resolution(resolution), output_type=None)
+    @staticmethod
+    def _angles(yaw, pitch) -> tuple[float, float]:
+        return export.finite(yaw, "yaw", -180, 180), export.finite(pitch, "pitch", -90, 90)
 
     @staticmethod
     def _camera_text(face) -> str:
@@ -183,26 +517,112 @@ class GOAEApp:
                 f"(crop box {l:.0f},{t:.0f} – {r:.0f},{b:.0f} px in a {face.source_size[0]}×{face.source_size[1]} photo)")
 
     @staticmethod
+    def _camera_json(face) -> dict:
+        yaw, pitch = yaw_pitch_from_label(torch.as_tensor(face.camera)[None])
+        return {"label": [float(x) for x in face.camera], "yaw_deg": float(np.degrees(float(yaw[0]))),
+                "pitch_deg": float(np.degrees(float(pitch[0]))), "face_index": face.face_index,
+                "faces_found": face.faces_found or len(face.faces), "face_box": [float(x) for x in face.box],
+                "photo_size": list(face.source_size)}
+
+    @staticmethod
     def _face_choices(face) -> list[tuple[str, int]]:
         largest = max(range(len(face.faces)), key=lambda i: face.faces[i].area)
         return [(f"Face {i + 1}" + (" (largest)" if i == largest else ""), i) for i in range(len(face.faces))]
 
-    # -- events
-    @staticmethod
-    def clear(session: Session | None) -> Session:
-        """New photo: forget the previous one's results (the files go with the old session folder)."""
-        delete_session(session)
-        return Session()
+    # -- model steps (pure: CPU data in, CPU data and files out; the device is chosen per call)
+    def _gpu_invert(self, face, folder: Path, yaw: float, pitch: float, resolution, progress):
+        device = call_device(self.pipe)
+        result = invert_with_progress(self.pipe, face.image, face.camera, progress)
+        progress(0.95, desc="Writing the files")
+        # The library's bundle writer (as `goae invert`): reconstruction, depth, W+ code, result.json.
+        bundle = export.save_inversion(self.pipe, face, folder / "inversion", result=result, overwrite=True)
+        view = self._render_files(result, yaw, pitch, resolution, folder)
+        return {"entry": cache_entry(result), "reconstruction": export.to_uint8(result.image[:1])[0],
+                "bundle": bundle, "view": view, "device": device.type}
 
+    def _gpu_view(self, entry, yaw: float, pitch: float, resolution, folder: Path):
+        return self._render_files(cached_result(entry, call_device(self.pipe)), yaw, pitch, resolution, folder)
+
+    def _gpu_preview(self, entry, yaw: float, pitch: float):
+        """Neural rendering only, upsampled: the picture and its depth while a slider moves."""
+        result = cached_result(entry, call_device(self.pipe))
+        out = self.pipe.preview_view(result, camera_label_degrees(yaw, pitch), resolution=self.preview_resolution,
+                                     output_type=None)
+        depth = out["image_depth"][0, 0].float().cpu().numpy()
+        return export.to_uint8(out["image"])[0], export.colorize_depth(depth)
+
+    def _gpu_edit(self, entry, offset: torch.Tensor, yaw: float, pitch: float, resolution, folder: Path, name: str):
+        device = call_device(self.pipe)
+        edited = self.pipe.edit(cached_result(entry, device), offset.to(device), output_type=None)
+        image = export.to_uint8(edited.image[:1])[0]
+        path = export.save_png(image, folder / name)
+        entry = cache_entry(edited)
+        return {"entry": {k: entry[k] for k in ("ws", "planes", "camera")}, "image": image, "path": str(path),
+                "view": self._render_files(edited, yaw, pitch, resolution, folder)}
+
+    def _gpu_video(self, entry, frames: int, fps: float, resolution, path: Path, progress):
+        result = cached_result(entry, call_device(self.pipe))
+        cams = export.orbit_cameras(frames)
+        progress((0, frames), desc="Rendering turntable frames", unit="frames")
+
+        def batches():
+            for i in range(frames):
+                yield export.to_uint8(self._render(result, cams[i:i + 1], resolution)["image"])
+                progress((i + 1, frames), desc="Rendering turntable frames", unit="frames")
+
+        return str(export.write_video(batches(), path, fps=fps))
+
+    def _gpu_mesh(self, entry, resolution: int, folder: Path):
+        # "auto": EG3D's density level 10, or the densest 10% where the density never reaches it (random weights).
+        planes = entry["planes"].to(call_device(self.pipe))
+        v, f, c = export.extract_mesh(self.pipe.generator, planes, resolution=resolution, level="auto")
+        glb = export.save_glb(folder / "mesh.glb", v, f, c)
+        ply = export.save_ply(folder / "mesh.ply", v, f, c)
+        return str(glb), str(ply), len(v), len(f)
+
+    def _gpu_api(self, face, folder: Path, options: export.ExportOptions, progress):
+        call_device(self.pipe)
+        result = invert_with_progress(self.pipe, face.image, face.camera, progress)
+        progress(0.9, desc="Rendering views, video, mesh, edits and writing the files")
+        export.save_inversion(self.pipe, face, folder, options, directions=self.directions, result=result)
+        return export.to_uint8(result.image[:1])[0]
+
+    def _render(self, result, cameras: torch.Tensor, resolution) -> dict[str, torch.Tensor]:
+        """Cached tri-planes at cameras [V,25] with a chosen neural-rendering resolution (no re-encoding)."""
+        # render_view honours the pipeline's fast path (if enabled); a lower resolution is its preview mode.
+        return self.pipe.render_view(result, cameras, neural_rendering_resolution=resolution, output_type=None)
+
+    def _render_files(self, result, yaw: float, pitch: float, resolution, folder: Path) -> tuple:
+        """The view at yaw/pitch and its depth, as pictures and files: (image, view.png, preview, preview, depth16)."""
+        out = self._render(result, camera_label_degrees(yaw, pitch), resolution)
+        image = export.to_uint8(out["image"])[0]
+        view_path = export.save_png(image, folder / "view.png")
+        depth16, preview = folder / "depth16.png", folder / "depth_preview.png"
+        export.save_depth(out["image_depth"][0], depth16, preview, **self.depth_range)
+        return image, str(view_path), str(preview), str(preview), str(depth16)
+
+    # -- events
     @user_errors
-    def align(self, photo, session: Session | None, face_index: int | None = None):
-        """Find the faces, crop the chosen one (largest by default), estimate its camera."""
-        session = self._session(session)
+    def align(self, photo, session: Session | None, face_index: int | None = None, session_id: str | None = None):
+        """Find the faces, crop the chosen one (largest by default), estimate its camera. A new photo starts
+        the session over; a photo that fails leaves nothing behind."""
+        if face_index is None:  # a new photo: the previous one's results and files go
+            folder = session.folder if isinstance(session, Session) else self.folders.session(session_id)
+            self.end_session(session)
+            session = Session(folder=folder)
         if photo is None:
             return session, None, "", gr.update(choices=[], value=None, visible=False), None
-        face = align_face(photo, face_index=face_index)
-        session.photo, session.face, session.result, session.current, session.edits = photo, face, None, None, {}
-        aligned = _save_png(face.image, session.path("aligned.png"))
+        try:
+            if isinstance(photo, bytes):  # an inline data: URL: kept as a file, for choosing another face
+                photo = str(atomic_write_bytes(session.path("photo"), photo))
+            face = align_face(photo, face_index=face_index)
+            session.photo, session.face, session.edits = str(photo), face, {}
+            session.inversion = session.current = None
+            aligned = str(export.save_png(face.image, session.path("aligned.png")))
+        except Exception:
+            if face_index is None:
+                self.end_session(session)
+            raise
         radio = gr.update(choices=self._face_choices(face), value=face.face_index, visible=len(face.faces) > 1)
         return session, np.asarray(face.image), self._camera_text(face), radio, aligned
 
@@ -210,72 +630,62 @@ class GOAEApp:
     def choose_face(self, face_index, session: Session | None):
         if not isinstance(session, Session) or session.photo is None:
             raise AppError("Upload a photo first.")
-        return self.align(session.photo, session, None if face_index is None else int(face_index))
+        if face_index is None:
+            raise AppError("Choose a face.")
+        return self.align(session.photo, session, export.whole(face_index, "face index", 0))
 
     @user_errors
     def invert(self, session: Session | None, yaw: float, pitch: float, resolution: int,
                progress=gr.Progress()):
-        """One encoder pass + AFA refinement + occlusion-aware mix; the result is cached in the session."""
+        """One encoder pass + AFA refinement + occlusion-aware mix; the tri-planes go to the session's cache."""
         if not isinstance(session, Session) or session.face is None:
             raise AppError("Upload a photo with a face first.")
-        self._resolution(resolution)  # a bad option fails before the slow part
-        progress(0.05, desc="Inverting (encoder, AFA refinement, occlusion-aware mix)")
+        resolution, (yaw, pitch) = self._resolution(resolution), self._angles(yaw, pitch)  # before the slow part
         t0 = time.perf_counter()
-        result = self.pipe(session.face.image, session.face.camera, output_type=None)
-        progress(0.8, desc="Rendering")
-        # The library's bundle writer (as `goae invert`): reconstruction, depth, W+ code, result.json.
-        folder = export.save_inversion(self.pipe, session.face, session.path("inversion"), result=result,
-                                       overwrite=True)
-        session.result, session.current, session.edits = result, result, {}
-        status = f"Inverted in {time.perf_counter() - t0:.1f} s ({self.pipe.device.type})."
-        view = self.view(session, yaw, pitch, resolution)
-        return (session, export.to_uint8(result.image[:1])[0], str(folder / "reconstruction.png"),
-                str(folder / "ws.safetensors"), status, *view[1:])
+        out = self._gpu_invert(session.face, session.path(), yaw, pitch, resolution, progress)
+        if session.current != session.inversion:
+            self.cache.forget(session.current)  # the previous inversion's edit
+        session.inversion = session.current = self.cache.put(session.cache_keys[0], out["entry"])
+        session.edits = {}
+        status = f"Inverted in {time.perf_counter() - t0:.1f} s ({out['device']})."
+        return (session, out["reconstruction"], str(out["bundle"] / "reconstruction.png"),
+                str(out["bundle"] / "ws.safetensors"), status, *out["view"])
 
     @user_errors
     def view(self, session: Session | None, yaw: float, pitch: float, resolution: int):
         """Novel view + its depth from the cached tri-planes (the inversion or its edit)."""
         if not isinstance(session, Session) or session.current is None:
             return session, None, None, None, None, None   # nothing inverted yet: the sliders just move
-        cam = camera_label_degrees(export.finite(yaw, "yaw"), export.finite(pitch, "pitch"))
-        out = self._render(session.current, cam, resolution)
-        image = export.to_uint8(out["image"])[0]
-        view_path = _save_png(image, session.path("view.png"))
-        depth16, preview = session.path("depth16.png"), session.path("depth_preview.png")
-        near, far = self.pipe.generator.ray_range
-        export.save_depth(out["image_depth"][0], depth16, preview, near=near, far=far)
-        return session, image, view_path, str(preview), str(preview), str(depth16)
+        resolution, (yaw, pitch) = self._resolution(resolution), self._angles(yaw, pitch)
+        entry = self.cache.get(session.current)
+        return (session, *self._gpu_view(entry, yaw, pitch, resolution, session.path()))
+
+    @user_errors
+    def preview(self, session: Session | None, yaw: float, pitch: float):
+        """The fast preview while a slider moves: (session, image, depth picture); None before an inversion."""
+        if not isinstance(session, Session) or session.current is None:
+            return session, None, None
+        yaw, pitch = self._angles(yaw, pitch)
+        return (session, *self._gpu_preview(self.cache.get(session.current), yaw, pitch))
 
     @user_errors
     def video(self, session: Session | None, frames: int, fps: int, resolution: int, progress=gr.Progress()):
         """Turntable (the official orbit) rendered frame by frame from the cached tri-planes, H.264 MP4."""
         session = self._need_result(session)
         frames, fps = export.whole(frames, "video frames", 1, 240), export.finite(fps, "fps", 1, 60)
-        self._resolution(resolution)
-        cams = export.orbit_cameras(frames)
-        progress((0, frames), desc="Rendering turntable frames", unit="frames")
-
-        def batches():
-            for i in range(frames):
-                yield export.to_uint8(self._render(session.current, cams[i:i + 1], resolution)["image"])
-                progress((i + 1, frames), desc="Rendering turntable frames", unit="frames")
-
-        path = export.write_video(batches(), session.path("turntable.mp4"), fps=fps)
-        return session, str(path), str(path)
+        resolution = self._resolution(resolution)
+        path = self._gpu_video(self.cache.get(session.current), frames, fps, resolution,
+                               session.path("turntable.mp4"), progress)
+        return session, path, path
 
     @user_errors
     def mesh(self, session: Session | None, resolution: int, progress=gr.Progress()):
         """Marching cubes of the cached tri-planes' density -> .glb (shown) and .ply."""
         session = self._need_result(session)
         resolution = export.whole(resolution, "mesh grid resolution", 16, 256)
-        progress(0.1, desc=f"Sampling density on a {resolution}³ grid")
-        # "auto": EG3D's density level 10, or the densest 10% where the density never reaches it (random weights).
-        v, f, c = export.extract_mesh(self.pipe.generator, session.current.planes[:1], resolution=resolution,
-                                      level="auto")
-        progress(0.9, desc="Writing .glb and .ply")
-        glb = export.save_glb(session.path("mesh.glb"), v, f, c)
-        ply = export.save_ply(session.path("mesh.ply"), v, f, c)
-        return session, str(glb), str(glb), str(ply), f"Mesh: {len(v):,} vertices, {len(f):,} triangles."
+        progress(0.1, desc=f"Sampling density on a {resolution}³ grid, marching cubes")
+        glb, ply, n_v, n_f = self._gpu_mesh(self.cache.get(session.current), resolution, session.path())
+        return session, glb, glb, ply, f"Mesh: {n_v:,} vertices, {n_f:,} triangles."
 
     @user_errors
     def edit(self, session: Session | None, yaw: float, pitch: float, resolution: int, *strengths: float,
@@ -285,53 +695,102 @@ class GOAEApp:
         if not self.directions:
             raise AppError("No edit directions loaded (set GOAE_DIRECTIONS or --directions).")
         edits = {name: export.finite(a, f"strength of {name!r}") for name, a in zip(self.directions, strengths)}
-        if all(a == 0 for a in edits.values()):
-            session.current, session.edits = session.result, {}
-        else:
-            progress(0.1, desc="Editing")
-            session.current = self.pipe.edit(session.result, edit_offset(self.directions, edits), output_type=None)
-            session.edits = {k: v for k, v in edits.items() if v}
-        image = export.to_uint8(session.current.image[:1])[0]
-        path = _save_png(image, session.path(export.edit_file_name(session.edits)))
-        return (session, image, path, *self.view(session, yaw, pitch, resolution)[1:])
+        resolution, (yaw, pitch) = self._resolution(resolution), self._angles(yaw, pitch)
+        session.edits = {k: v for k, v in edits.items() if v}
+        if not session.edits:  # all zero: back to the inversion itself
+            self.cache.forget(session.current if session.current != session.inversion else None)
+            session.current = session.inversion
+            view = self._gpu_view(self.cache.get(session.inversion), yaw, pitch, resolution, session.path())
+            path = session.path("inversion/reconstruction.png")
+            return (session, _read_rgb(path), str(path), *view)
+        progress(0.1, desc="Editing")
+        out = self._gpu_edit(self.cache.get(session.inversion), edit_offset(self.directions, edits), yaw, pitch,
+                             resolution, session.path(), export.edit_file_name(session.edits))
+        session.current = self.cache.put(session.cache_keys[1], out["entry"])
+        return (session, out["image"], out["path"], *out["view"])
+
+    @user_errors
+    def api_invert(self, photo, face_index=None, views=None, video: bool = False, mesh: bool = False,
+                   edits=None, progress=gr.Progress()):
+        """The stateless endpoint: one photo in; crop, camera, reconstruction, views and files out."""
+        if photo is None:
+            raise AppError("Send a photo.")
+        index = None if face_index in (None, "") else export.whole(face_index, "face index", 0)
+        views = _view_list(views)
+        if edits not in (None, "") and not isinstance(edits, dict):
+            raise AppError(f'edits must be strengths by direction name, e.g. {{"age": 2}}; got {edits!r}')
+        options = export.ExportOptions(views=views, video_frames=self.default_frames if video else 0, fps=24,
+                                       mesh_resolution=self.mesh_resolution if mesh else 0, edits=edits or {})
+        resolve_names(options.edits, self.directions)  # unknown names fail before any work
+        face = align_face(photo, face_index=index)
+        folder = self.folders.api_call()
+        try:
+            reconstruction = self._gpu_api(face, folder, options, progress)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        views_out = [(str(folder / export.view_file_name(y, p)), f"yaw {y:+g}°, pitch {p:+g}°") for y, p in options.views]
+        files = sorted(str(p) for p in folder.iterdir() if p.is_file())
+        return (np.asarray(face.image), self._camera_json(face), reconstruction, views_out, files)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _view_list(views) -> list[tuple[float, float]]:
+    """[[yaw, pitch], ...] in degrees (the API's `views`), checked."""
+    if views in (None, "", []):
+        return []
+    if not isinstance(views, (list, tuple)) or not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in views):
+        raise AppError(f"views must be a list of [yaw, pitch] pairs in degrees, e.g. [[-30, 0], [30, 0]]; got {views!r}")
+    if len(views) > MAX_API_VIEWS:
+        raise AppError(f"at most {MAX_API_VIEWS} views per call, got {len(views)}")
+    return [(export.finite(y, "view yaw", -180, 180), export.finite(p, "view pitch", -90, 90)) for y, p in views]
 
 
 # ------------------------------------------------------------------------------------------ layout
 def build_demo(app: GOAEApp) -> gr.Blocks:
     with gr.Blocks(title="GOAE: 3D GAN inversion", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(None, time_to_live=4 * 3600, delete_callback=delete_session)
-        gr.Markdown("# GOAE: one portrait photo → 3D head\nUpload a photo (or use the webcam), press **Invert**, "
-                    "then turn the head, make a turntable video, a depth map, a mesh, or edit it.")
+        session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=app.end_session)
+        gr.Markdown("# GOAE: one portrait photo → 3D head\nUpload a photo (or use the webcam, or click an example): "
+                    "the app finds the face and inverts it. Then turn the head, make a turntable video, a depth "
+                    "map, a mesh, or edit it.")
         if app.banner:
             gr.Markdown(f"⚠️ {app.banner}", elem_id="banner")
         if app.notes:
             with gr.Accordion("Notes on the edit direction files", open=False):
                 gr.Markdown("\n".join(f"- {n}" for n in app.notes), elem_id="direction-notes")
+        example_dirs = sorted({Path(p).parent for p in app.examples})
         with gr.Row():
             with gr.Column():
-                photo = photo_input(label="Photo", type="filepath", image_mode=None, format="png",
-                                   sources=["upload", "webcam", "clipboard"], elem_id="photo")
+                photo = photo_input(example_dirs, label="Photo", type="filepath", image_mode=None, format="png",
+                                    sources=["upload", "webcam", "clipboard"], elem_id="photo")
                 faces = gr.Radio(label="Several faces found: choose one", choices=[], visible=False, elem_id="faces")
                 if app.examples:
-                    gr.Examples(examples=[[p] for p in app.examples], inputs=[photo], label="Examples")
+                    gr.Examples(examples=[[p] for p in app.examples], inputs=[photo], label="Examples",
+                                elem_id="examples")
                 invert_btn = gr.Button("Invert", variant="primary", elem_id="invert")
                 with gr.Accordion("Options", open=False):
                     resolution = gr.Dropdown(app.resolutions, value=app.default_resolution, label="Neural rendering "
-                                             "resolution (the model's own by default; lower = faster previews)")
+                                             "resolution (the model's own by default; lower = faster)")
                     frames = gr.Slider(4, 240, value=app.default_frames, step=1, label="Video frames", elem_id="frames")
                     fps = gr.Slider(6, 60, value=24, step=1, label="Video frames per second")
-                    mesh_res = gr.Dropdown([64, 96, 128, 192, 256], value=128, label="Mesh grid resolution",
-                                           elem_id="mesh-res")
+                    mesh_res = gr.Dropdown([64, 96, 128, 192, 256], value=app.mesh_resolution,
+                                           label="Mesh grid resolution", elem_id="mesh-res")
             with gr.Column():
                 aligned = gr.Image(label="Aligned crop (512×512)", interactive=False, format="png", elem_id="aligned")
-                camera_md = gr.Markdown(elem_id="camera")
-                status = gr.Markdown(elem_id="status")
+                camera_md = gr.Markdown(label="Camera and face", elem_id="camera")
+                status = gr.Markdown(label="Status", elem_id="status")
         with gr.Tabs():
             with gr.Tab("View"):
                 with gr.Row():
                     recon = gr.Image(label="Reconstruction (photo's camera)", interactive=False, format="png",
                                      elem_id="recon")
-                    view = gr.Image(label="Novel view", interactive=False, format="png", elem_id="view")
+                    view = gr.Image(label="Novel view (a quick preview while a slider moves)", interactive=False,
+                                    format="png", elem_id="view")
+                view_info = gr.Markdown(label="What the view shows", elem_id="view-info")
                 with gr.Row():
                     yaw = gr.Slider(-60, 60, value=0, step=1, label="Yaw (degrees)", elem_id="yaw")
                     pitch = gr.Slider(-30, 30, value=0, step=1, label="Pitch (degrees)", elem_id="pitch")
@@ -353,7 +812,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
             with gr.Tab("Mesh"):
                 mesh_btn = gr.Button("Extract mesh", elem_id="mesh-btn")
                 model3d = gr.Model3D(label="Mesh", elem_id="model3d", clear_color=(0.9, 0.9, 0.9, 1.0))
-                mesh_md = gr.Markdown()
+                mesh_md = gr.Markdown(label="Mesh size")
                 with gr.Row():
                     dl_glb = gr.DownloadButton("Mesh (.glb)", visible=False, size="sm")
                     dl_ply = gr.DownloadButton("Mesh (.ply)", visible=False, size="sm")
@@ -371,65 +830,183 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                     edit_btn = None
                 edited = gr.Image(label="Edited (photo's camera)", interactive=False, format="png", elem_id="edited")
                 dl_edit = gr.DownloadButton("Edited image", visible=False, size="sm")
+        # The stateless API endpoint's inputs and outputs (not shown: API clients and MCP use them).
+        with gr.Column(visible=False):
+            api_photo = photo_input(example_dirs, label="Photo", type="filepath", image_mode=None, format="png")
+            api_face = gr.Number(None, precision=0, label="Face index (empty: the largest)")
+            api_views = gr.JSON([], label="Views: [[yaw, pitch], ...] in degrees")
+            api_video = gr.Checkbox(False, label="Turntable video")
+            api_mesh = gr.Checkbox(False, label="Mesh (.glb, .ply)")
+            api_edits = gr.JSON({}, label="Edit strengths by name, e.g. {\"age\": 2}")
+            api_aligned = gr.Image(label="Aligned crop", format="png")
+            api_camera = gr.JSON(label="Camera")
+            api_recon = gr.Image(label="Reconstruction", format="png")
+            api_views_out = gr.Gallery(label="Views", format="png")
+            api_files = gr.File(label="Files", file_count="multiple")
+            api_btn = gr.Button("invert")
 
         def show(*paths):  # download buttons appear once their file exists
             return [gr.update(value=p, visible=p is not None) for p in paths]
 
-        view_outputs = [view, dl_view, depth, dl_depth_preview, dl_depth16]
-        cleared = [aligned, camera_md, faces, dl_aligned, recon, view, video, depth, model3d,
-                   dl_recon, dl_view, dl_latent, dl_video, dl_depth_preview, dl_depth16, dl_glb, dl_ply]
+        def sid(request: gr.Request | None) -> str | None:
+            return getattr(request, "session_hash", None)
 
-        def clear(s):
-            hidden = gr.update(choices=[], value=None, visible=False)
-            return (app.clear(s), None, "", hidden, *show(None), None, None, None, None, None, *show(*[None] * 8))
+        def shown(yaw, pitch, preview=False):  # what the view shows, under it
+            what = f"quick preview ({app.preview_resolution}² rays, no super-resolution)" if preview else "full render"
+            return f"Yaw {float(yaw):+.0f}°, pitch {float(pitch):+.0f}°: {what}."
 
-        def align(p, s):
-            s, image, text, radio, path = app.align(p, s)
-            return s, image, text, radio, *show(path)
+        view_outputs = [view, dl_view, depth, dl_depth_preview, dl_depth16, view_info]
+        reset = [status, recon, dl_recon, dl_latent, *view_outputs, video, dl_video, model3d, dl_glb, dl_ply,
+                 mesh_md, edited, dl_edit]
 
-        def choose(i, s):
-            s, image, text, radio, path = app.choose_face(i, s)
-            return s, image, text, radio, *show(path)
+        def blank():  # what a new photo clears: status, reconstruction, views, video, mesh, edit (in `reset` order)
+            return ["", None, *show(None, None), None, *show(None), None, *show(None, None), "", None, *show(None),
+                    None, *show(None, None), "", None, *show(None)]
 
-        def invert(s, y, p, r, progress=gr.Progress()):
-            s, rec, rec_path, latent, msg, image, view_path, dep, prev, d16 = app.invert(s, y, p, r, progress=progress)
-            return (s, rec, *show(rec_path, latent), msg, image, *show(view_path), dep, *show(prev, d16))
+        def align(photo, session, request: gr.Request = None):
+            """Find the faces in a new photo, crop the largest (EG3D's FFHQ crop) and estimate its camera.
+            Starts the session over. Then call /reconstruct.
 
-        def render(s, y, p, r):
-            s, image, view_path, dep, prev, d16 = app.view(s, y, p, r)
-            return s, image, *show(view_path), dep, *show(prev, d16)
+            Args:
+                photo: the photo (JPEG, PNG, WebP or BMP, at most 30 MB).
+            """
+            s, image, text, radio, path = app.align(photo, session, session_id=sid(request))
+            return s, image, text, radio, *show(path), *blank()
 
-        def make_video(s, n, f, r, progress=gr.Progress()):
-            s, v, path = app.video(s, n, f, r, progress=progress)
+        def choose_face(face_index, session):
+            """Crop another face of the same photo (faces are numbered left to right, from 0). Then call /reconstruct.
+
+            Args:
+                face_index: the face to use (0-based, left to right).
+            """
+            s, image, text, radio, path = app.choose_face(face_index, session)
+            return s, image, text, radio, *show(path), *blank()
+
+        def reconstruct(session, yaw, pitch, resolution, progress=gr.Progress()):
+            """Invert the aligned face (encoder, first render, AFA, occlusion-aware mix, final render) and render
+            the view at yaw/pitch. The tri-planes stay with the session for /render, /video, /mesh and /edit.
+
+            Args:
+                yaw: the view's yaw in degrees (left/right).
+                pitch: the view's pitch in degrees (up/down).
+                resolution: neural rendering resolution (the model's own by default; lower is faster).
+            """
+            s, rec, rec_path, latent, msg, image, view_path, dep, prev, d16 = app.invert(
+                session, yaw, pitch, resolution, progress=progress)
+            return (s, rec, *show(rec_path, latent), msg, image, *show(view_path), dep, *show(prev, d16),
+                    shown(yaw, pitch))
+
+        def reconstruct_if_aligned(session, yaw, pitch, resolution, progress=gr.Progress()):
+            """/reconstruct after a photo or face choice; nothing when the photo was cleared."""
+            if not isinstance(session, Session) or session.face is None:
+                return (session, *[gr.skip()] * 10)
+            return reconstruct(session, yaw, pitch, resolution, progress)
+
+        def preview(session, yaw, pitch):
+            """A quick preview of the view at yaw/pitch (neural rendering without super-resolution, upsampled)
+            and its depth: what the page shows while a slider moves.
+
+            Args:
+                yaw: yaw in degrees.
+                pitch: pitch in degrees.
+            """
+            s, image, dep = app.preview(session, yaw, pitch)
+            return (s, gr.skip(), gr.skip(), gr.skip()) if image is None else (s, image, dep, shown(yaw, pitch, True))
+
+        def render(session, yaw, pitch, resolution):
+            """The full render of the view at yaw/pitch and its depth (16-bit PNG and preview).
+
+            Args:
+                yaw: yaw in degrees.
+                pitch: pitch in degrees.
+                resolution: neural rendering resolution.
+            """
+            s, image, view_path, dep, prev, d16 = app.view(session, yaw, pitch, resolution)
+            return s, image, *show(view_path), dep, *show(prev, d16), shown(yaw, pitch) if image is not None else ""
+
+        def make_video(session, frames, fps, resolution, progress=gr.Progress()):
+            """Render the turntable video (H.264 MP4) of the session's inversion or edit.
+
+            Args:
+                frames: number of frames (1-240).
+                fps: frames per second.
+                resolution: neural rendering resolution.
+            """
+            s, v, path = app.video(session, frames, fps, resolution, progress=progress)
             return s, v, *show(path)
 
-        def make_mesh(s, r, progress=gr.Progress()):
-            s, glb, glb_path, ply, msg = app.mesh(s, r, progress=progress)
+        def make_mesh(session, grid, progress=gr.Progress()):
+            """Extract the mesh (marching cubes of the density) as .glb and .ply.
+
+            Args:
+                grid: the grid resolution (64-256 per side).
+            """
+            s, glb, glb_path, ply, msg = app.mesh(session, grid, progress=progress)
             return s, glb, *show(glb_path, ply), msg
 
-        photo.change(clear, [session], [session, *cleared], queue=False).then(
-            align, [photo, session], [session, aligned, camera_md, faces, dl_aligned])
-        faces.input(choose, [faces, session], [session, aligned, camera_md, faces, dl_aligned])
+        def invert(photo, face_index=None, views=None, video=False, mesh=False, edits=None, progress=gr.Progress()):
+            """Invert one portrait photo into a 3D head, in one call that keeps nothing (for API clients and MCP).
+
+            Args:
+                photo: the photo (JPEG, PNG, WebP or BMP, at most 30 MB).
+                face_index: which face, 0-based from the left; empty for the largest.
+                views: extra views to render, a list of [yaw, pitch] pairs in degrees, e.g. [[-30, 0], [30, 0]] (at most 16).
+                video: also render the turntable video (MP4).
+                mesh: also extract the mesh (.glb and .ply, 128 grid).
+                edits: edit strengths by direction name, e.g. {"age": 2} (the names under the app's Edit tab).
+            Returns:
+                the aligned 512x512 crop; the camera (EG3D label of 25 numbers, yaw and pitch in degrees, face index, box); the reconstruction; the views; every file written (aligned crop, reconstruction, depth, W+ code, views, video, mesh, edits, result.json).
+            """
+            return app.api_invert(photo, face_index, views, video, mesh, edits, progress=progress)
+
         model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
-        invert_btn.click(invert, [session, yaw, pitch, resolution],
-                         [session, recon, dl_recon, dl_latent, status, *view_outputs], **model)
-        for slider in (yaw, pitch):
-            slider.change(render, [session, yaw, pitch, resolution], [session, *view_outputs],
-                          trigger_mode="always_last", show_progress="minimal", **model)
-        video_btn.click(make_video, [session, frames, fps, resolution], [session, video, dl_video], **model)
-        mesh_btn.click(make_mesh, [session, mesh_res], [session, model3d, dl_glb, dl_ply, mesh_md], **model)
+        aligned_out = [session, aligned, camera_md, faces, dl_aligned, *reset]
+        inverted_out = [session, recon, dl_recon, dl_latent, status, *view_outputs]
+        then_invert = dict(fn=reconstruct_if_aligned, inputs=[session, yaw, pitch, resolution], outputs=inverted_out,
+                           api_visibility="undocumented", **model)
+        photo.change(align, [photo, session], aligned_out, api_name="align").success(
+            api_name="reconstruct_after_align", **then_invert)
+        faces.input(choose_face, [faces, session], aligned_out, api_name="choose_face").success(
+            api_name="reconstruct_after_choice", **then_invert)
+        invert_btn.click(reconstruct, [session, yaw, pitch, resolution], inverted_out, api_name="reconstruct", **model)
+        # A head that follows the slider: quick previews while it moves, the full render when it is let go.
+        gr.on([yaw.input, pitch.input], preview, [session, yaw, pitch], [session, view, depth, view_info],
+              api_name="preview", trigger_mode="always_last", show_progress="hidden", **model)
+        gr.on([yaw.release, pitch.release], render, [session, yaw, pitch, resolution], [session, *view_outputs],
+              api_name="render", trigger_mode="always_last", show_progress="minimal", **model)
+        video_btn.click(make_video, [session, frames, fps, resolution], [session, video, dl_video], api_name="video",
+                        **model)
+        mesh_btn.click(make_mesh, [session, mesh_res], [session, model3d, dl_glb, dl_ply, mesh_md], api_name="mesh",
+                       **model)
         if edit_btn is not None:
-            def do_edit(s, y, p, r, *a, progress=gr.Progress()):
-                s, image, path, v_image, view_path, dep, prev, d16 = app.edit(s, y, p, r, *a, progress=progress)
-                return (s, image, *show(path), v_image, *show(view_path), dep, *show(prev, d16))
-            edit_btn.click(do_edit, [session, yaw, pitch, resolution, *sliders],
-                           [session, edited, dl_edit, *view_outputs], **model)
+            def edit(session, yaw, pitch, resolution, *strengths, progress=gr.Progress()):
+                """Apply the edit sliders' strengths (W+ directions) to the session's inversion; the view,
+                video and mesh then follow the edited face. All strengths 0 goes back to the inversion.
+
+                Args:
+                    yaw: yaw in degrees.
+                    pitch: pitch in degrees.
+                    resolution: neural rendering resolution.
+                    strengths: one strength per edit direction, in the order of the sliders.
+                """
+                s, image, path, v_image, view_path, dep, prev, d16 = app.edit(session, yaw, pitch, resolution,
+                                                                              *strengths, progress=progress)
+                return (s, image, *show(path), v_image, *show(view_path), dep, *show(prev, d16), shown(yaw, pitch))
+            edit_btn.click(edit, [session, yaw, pitch, resolution, *sliders],
+                           [session, edited, dl_edit, *view_outputs], api_name="edit", **model)
+        api_btn.click(invert, [api_photo, api_face, api_views, api_video, api_mesh, api_edits],
+                      [api_aligned, api_camera, api_recon, api_views_out, api_files], api_name="invert", **model)
+
+        def end_session(request: gr.Request):
+            """The tab closed: the session's tri-planes and files go now (its state follows within the hour)."""
+            app.end_folder(app.folders.session(sid(request)))
+        demo.unload(end_session)
     demo.queue(default_concurrency_limit=1)
     return demo
 
 
 # ------------------------------------------------------------------------------------------ entry points
-def list_examples(folder: str | None) -> list[str]:
+def list_examples(folder: str | Path | None) -> list[str]:
     if not folder or not Path(folder).is_dir():
         return []
     return [str(p) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -453,8 +1030,10 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
     `fast` (GOAE_FAST=1): the pipeline's fast path (bf16 where the device has it) instead of fp32."""
     weights = weights or os.environ.get("GOAE_WEIGHTS")
     directions = directions or os.environ.get("GOAE_DIRECTIONS")
-    examples = examples or os.environ.get("GOAE_EXAMPLES")
+    examples = examples or os.environ.get("GOAE_EXAMPLES") or DEFAULT_EXAMPLES
     fast = os.environ.get("GOAE_FAST", "0").lower() in ("1", "true", "yes") if fast is None else fast
+    # The device at start: cuda on a GPU Space (on ZeroGPU a placeholder that `spaces` moves into each
+    # GPU call), else the CPU; each model step then runs where its call has a device (call_device).
     device = setup_runtime(device or "auto")  # the device, TF32 off, the CPU allocator ($GOAE_TUNE_ALLOCATOR)
     ensure_landmarker()
     pipe, banner = load_model(weights, device)
@@ -462,15 +1041,17 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
         pipe.enable_fast_path("auto")
         log.info("goae app: fast path %s", pipe.fast_path)
     dirs, notes = directions_for(pipe, directions)
-    log.info("goae app: weights %s on %s, %d edit directions", pipe.weights_label, device, len(dirs))
-    return GOAEApp(pipe, dirs, banner, notes, list_examples(examples))
+    cache_mb = export.whole(os.environ.get("GOAE_CACHE_MB", 512), "GOAE_CACHE_MB", 0)
+    log.info("goae app: weights %s on %s%s, %d edit directions", pipe.weights_label, device,
+             " (ZeroGPU)" if on_zero_gpu() else "", len(dirs))
+    return GOAEApp(pipe, dirs, banner, notes, list_examples(examples), cache_bytes=cache_mb * 2**20)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GOAE web demo")
     p.add_argument("--weights", help="pipeline folder or Hub repo id, or random / random-small ($GOAE_WEIGHTS)")
     p.add_argument("--directions", help="folder of edit direction files ($GOAE_DIRECTIONS)")
-    p.add_argument("--examples", help="folder of example photos ($GOAE_EXAMPLES)")
+    p.add_argument("--examples", help="folder of example photos ($GOAE_EXAMPLES; default examples/)")
     p.add_argument("--host", default=None, help="address to listen on (default $GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default $GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--share", action="store_true", help="also make a temporary public gradio.live link")
@@ -479,10 +1060,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def mcp_available() -> bool:
+    """Gradio's MCP server needs the `gradio[mcp]` extra (the `mcp` package)."""
+    import importlib.util
+    return importlib.util.find_spec("mcp") is not None
+
+
 def launch(demo: gr.Blocks, app: GOAEApp, host: str | None = None, port: int | None = None, share: bool = False):
+    from starlette.middleware import Middleware
+
+    # SIGTERM (a Space stopping, `kill`) ends like Ctrl-C: Gradio closes and the app's folders are removed.
+    signal.signal(signal.SIGTERM, lambda *_: signal.default_int_handler(signal.SIGINT, None))
     allowed = sorted({str(Path(p).parent) for p in app.examples})
-    return demo.launch(server_name=host, server_port=port, share=share, max_file_size="30mb",
-                       allowed_paths=allowed, show_error=False, footer_links=["gradio"])
+    body_limit = MAX_UPLOAD_MB * 2**20 * 4 // 3 + 2**20  # a photo as base64 inside an API call's JSON
+    return demo.launch(server_name=host, server_port=port, share=share, max_file_size=f"{MAX_UPLOAD_MB}mb",
+                       allowed_paths=allowed, show_error=False, footer_links=["api", "gradio", "settings"],
+                       mcp_server=mcp_available(),
+                       app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=body_limit)]})
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_bad_photos_give_clear_errors(goae_app, examples_dir, tmp_path):
 def test_steps_in_the_wrong_order_give_clear_errors(goae_app):
     with pytest.raises(gr.Error, match="Upload a photo with a face first"):
         goae_app.invert(None, 0, 0, 64, progress=no_progress)
-    empty = goae_app.clear(None)
+    empty = goae_app.new_session()
     for call in (lambda: goae_app.video(empty, 4, 24, 64, progress=no_progress),
                  lambda: goae_app.mesh(empty, 32, progress=no_progress),
                  lambda: goae_app.edit(empty, 0, 0, 64, *[1.0] * len(goae_app.directions), progress=no_progress)):
@@ -136,14 +136,20 @@ def test_invert_and_views_from_cache(goae_app, inverted, monkeypatch):
     assert view.shape == (512, 512, 3) and Path(depth16).is_file() and Path(preview).is_file()
 
     # Slider moves re-render the cached tri-planes: the encoder must not run again.
+    from goae.models.goae import GOAE
+
     def no_encoding(*args, **kwargs):
         raise AssertionError("a view re-ran the encoder")
-    monkeypatch.setattr(goae_app.pipe, "encode", no_encoding)
+    monkeypatch.setattr(GOAE, "encode", no_encoding)
     turned = goae_app.view(session, 35, 10, 64)[1]
     assert turned.shape == (512, 512, 3) and np.abs(turned.astype(int) - view.astype(int)).mean() > 1
     again = goae_app.view(session, 35, 10, 64)[1]
     assert np.array_equal(turned, again)                # deterministic renderer
-    assert goae_app.view(session, 35, 10, 32)[1].shape == (512, 512, 3)   # preview resolution
+    assert goae_app.view(session, 35, 10, 32)[1].shape == (512, 512, 3)   # a lower resolution
+    # The slider preview: neural rendering without super-resolution, with its depth.
+    _, preview, depth_preview = goae_app.preview(session, 35, 10)
+    assert preview.shape == depth_preview.shape == (512, 512, 3) and preview.dtype == np.uint8
+    assert np.abs(preview.astype(int) - turned.astype(int)).mean() < 60   # roughly the same picture
 
 
 def test_video_mesh_edit(goae_app, inverted):
@@ -164,11 +170,12 @@ def test_video_mesh_edit(goae_app, inverted):
     _, edited, path, view, *_ = goae_app.edit(session, 0, 0, 64, *strengths, progress=no_progress)
     recon = inverted[1]
     assert edited.shape == (512, 512, 3) and np.abs(edited.astype(int) - recon.astype(int)).mean() > 0.5
-    assert session.edits == {"age": 2.0} and session.current is not session.result
+    assert session.edits == {"age": 2.0} and session.current != session.inversion
     assert "age+2" in Path(path).name
     # All strengths zero: back to the inversion itself.
-    goae_app.edit(session, 0, 0, 64, *[0.0] * len(names), progress=no_progress)
-    assert session.current is session.result and session.edits == {}
+    _, back, *_ = goae_app.edit(session, 0, 0, 64, *[0.0] * len(names), progress=no_progress)
+    assert session.current == session.inversion and session.edits == {}
+    assert np.array_equal(back, recon)
 
 
 def test_two_sessions_do_not_share_state(goae_app, examples_dir):
@@ -177,8 +184,8 @@ def test_two_sessions_do_not_share_state(goae_app, examples_dir):
     assert a[0] is not b[0] and a[0].folder != b[0].folder and a[2] != b[2]
     ra = goae_app.invert(a[0], 0, 0, 32, progress=no_progress)
     rb = goae_app.invert(b[0], 0, 0, 32, progress=no_progress)
-    assert a[0].result is not b[0].result
-    assert not torch.equal(a[0].result.ws, b[0].result.ws)
+    assert a[0].inversion != b[0].inversion
+    assert not torch.equal(goae_app.cache.get(a[0].inversion)["ws"], goae_app.cache.get(b[0].inversion)["ws"])
     assert not np.array_equal(ra[1], rb[1])
 
 
@@ -213,7 +220,7 @@ def test_non_finite_inputs_are_refused(goae_app, inverted):
         with pytest.raises(gr.Error, match=what) as e:
             call()
         assert "Internal error" not in e.value.message
-    assert session.current is session.result  # nothing changed
+    assert session.current == session.inversion  # nothing changed
 
 
 def test_fit_direction():

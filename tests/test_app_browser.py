@@ -1,16 +1,27 @@
-"""The Gradio app driven in headless Debian chromium (Playwright's Python API, never `playwright install`).
+"""The Gradio app driven in headless Debian chromium (Playwright's Python API, never `playwright install`)
+and through gradio_client, as visitors and API clients use it.
 
-The app runs as a subprocess (`GOAE_WEIGHTS=random-small python app.py`) on a free localhost port, with the
-example photos and edit directions of the shared folder. Screenshots go to test-artifacts/ (gitignored).
+Two app processes (`GOAE_WEIGHTS=random-small python app.py` on free localhost ports):
+- `fresh`: a copy of the project's files in a temporary folder with no shared/ beside it and no GOAE_*
+  folders set, as a fresh clone (or the Space) runs: its example photos come from examples/;
+- `server`: the checkout with the shared folder's photos and edit directions, for the full flow.
+Screenshots go to test-artifacts/ (gitignored).
 """
 from __future__ import annotations
 
+import base64
+import http.client
+import io
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -34,17 +45,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(examples_dir: Path):
+def _app_roots(pid: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"goae-app-{pid}-*"))
+
+
+def _run_app(cwd: Path, env: dict, log_name: str):
+    """Start `python app.py` in cwd; yield its URL and process; at the end SIGTERM it (as a Space stopping)
+    and check it removed all it wrote (issue #15.11)."""
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
     port = _free_port()
-    env = dict(os.environ, GOAE_WEIGHTS="random-small", GOAE_EXAMPLES=str(examples_dir / "wild"),
-               GOAE_DIRECTIONS=str(examples_dir / "goae" / "ws_edit"), GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(env, GOAE_WEIGHTS="random-small", GRADIO_ANALYTICS_ENABLED="False")
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "app_server.log", "w")
+    log = open(ARTIFACTS / log_name, "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while True:
@@ -55,15 +70,42 @@ def server(examples_dir: Path):
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
                 log.close()
-                pytest.fail(f"app did not start; log:\n{(ARTIFACTS / 'app_server.log').read_text()[-3000:]}")
+                pytest.fail(f"app did not start; log:\n{(ARTIFACTS / log_name).read_text()[-3000:]}")
             time.sleep(0.5)
-    yield url
+    assert len(_app_roots(proc.pid)) == 1
+    yield url, proc
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+        pytest.fail("the app did not stop on SIGTERM")
     log.close()
+    assert _app_roots(proc.pid) == [], "the app left its session folders behind at shutdown"
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """The project as a fresh clone: tracked and new (not ignored) files, no shared/ beside it."""
+    clone = tmp_path_factory.mktemp("clone") / "goae"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (clone / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, clone / name)
+    assert (clone / "examples" / "astronaut.png").is_file() and not (clone.parent / "shared").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOAE_") or k == "GOAE_CHROMIUM"}
+    env.pop("PYTHONPATH", None)
+    yield from _run_app(clone, env, "app_server_fresh.log")
+
+
+@pytest.fixture(scope="module")
+def server(examples_dir: Path):
+    env = dict(os.environ, GOAE_EXAMPLES=str(examples_dir / "wild"),
+               GOAE_DIRECTIONS=str(examples_dir / "goae" / "ws_edit"))
+    for url, _ in _run_app(ROOT, env, "app_server.log"):
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +146,14 @@ def _camera_text(page) -> str:
     return page.locator("#camera").inner_text()
 
 
+def _wait_inverted(page) -> None:
+    """A photo (or face choice) is inverted on its own; the status says when it is done."""
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Inverted in')")
+    page.wait_for_selector("#view img")
+
+
 def _wait_rendered(locator, timeout_s: float = 60) -> None:
     """Poll screenshots of an element until it is not one flat colour."""
-    import io
-
     import numpy as np
     from PIL import Image
 
@@ -124,22 +170,190 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
 
 
-def _invert(page) -> None:
-    old = _src(page, "view")
-    page.click("#invert")
-    _wait_new_src(page, "view", old)
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Inverted in')")
+# ------------------------------------------------------------------------------------------ a fresh clone
+def _example(page, name: str):
+    """The example thumbnail of examples/<name> (examples are listed by file name)."""
+    names = sorted(p.name for p in (ROOT / "examples").iterdir() if p.suffix == ".png")
+    return page.locator("#examples button").nth(names.index(name))
 
 
+def _view_info(page) -> str:
+    return page.locator("#view-info").inner_text()
+
+
+def _wait_view_info(page, text: str) -> None:
+    """Wait until the caption under the view says `text` (what is shown: a quick preview or the full render)."""
+    page.wait_for_function("t => document.querySelector('#view-info').innerText.includes(t)", arg=text)
+
+
+def test_fresh_clone_shows_the_examples_and_an_example_runs(fresh, browser):
+    url, _ = fresh
+    ctx, page = _open(browser, url)
+    examples = page.locator("#examples")
+    examples.wait_for()
+    thumbnails = [page.evaluate("i => i.src", i.element_handle()) for i in examples.locator("img").all()]
+    assert [t.rsplit("/", 1)[-1] for t in thumbnails] == ["astronaut.png", "coffee.png"]
+    assert "random weights" in page.locator("#banner").inner_text()
+    assert page.get_by_text("Use via API").first.is_visible()
+    page.wait_for_function("() => [...document.querySelectorAll('#examples img')].every(i => i.complete && i.naturalWidth)")
+    _shot(page, "app_fresh_clone.png")
+    # The photo without a face: the message says so, with no server path in it.
+    _example(page, "coffee.png").click()
+    toast = page.locator(".toast-body", has_text="No face found")
+    toast.wait_for(state="visible")
+    assert "/tmp" not in toast.inner_text() and "goae-app" not in toast.inner_text()
+    # Clicking the face example runs the alignment and the inversion.
+    _example(page, "astronaut.png").click()
+    page.wait_for_selector("#aligned img")
+    assert "512×512 photo" in _camera_text(page)
+    _wait_inverted(page)
+    page.wait_for_selector("#recon img")
+    _wait_view_info(page, "Yaw +0°, pitch +0°: full render.")
+    _shot(page, "app_fresh_clone_inverted.png")
+    ctx.close()
+
+
+def test_dragging_the_slider_previews_then_renders(fresh, browser):
+    url, _ = fresh
+    ctx, page = _open(browser, url)
+    _example(page, "astronaut.png").click()
+    _wait_inverted(page)
+    page.wait_for_selector("#recon img")
+    page.locator("button[role=tab]", has_text="Depth").click()   # once shown, the depth stays in the page
+    page.wait_for_selector("#depth img")
+    depth = _src(page, "depth")
+    page.locator("button[role=tab]", has_text="View").click()
+    view = _src(page, "view")
+    slider = page.locator("#yaw input[type=range]")
+    slider.scroll_into_view_if_needed()
+    box = slider.bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 2, y)           # the thumb, at 0
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, y, steps=8)
+    yaw = int(float(page.locator("#yaw input[type=number]").input_value()))
+    assert yaw > 10
+    # While the button is held: a quick preview of the new view, and of its depth.
+    _wait_view_info(page, f"Yaw +{yaw}°, pitch +0°: quick preview")   # the last position's, after any earlier ones
+    preview = _wait_new_src(page, "view", view)
+    preview_depth = _wait_new_src(page, "depth", depth)
+    page.mouse.up()
+    # Released: the full render follows, for the view and its depth.
+    _wait_view_info(page, f"Yaw +{yaw}°, pitch +0°: full render.")
+    final = _wait_new_src(page, "view", preview)
+    assert final not in (view, preview)
+    assert _wait_new_src(page, "depth", preview_depth) != depth
+    _shot(page, "app_slider_released.png")
+    ctx.close()
+
+
+def test_api_client_call_returns_files(fresh):
+    from gradio_client import Client, handle_file
+
+    url, _ = fresh
+    client = Client(url, verbose=False)
+    info = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    for name in ("/invert", "/align", "/choose_face", "/reconstruct", "/preview", "/render", "/video", "/mesh"):
+        assert name in info, name
+    params = [p["parameter_name"] for p in info["/invert"]["parameters"]]
+    assert params == ["photo", "face_index", "views", "video", "mesh", "edits"]
+    assert "keeps nothing" in info["/invert"]["description"]
+    aligned, camera, reconstruction, views, files = client.predict(
+        photo=handle_file(str(ROOT / "examples" / "astronaut.png")), face_index=None, views=[[30, 0], [-30, 10]],
+        video=True, mesh=True, edits={}, api_name="/invert")
+    assert Path(aligned).is_file() and Path(reconstruction).is_file()
+    assert len(camera["label"]) == 25 and camera["faces_found"] == 1 and abs(camera["yaw_deg"]) < 20
+    assert [v["caption"] for v in views] == ["yaw +30°, pitch +0°", "yaw -30°, pitch +10°"]
+    assert all(Path(v["image"]).is_file() for v in views)
+    names = sorted(Path(f).name for f in files)
+    assert {"aligned.png", "reconstruction.png", "depth16.png", "ws.safetensors", "turntable.mp4", "mesh.glb",
+            "mesh.ply", "result.json", "view_yaw+30_pitch+0.png", "view_yaw-30_pitch+10.png"} <= set(names)
+    result = json.loads(Path(next(f for f in files if f.endswith("result.json"))).read_text())
+    assert result["files"]["video"] == "turntable.mp4"
+    client.close()
+
+
+def test_api_errors_are_clear_and_limits_hold(fresh):
+    from gradio_client import Client, handle_file
+
+    url, _ = fresh
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="No face found") as e:
+        client.predict(photo=handle_file(str(ROOT / "examples" / "coffee.png")), api_name="/invert")
+    assert "/tmp" not in str(e.value) and "goae-app" not in str(e.value)
+    with pytest.raises(Exception, match="views must be a list"):
+        client.predict(photo=handle_file(str(ROOT / "examples" / "astronaut.png")), views="30:0", api_name="/invert")
+    client.close()
+    # A server file named in the call, not uploaded: refused (it would otherwise be read and returned).
+    payload = {"data": [{"path": "/etc/hostname"}, None, [], False, False, {}]}
+    assert "as an upload" in _call(url, "invert", payload)
+    # A 45 MB photo inline as a data: URL (issue #15.10): refused at the door like a 45 MB upload.
+    big = base64.b64encode(b"\x00" * (45 * 2**20)).decode()
+    inline = {"data": [{"path": "x.png", "url": f"data:image/png;base64,{big}"}, None, [], False, False, {}]}
+    body = json.dumps(inline).encode()
+    host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    conn.putrequest("POST", "/gradio_api/call/invert")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body[:2**20])       # the answer comes before the rest of the body is sent
+    response = conn.getresponse()
+    assert response.status == 413 and b"limit" in response.read()
+    conn.close()
+    # Under the request limit but over the photo limit once decoded: the app's own message.
+    mid = base64.b64encode(b"\x00" * int(30.5 * 2**20)).decode()
+    inline["data"][0]["url"] = f"data:image/png;base64,{mid}"
+    assert "too large" in _call(url, "invert", inline)
+
+
+def _call(url: str, api_name: str, payload: dict) -> str:
+    """POST /gradio_api/call/<api_name> and read the event stream: its text (data or error)."""
+    request = urllib.request.Request(f"{url}gradio_api/call/{api_name}", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(request, timeout=60).read())["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=300) as stream:
+        return stream.read().decode()
+
+
+def test_two_api_clients_keep_their_own_sessions(fresh, tmp_path):
+    """The stateful endpoints through gradio_client: each client is its own session."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    url, _ = fresh
+    mirrored = tmp_path / "mirrored.png"
+    Image.open(ROOT / "examples" / "astronaut.png").transpose(Image.FLIP_LEFT_RIGHT).save(mirrored)
+    a, b = Client(url, verbose=False), Client(url, verbose=False)
+    cam_a = a.predict(photo=handle_file(str(ROOT / "examples" / "astronaut.png")), api_name="/align")[1]
+    cam_b = b.predict(photo=handle_file(str(mirrored)), api_name="/align")[1]
+    assert "Estimated camera" in cam_a and cam_a != cam_b   # outputs in order, the session state left out
+    rec_a = a.predict(api_name="/reconstruct")
+    rec_b = b.predict(api_name="/reconstruct")
+    assert "Inverted in" in rec_a[3] and "Inverted in" in rec_b[3]
+    assert Path(rec_a[0]).read_bytes() != Path(rec_b[0]).read_bytes()
+    view_a = a.predict(yaw=30, pitch=0, api_name="/render")[0]
+    preview_b = b.predict(yaw=30, pitch=0, api_name="/preview")[0]
+    assert Path(view_a).is_file() and Path(preview_b).is_file()
+    with pytest.raises(Exception, match="Run the inversion first"):
+        Client(url, verbose=False).predict(frames=4, api_name="/video")
+    a.close()
+    b.close()
+
+
+# ------------------------------------------------------------------------------------------ the full flow
 def test_full_flow(server, browser, examples_dir):
     ctx, page = _open(browser, server)
     assert "random weights" in page.locator("#banner").inner_text()
     _upload(page, examples_dir / "wild" / "obama.jpg")
     page.wait_for_selector("#aligned img")
     assert re.search(r"yaw [+-]\d+\.\d°, pitch [+-]\d+\.\d°", _camera_text(page))
-    _invert(page)
+    _wait_inverted(page)
     page.wait_for_selector("#recon img", state="visible")
     _shot(page, "app_inverted.png")
+
+    # The Invert button runs it again (e.g. after changing the options).
+    page.click("#invert")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Inverted in')")
 
     # Yaw slider: a new view from the cached tri-planes.
     before = _src(page, "view")
@@ -187,13 +401,15 @@ def test_no_face_message_then_recovers(server, browser, examples_dir, tmp_path):
     garbage = tmp_path / "not_a_photo.png"
     garbage.write_bytes(b"not an image at all " * 50)
     _upload(page, garbage)
-    page.locator(".toast-body", has_text="is not an image file").wait_for(state="visible")
+    toast = page.locator(".toast-body", has_text="is not an image file")
+    toast.wait_for(state="visible")
+    assert "/tmp" not in toast.inner_text()
     assert "Traceback" not in page.content()
     # The same session still works with a good photo.
     _upload(page, examples_dir / "wild" / "astronaut.png")
     page.wait_for_selector("#aligned img")
     _camera_text(page)
-    _invert(page)
+    _wait_inverted(page)
     ctx.close()
 
 
@@ -204,13 +420,10 @@ def test_two_sessions_are_separate(server, browser, examples_dir):
     a.wait_for_selector("#aligned img")
     b.wait_for_selector("#aligned img")
     cam_a, cam_b = _camera_text(a), _camera_text(b)
-    assert cam_a != cam_b
+    assert "Estimated camera" in cam_a and cam_a != cam_b   # outputs in order, the session state left out
     assert "910×1137" in cam_a and "910×1137" not in cam_b   # each page shows its own photo's face
-    a.click("#invert")
-    b.click("#invert")
     for p in (a, b):
-        p.wait_for_function("() => document.querySelector('#status').innerText.includes('Inverted in')")
-        p.wait_for_selector("#view img")
+        _wait_inverted(p)
     assert _src(a, "aligned") != _src(b, "aligned")
     assert _src(a, "recon") != _src(b, "recon")
     assert _camera_text(a) == cam_a and _camera_text(b) == cam_b  # nothing leaked across sessions

@@ -1,0 +1,301 @@
+"""Where the app runs (ZeroGPU, a GPU Space, a CPU) and what it lets in, on the small random model.
+
+Needs nothing from ../shared: the app is imported as on a fresh clone (GOAE_EXAMPLES unset, so the
+project's examples/ are used).
+"""
+from __future__ import annotations
+
+import base64
+import importlib
+import os
+import pickle
+import sys
+import types
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def no_progress(*args, **kwargs):
+    pass
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GOAE_WEIGHTS", "random-small")
+        for name in ("GOAE_EXAMPLES", "GOAE_DIRECTIONS", "SPACES_ZERO_GPU"):
+            mp.delenv(name, raising=False)
+        sys.modules.pop("app", None)
+        module = importlib.import_module("app")
+    return module
+
+
+@pytest.fixture(scope="module")
+def goae_app(app_module):
+    return app_module.goae_app
+
+
+# ------------------------------------------------------------------------------------------ examples
+def test_examples_ship_with_the_project(app_module, goae_app):
+    """With GOAE_EXAMPLES unset the app shows examples/ (no ../shared needed), each listed in SOURCES.md."""
+    names = [Path(p).name for p in goae_app.examples]
+    assert names == ["astronaut.png", "coffee.png"]
+    assert all(Path(p).parent == ROOT / "examples" for p in goae_app.examples)
+    sources = (ROOT / "examples" / "SOURCES.md").read_text()
+    for name in names:
+        assert f"`{name}`" in sources
+    assert "public domain" in sources.lower() and "CC0" in sources
+
+
+def test_example_photos_behave_as_described(goae_app):
+    session = goae_app.align(ROOT / "examples" / "astronaut.png", None)[0]
+    assert len(session.face.faces) == 1
+    with pytest.raises(gr.Error, match="No face found"):
+        goae_app.align(ROOT / "examples" / "coffee.png", None)
+
+
+# ------------------------------------------------------------------------------------------ the inversion
+def test_stepwise_inversion_is_the_pipeline_call(app_module, goae_app):
+    """The app runs the GOAE steps itself to report progress: the result must be pipe()'s, exactly."""
+    face = goae_app.align(ROOT / "examples" / "astronaut.png", None)[0].face
+    stages = []
+    out = app_module.invert_with_progress(goae_app.pipe, face.image, face.camera,
+                                          lambda fraction, desc: stages.append((fraction, desc)))
+    ref = goae_app.pipe(face.image, face.camera, output_type=None)
+    for name in ("ws", "planes", "image", "image_raw", "image_depth", "camera", "mask"):
+        assert torch.equal(getattr(out, name), getattr(ref, name)), name
+    for name in ("x_rec", "adain_rec"):
+        assert torch.equal(out.edit_features[name], ref.edit_features[name]), name
+    assert [d for _, d in stages] == [d for _, d in app_module.INVERT_STAGES]
+    assert [f for f, _ in stages] == sorted(f for f, _ in stages)
+    assert any("Encoding" in d for _, d in stages) and any("AFA" in d for _, d in stages)
+
+
+# ------------------------------------------------------------------------------------------ ZeroGPU
+def test_gpu_decorator_is_the_function_itself_without_zerogpu(app_module, monkeypatch):
+    def f(x):
+        return x + 1
+
+    monkeypatch.setattr(app_module, "spaces", None)        # `spaces` not installed
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert not app_module.on_zero_gpu() and app_module.gpu(10)(f) is f
+    fake = types.SimpleNamespace(GPU=lambda **k: pytest.fail("spaces.GPU used outside ZeroGPU"))
+    monkeypatch.setattr(app_module, "spaces", fake)         # installed, but not a ZeroGPU Space
+    monkeypatch.delenv("SPACES_ZERO_GPU")
+    assert not app_module.on_zero_gpu() and app_module.gpu(10)(f) is f
+
+
+def test_real_spaces_decorator_is_a_no_op_outside_zerogpu(monkeypatch):
+    spaces = pytest.importorskip("spaces")
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+
+    def f(x):
+        return 2 * x
+
+    assert spaces.GPU(duration=10)(f) is f and spaces.GPU(f)(3) == 6
+
+
+def test_device_is_chosen_per_call(app_module, monkeypatch):
+    moved = []
+    pipe = types.SimpleNamespace(device=torch.device("cpu"), to=lambda d: moved.append(d))
+    assert app_module.call_device(pipe).type == "cpu" and moved == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # inside a ZeroGPU call, or a GPU Space
+    assert app_module.call_device(pipe).type == "cuda" and moved == [torch.device("cuda")]
+
+
+class ForkingSpaces:
+    """The `spaces` package as the app meets it on ZeroGPU: a decorated call runs in a forked worker process
+    (which has the GPU); its arguments and its result are pickled across, and nothing it changes in its
+    own memory comes back."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, float]] = []
+
+    def GPU(self, duration=None):
+        def decorate(task):
+            def run(*args, **kwargs):
+                seconds = duration(*args, **kwargs) if callable(duration) else duration
+                self.calls.append((task.__name__, float(seconds)))
+                payload = pickle.dumps((args, kwargs))
+                read, write = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the worker
+                    os.close(read)
+                    try:
+                        torch.set_num_threads(1)
+                        a, k = pickle.loads(payload)
+                        result = ("ok", task(*a, **k))
+                    except BaseException as e:  # noqa: BLE001 (sent back like ZeroGPU does)
+                        result = ("error", e)
+                    with os.fdopen(write, "wb") as f:
+                        pickle.dump(result, f)
+                    os._exit(0)
+                os.close(write)
+                with os.fdopen(read, "rb") as f:
+                    status, value = pickle.load(f)
+                os.waitpid(pid, 0)
+                if status == "error":
+                    raise value
+                return value
+            return run
+        return decorate
+
+
+def test_every_model_step_works_through_zerogpu(app_module, goae_app, monkeypatch):
+    """All model work goes through `gpu` as pure functions: the same results when each call runs in a
+    forked worker, the session's state kept in the main process as CPU tensors."""
+    from goae.edit import EditDirection
+
+    g = goae_app.pipe.generator
+    directions = {"age": EditDirection("age", torch.randn(g.num_ws, g.w_dim, generator=torch.Generator().manual_seed(1)))}
+    local = app_module.GOAEApp(goae_app.pipe, directions, folders=goae_app.folders)
+    fake = ForkingSpaces()
+    monkeypatch.setattr(app_module, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    zero = app_module.GOAEApp(goae_app.pipe, directions, folders=goae_app.folders)
+    photo = ROOT / "examples" / "astronaut.png"
+    results = {}
+    for name, a in (("zero", zero), ("local", local)):
+        s = a.align(photo, None)[0]
+        inv = a.invert(s, 20, 0, 64, progress=no_progress)
+        s = inv[0]
+        entry = a.cache.get(s.inversion)
+        assert all(t.device.type == "cpu" for t in entry.values())
+        assert a.cache.get(s.inversion)["planes"].shape[-1] == 256
+        results[name] = dict(
+            recon=inv[1], view=inv[5], preview=a.preview(s, -20, 5)[1], render=a.view(s, -20, 5, 64)[1],
+            video=Path(a.video(s, 3, 12, 64, progress=no_progress)[1]).stat().st_size > 0,
+            mesh=a.mesh(s, 32, progress=no_progress)[4].startswith("Mesh:"),
+            edit=a.edit(s, 0, 0, 64, 2.0, progress=no_progress)[1],
+            api=[Path(f).name for f in a.api_invert(photo, None, [[30, 0]], False, False, {}, progress=no_progress)[4]])
+        assert s.edits == {"age": 2.0} and s.current != s.inversion
+        a.end_session(s)
+    called = [name for name, _ in fake.calls]
+    assert called == ["_gpu_invert", "_gpu_preview", "_gpu_view", "_gpu_video", "_gpu_mesh", "_gpu_edit", "_gpu_api"]
+    assert all(0 < seconds <= app_module.GPU_SECONDS_MAX for _, seconds in fake.calls)
+    z, l = results["zero"], results["local"]
+    for key in ("recon", "view", "preview", "render", "edit"):
+        assert z[key].shape == l[key].shape and np.abs(z[key].astype(int) - l[key].astype(int)).max() <= 2, key
+    assert z["video"] and z["mesh"] and z["api"] == l["api"]
+
+
+def test_durations_grow_with_the_work(app_module, monkeypatch):
+    fake = ForkingSpaces()
+    seen = {}
+
+    def record(duration=None):
+        def decorate(task):
+            seen[task.__name__] = duration
+            return task
+        return decorate
+
+    fake.GPU = record
+    monkeypatch.setattr(app_module, "spaces", fake)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    pipe = types.SimpleNamespace(generator=types.SimpleNamespace(neural_rendering_resolution=128, ray_range=(2.25, 3.3)))
+    app_module.GOAEApp(pipe, folders=app_module.goae_app.folders)
+    video, mesh, api = seen["_gpu_video"], seen["_gpu_mesh"], seen["_gpu_api"]
+    assert video(None, 24, 24, None, None, None) < video(None, 120, 24, None, None, None) <= app_module.GPU_SECONDS_MAX
+    assert mesh(None, 64, None) < mesh(None, 256, None)
+    from goae.export import ExportOptions
+    assert api(None, None, ExportOptions()) < api(None, None, ExportOptions(views=[(30, 0)] * 8, video_frames=48,
+                                                                           mesh_resolution=128))
+    assert seen["_gpu_invert"] == app_module.GPU_SECONDS["invert"]
+
+
+# ------------------------------------------------------------------------------------------ what comes in, what goes out
+def test_messages_never_show_server_paths(app_module, goae_app, tmp_path):
+    from gradio.utils import get_upload_folder
+
+    upload = Path(get_upload_folder()) / "0123abcd" / "photo.jpg"
+    text = f"cannot read {upload}: broken; see {tmp_path / 'x' / 'y.png'} and {ROOT / 'app.py'}"
+    hidden = app_module.hide_paths(text)
+    assert "photo.jpg" in hidden and "y.png" in hidden and "app.py" in hidden
+    assert str(upload.parent) not in hidden and str(tmp_path) not in hidden and str(ROOT) not in hidden
+    for bad in (tmp_path / "missing.jpg", tmp_path):
+        with pytest.raises(gr.Error) as e:
+            goae_app.align(bad, None)
+        assert str(tmp_path) not in e.value.message and "/" not in e.value.message.replace("1/", "")
+
+
+def test_photo_input_enforces_the_size_limit_and_upload_folder(app_module, tmp_path, monkeypatch):
+    from gradio.data_classes import FileData
+    from gradio.utils import get_upload_folder
+
+    examples = ROOT / "examples"
+    image = app_module.photo_input([examples], type="filepath")
+    png = (examples / "astronaut.png").read_bytes()
+    inline = f"data:image/png;base64,{base64.b64encode(png).decode()}"
+    assert image.preprocess(FileData(path="photo.png", url=inline)) == png
+    assert image.preprocess(FileData(path=str(examples / "astronaut.png"))) == str(examples / "astronaut.png")
+    with pytest.raises(gr.Error, match="as an upload"):  # an API call naming a server file
+        image.preprocess(FileData(path="/etc/hostname"))
+    with pytest.raises(gr.Error, match="as an upload"):
+        image.preprocess(FileData(path=str(Path(get_upload_folder()) / ".." / "etc" / "passwd")))
+    monkeypatch.setattr(app_module, "MAX_UPLOAD_MB", 1)
+    image = app_module.photo_input([examples], type="filepath")
+    big = "A" * (2 * 2**20)
+    with pytest.raises(gr.Error, match="too large") as e:
+        image.preprocess(FileData(path="photo.png", url=f"data:image/png;base64,{big}"))
+    assert "limit is 1 MB" in e.value.message
+    with pytest.raises(gr.Error, match="not valid base64"):
+        image.preprocess(FileData(path="photo.png", url="data:image/png;base64,@@@@"))
+    folder = Path(get_upload_folder()) / f"goae-test-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        huge = folder / "huge.png"
+        with open(huge, "wb") as f:
+            f.truncate(2 * 2**20)
+        with pytest.raises(gr.Error, match="too large"):
+            image.preprocess(FileData(path=str(huge)))
+    finally:
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_request_size_limit_middleware(app_module):
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    async def echo(request):
+        return PlainTextResponse(str(len(await request.body())))
+
+    web = Starlette(routes=[Route("/", echo, methods=["POST"])],
+                    middleware=[Middleware(app_module.RequestSizeLimit, max_bytes=1000)])
+    client = TestClient(web)
+    assert client.post("/", content=b"x" * 1000).text == "1000"
+    refused = client.post("/", content=b"x" * 1001)
+    assert refused.status_code == 413 and "limit" in refused.text
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(5):
+            yield b"x" * 400
+    assert client.post("/", content=chunks()).status_code == 413
+
+
+def test_api_options_are_checked_before_any_work(goae_app, monkeypatch):
+    monkeypatch.setattr(goae_app, "_gpu_api", lambda *a, **k: pytest.fail("the model ran"))
+    photo = ROOT / "examples" / "astronaut.png"
+    for kwargs, message in (({"edits": [1]}, "edits must be strengths"), ({"edits": {"age": 2}}, "unknown edit"),
+                            ({"views": "30:0"}, "views must be a list"), ({"face_index": -1}, "face index"),
+                            ({"face_index": 3}, "face_index 3 is not valid")):
+        with pytest.raises(gr.Error, match=message):
+            goae_app.api_invert(photo, progress=no_progress, **kwargs)
+
+
+def test_api_views_are_checked(app_module):
+    assert app_module._view_list(None) == [] and app_module._view_list([[30, 0], [-30.5, 10]]) == [(30, 0), (-30.5, 10)]
+    for bad in ([30, 0], [[1, 2, 3]], "30:0", [[float("nan"), 0]], [[0, 0]] * 17, [[400, 0]]):
+        with pytest.raises((app_module.AppError, ValueError)):
+            app_module._view_list(bad)
