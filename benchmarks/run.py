@@ -63,7 +63,13 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "am
 
 # ------------------------------------------------------------------------------------------- helpers
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far. Linux: VmHWM (ru_maxrss carries the parent's peak
+    over fork+exec, so a worker would report the parent's size); elsewhere ru_maxrss (bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if platform.system() == "Darwin" else r * 1024)
 
