@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import make_eg3d_dataset
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,14 +29,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, examples_dir) -> Path:
-    """An EG3D dataset folder of four example photos: symlinks + dataset.json (nothing copied)."""
-    src = examples_dir / "goae" / "real_person"
-    d = tmp_path_factory.mktemp("ds")
-    labels = dict(json.loads((src / "label.json").read_text())["labels"])
-    for name in PHOTOS:
-        (d / name).symlink_to(src / name)
-    (d / "dataset.json").write_text(json.dumps({"labels": [[n, labels[n]] for n in PHOTOS]}))
-    return d
+    return make_eg3d_dataset(tmp_path_factory.mktemp("ds"), examples_dir, PHOTOS)
 
 
 def train_cmd(data: Path, out: Path, *extra: str, launcher: list[str] | None = None) -> list[str]:

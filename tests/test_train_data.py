@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import make_eg3d_dataset
 import torch
 from PIL import Image
 
@@ -22,13 +23,7 @@ PHOTOS = ("1.jpg", "2.jpg", "4.jpg", "5.jpg")
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, examples_dir) -> Path:
-    src = examples_dir / "goae" / "real_person"
-    d = tmp_path_factory.mktemp("ds")
-    labels = dict(json.loads((src / "label.json").read_text())["labels"])
-    for name in PHOTOS:
-        (d / name).symlink_to(src / name)
-    (d / "dataset.json").write_text(json.dumps({"labels": [[n, labels[n]] for n in PHOTOS]}))
-    return d
+    return make_eg3d_dataset(tmp_path_factory.mktemp("ds"), examples_dir, PHOTOS)
 
 
 def old_order(n, seed, position, batch, rank, world, accum, steps):

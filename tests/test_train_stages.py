@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import make_eg3d_dataset
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +34,7 @@ def one_thread():
     torch.set_num_threads(n)
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, examples_dir) -> Path:
-    src = examples_dir / "goae" / "real_person"
-    d = tmp_path_factory.mktemp("ds")
-    labels = dict(json.loads((src / "label.json").read_text())["labels"])
-    for name in PHOTOS:
-        (d / name).symlink_to(src / name)
-    (d / "dataset.json").write_text(json.dumps({"labels": [[n, labels[n]] for n in PHOTOS]}))
-    return d
+    return make_eg3d_dataset(tmp_path_factory.mktemp("ds"), examples_dir, PHOTOS)
 
 
 @pytest.fixture(scope="module")

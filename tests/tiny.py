@@ -56,3 +56,15 @@ def tiny_pipeline(tiny_config: dict, gdir: Path):
                         mask_blur_sigma=blur, deterministic=True)
 
 
+
+
+def make_eg3d_dataset(folder, examples_dir, photos):
+    """An EG3D dataset folder of real example photos: symlinks + dataset.json (nothing copied)."""
+    import json
+
+    src = examples_dir / "goae" / "real_person"
+    labels = dict(json.loads((src / "label.json").read_text())["labels"])
+    for name in photos:
+        (folder / name).symlink_to(src / name)
+    (folder / "dataset.json").write_text(json.dumps({"labels": [[n, labels[n]] for n in photos]}))
+    return folder
