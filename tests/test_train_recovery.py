@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import make_eg3d_dataset
+from tiny import make_eg3d_dataset, one_thread  # noqa: F401  (autouse fixture)
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +27,6 @@ PHOTOS = ("1.jpg", "2.jpg", "4.jpg", "5.jpg")
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread, as the subprocess runs of test_train.py (OMP_NUM_THREADS=1): small CPU models run
-    several times slower with two threads fighting over a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, examples_dir) -> Path:
     return make_eg3d_dataset(tmp_path_factory.mktemp("ds"), examples_dir, PHOTOS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from safetensors.torch import load_file
 
 from goae.models.afa import AFA
@@ -68,3 +70,15 @@ def make_eg3d_dataset(folder, examples_dir, photos):
         (folder / name).symlink_to(src / name)
     (folder / "dataset.json").write_text(json.dumps({"labels": [[n, labels[n]] for n in photos]}))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread, as the subprocess runs of test_train.py (OMP_NUM_THREADS=1): small CPU models run
+    several times slower with two threads fighting over a busy 2-core machine. Import it to use it."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
