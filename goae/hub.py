@@ -358,6 +358,11 @@ def check_pipeline_folder(folder: str | os.PathLike) -> None:
         if list(index.get(name) or []) != list(entry):
             raise WeightsFolderError(f"{folder / 'model_index.json'}: {name!r} must be {list(entry)}, got {_short(index.get(name))}")
     check_config("pipeline", index, where=str(folder / "model_index.json"))
+    from goae.domains import DOMAINS
+
+    if index.get("domain", "human") not in DOMAINS:
+        raise WeightsFolderError(f"{folder / 'model_index.json'}: domain must be one of {sorted(DOMAINS)}, "
+                                 f"got {_short(index.get('domain'))}")
     g, e, a = (check_component_folder(folder / name, name) for name in COMPONENTS)
     res = index.get("afa_resolution", 32)
     width = g.feature_channels(res) if res in g.feature_levels else None

@@ -34,7 +34,9 @@ from goae.models.afa import AFA
 from goae.models.eg3d import EG3DGenerator, RenderOutput
 from goae.models.encoder import GOAEncoder
 from goae.models.goae import GOAE
+from goae.camera import camera_label_degrees, orbit_cameras
 from goae.card import Provenance, write_model_card
+from goae.domains import DEFAULT_DOMAIN, Domain, get_domain, pivot_of
 from goae.io import atomic_dir
 from goae.runtime import tf32
 
@@ -124,13 +126,16 @@ class GOAEPipeline(DiffusionPipeline):
 
     def __init__(self, generator: EG3DGenerator, encoder: GOAEncoder, afa: AFA,
                  afa_resolution: int = 32, mask_blur_sigma: float = 1.5, mask_threshold: float = 0.35,
-                 deterministic: bool = True):
+                 deterministic: bool = True, domain: str = DEFAULT_DOMAIN):
         super().__init__()
+        get_domain(domain)  # a clear error for an unknown name
         self.register_modules(generator=generator, encoder=encoder, afa=afa)
         # deterministic=True: no stratified jitter and det. importance sampling, so one photo always
         # gives the same result (the official code jitters; the difference is sampling noise).
+        # domain: what the weights invert ('human', 'cat'), so the CLI and app pick the aligner, the
+        # cameras and the edit directions that belong to it (goae.domains).
         self.register_to_config(afa_resolution=afa_resolution, mask_blur_sigma=mask_blur_sigma,
-                                mask_threshold=mask_threshold, deterministic=deterministic)
+                                mask_threshold=mask_threshold, deterministic=deterministic, domain=domain)
 
     @classmethod
     def from_random(cls, seed: int = 0, generator: EG3DGenerator | None = None, encoder: GOAEncoder | None = None,
@@ -159,13 +164,15 @@ class GOAEPipeline(DiffusionPipeline):
 
     @classmethod
     def from_preset(cls, name: str = "ffhq", seed: int = 0) -> "GOAEPipeline":
-        """A named architecture (goae.presets: 'ffhq', the released one, or 'small') on seeded random weights."""
+        """A named architecture (goae.presets: 'ffhq' / 'afhq', the released ones, or 'small' / 'small-cat')
+        on seeded random weights, with the preset's domain."""
         from goae.presets import preset
 
-        g_kwargs, nrr, g_extra, enc_kwargs, afa_kwargs = preset(name)
+        p = preset(name)
         torch.manual_seed(seed)  # module initialisation below draws from the global generator
-        generator = EG3DGenerator.from_official_kwargs(g_kwargs, nrr, **g_extra)
-        pipe = cls.from_random(seed=seed, generator=generator, encoder=GOAEncoder(**enc_kwargs), afa=AFA(**afa_kwargs))
+        generator = EG3DGenerator.from_official_kwargs(p.generator, p.neural_rendering_resolution, **p.generator_extra)
+        pipe = cls.from_random(seed=seed, generator=generator, encoder=GOAEncoder(**p.encoder), afa=AFA(**p.afa),
+                               domain=p.domain)
         pipe.weights_label = f"random {name} (seed {seed})"
         return pipe
 
@@ -368,6 +375,26 @@ class GOAEPipeline(DiffusionPipeline):
                     mask_blur_sigma=cfg.mask_blur_sigma, mask_threshold=cfg.mask_threshold,
                     deterministic=cfg.deterministic, autocast=self._autocast,
                     backbone_autocast=self._backbone_autocast)
+
+    # ----------------------------------------------------------------------------- domain and cameras
+    @property
+    def domain(self) -> Domain:
+        """What these weights invert (goae.domains): its aligner, input camera and edit directions."""
+        return get_domain(getattr(self.config, "domain", None))
+
+    @property
+    def orbit_pivot(self) -> tuple[float, float, float]:
+        """The point new views turn around: the generator's avg_camera_pivot ((0, 0, 0.2) for FFHQ,
+        (0, 0, -0.06) for AFHQ cats)."""
+        return pivot_of(self.generator, self.domain)
+
+    def view_camera(self, yaw_degrees, pitch_degrees=0.0) -> torch.Tensor:
+        """[N, 25] labels of views at (yaw, pitch) degrees from frontal, turning around `orbit_pivot`."""
+        return camera_label_degrees(yaw_degrees, pitch_degrees, lookat=self.orbit_pivot)
+
+    def orbit_cameras(self, n_frames: int, **kwargs) -> torch.Tensor:
+        """[n_frames, 25] labels of the turntable orbit (goae.camera.orbit_cameras) around `orbit_pivot`."""
+        return orbit_cameras(n_frames, lookat=self.orbit_pivot, **kwargs)
 
     # ----------------------------------------------------------------------------- inversion
     def encode(self, x_enc: torch.Tensor) -> torch.Tensor:

@@ -244,6 +244,10 @@ FFHQ512_KWARGS: dict[str, Any] = {
     },
 }
 FFHQ512_NEURAL_RENDERING_RESOLUTION = 128
+# afhqcats512-128.pkl (`train.py --cfg=afhq --gen_pose_cond=True --gpc_reg_prob=0.8`, fine-tuned from FFHQ):
+# the same architecture and rendering settings; only the visualiser's orbit pivot differs.
+AFHQ512_KWARGS: dict[str, Any] = {
+    **FFHQ512_KWARGS, "rendering_kwargs": {**FFHQ512_KWARGS["rendering_kwargs"], "avg_camera_pivot": [0, 0, -0.06]}}
 
 
 class EG3DGenerator(ModelMixin, ConfigMixin):

@@ -1,0 +1,80 @@
+"""Domains: what kind of photo a pipeline inverts. The paper shows two, each on its own EG3D model.
+
+  human  EG3D FFHQ-512 (ffhqrebalanced512-128.pkl): portraits, aligned by goae.align.align_face
+         (mediapipe landmarks, the official crop), camera estimated from the head pose.
+  cat    EG3D AFHQv2 cats (afhqcats512-128.pkl): cat faces, aligned by goae.align.align_cat (a cat-face
+         detector or a box the user gives, AFHQ-style square crop). The camera is not estimated: it is
+         the AFHQ frontal one unless the user sets yaw/pitch.
+
+A pipeline folder records its domain in model_index.json (`domain`, default "human" for folders made
+before cats existed); edit directions record theirs in their file metadata (or, for the official
+files, by the `cat_` name prefix), so an app offers cat directions only on cat models.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from goae.camera import LOOKAT, camera_label_degrees
+
+
+class DomainError(ValueError):
+    """Unknown domain name, or a pipeline/aligner/direction of another domain."""
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str                       # "human" | "cat": the value stored in folders and metadata
+    title: str                      # what a person reads in the app
+    dataset: str                    # the EG3D training set of the generator
+    generator_file: str             # the official EG3D pickle of this domain
+    # Where the training labels' cameras look (the input camera of an inversion is built like them).
+    # FFHQ labels look at EG3D's pivot (0, 0, 0.2); AFHQ labels sit at -2.7 * forward: they look at the origin.
+    label_lookat: tuple[float, float, float]
+    # Default orbit centre for new views when a generator does not carry `avg_camera_pivot`.
+    pivot: tuple[float, float, float]
+    camera_estimated: bool          # whether the aligner estimates the camera from the photo
+    direction_prefix: str | None    # official direction files of this domain are named <prefix>*.npy
+
+    def input_camera(self, yaw_degrees: float = 0.0, pitch_degrees: float = 0.0) -> torch.Tensor:
+        """[1, 25] label of a camera at (yaw, pitch) degrees from frontal, radius 2.7, built like this
+        domain's training labels (what the encoder saw)."""
+        return camera_label_degrees(yaw_degrees, pitch_degrees, lookat=self.label_lookat)
+
+
+HUMAN = Domain("human", "Human portrait", "FFHQ", "ffhqrebalanced512-128.pkl", label_lookat=LOOKAT, pivot=LOOKAT,
+               camera_estimated=True, direction_prefix=None)
+CAT = Domain("cat", "Cat face", "AFHQv2 cats", "afhqcats512-128.pkl", label_lookat=(0.0, 0.0, 0.0),
+             pivot=(0.0, 0.0, -0.06), camera_estimated=False, direction_prefix="cat_")
+DOMAINS: dict[str, Domain] = {d.name: d for d in (HUMAN, CAT)}
+DEFAULT_DOMAIN = "human"
+
+
+def get_domain(name: str | Domain | None) -> Domain:
+    """A Domain by name ('human', 'cat'); None -> human (folders written before domains existed)."""
+    if isinstance(name, Domain):
+        return name
+    if name is None:
+        return DOMAINS[DEFAULT_DOMAIN]
+    if name not in DOMAINS:
+        raise DomainError(f"unknown domain {name!r}; choose from {sorted(DOMAINS)}")
+    return DOMAINS[name]
+
+
+def domain_of_direction_name(stem: str) -> str:
+    """The domain an official-style direction file name implies: `cat_*` -> cat, anything else -> human."""
+    for d in DOMAINS.values():
+        if d.direction_prefix and stem.startswith(d.direction_prefix):
+            return d.name
+    return DEFAULT_DOMAIN
+
+
+def pivot_of(generator, domain: str | Domain | None = None) -> tuple[float, float, float]:
+    """Orbit centre for new views: the generator's own `avg_camera_pivot` (EG3D's visualiser uses it),
+    else the domain's."""
+    p = getattr(generator, "rendering_kwargs", {}).get("avg_camera_pivot")
+    if isinstance(p, Sequence) and len(p) == 3:
+        return tuple(float(v) for v in p)
+    return get_domain(domain).pivot
