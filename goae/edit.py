@@ -21,9 +21,12 @@ glasses k times over). It is applied only when some non-glasses attribute has a 
 so all-zero strengths give exactly a zero offset (the official script would still subtract 0.8*glass
 for alpha = 0). For a single attribute with non-zero alpha the result equals the official offset.
 
-Folders for a model (`load_direction_folder`, what the app and the command line use): every file that
-fits the model's W+ shape, minus the directions of another domain (the official `ws_edit` also holds
-`cat_*.npy`, for EG3D's AFHQ cats); on random weights, files of another width are projected with
+Domains (goae.domains). A direction belongs to one model family: `save_direction(..., domain=)` records
+it in the .safetensors metadata; files without that (the official .npy) are tagged by name: `cat_*` are
+AFHQ cats (the official `ws_edit` holds `cat_black`, `cat_smalleyes`), all others human faces.
+
+Folders for a model (`load_direction_folder`, what the app and the command line use): every file of the
+model's domain that fits its W+ shape; on random weights, files of another width are projected with
 `fit_direction` so that the edit controls can be tried. Each file left out or projected gets a note.
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
+from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_direction_name, get_domain
 from goae.io import atomic_write_bytes
 
 NUM_WS = 14  # EG3D backbone at 256^2 tri-planes: b4..b256 -> 14 W+ rows
@@ -49,7 +53,6 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 DIRECTION_SUFFIXES = (".npy", ".pt", ".pth", ".npz", ".safetensors")
-OTHER_DOMAINS = {"cat": "AFHQ cats"}  # name prefix -> the model such directions belong to
 ALIASES = {"glasses": "glass", "eyeglasses": "glass"}  # the official file is glass.npy
 
 __all__ = ["DirectionError", "EditDirection", "load_direction", "load_directions", "load_direction_folder",
@@ -63,10 +66,12 @@ class DirectionError(ValueError):
 
 @dataclass
 class EditDirection:
-    """A named W+ direction. `tensor` is float32 [num_ws, w_dim] (a leading 1 is squeezed away)."""
+    """A named W+ direction. `tensor` is float32 [num_ws, w_dim] (a leading 1 is squeezed away); `domain`
+    is the model family it was found on (goae.domains: 'human', 'cat')."""
 
     name: str
     tensor: torch.Tensor
+    domain: str = DEFAULT_DOMAIN
 
     def __post_init__(self) -> None:
         n = self.tensor.shape[-2] if getattr(self.tensor, "ndim", 0) >= 2 else NUM_WS
@@ -130,8 +135,26 @@ def _from_zip(data: bytes, path: Path) -> torch.Tensor | np.ndarray:
     return obj
 
 
-def _read_array(path: Path) -> torch.Tensor | np.ndarray:
+def _safetensors_domain(data: bytes, path: Path) -> str | None:
+    """The `domain` recorded in a .safetensors header's metadata (None when absent)."""
+    import json
+    import struct
+
+    try:
+        (n,) = struct.unpack("<Q", data[:8])
+        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+    except (struct.error, ValueError, AttributeError):
+        return None  # st_load_bytes has already said what is wrong with the file
+    domain = meta.get("domain")
+    if domain is not None and domain not in DOMAINS:
+        raise DirectionError(f"{path}: metadata domain {domain!r} is not one of {sorted(DOMAINS)}")
+    return domain
+
+
+def _read_array(path: Path) -> tuple[torch.Tensor | np.ndarray, str]:
+    """(array, domain): the domain from the file's metadata, else from its name (`cat_*`)."""
     data = path.read_bytes()
+    by_name = domain_of_direction_name(path.stem)
     if path.suffix == ".safetensors":
         try:
             tensors = st_load_bytes(data)
@@ -139,14 +162,14 @@ def _read_array(path: Path) -> torch.Tensor | np.ndarray:
             raise DirectionError(f"{path}: not a valid safetensors file ({e})") from None
         if DIRECTION_KEY not in tensors:
             raise DirectionError(f"{path}: no tensor named {DIRECTION_KEY!r} (found {sorted(tensors)})")
-        return tensors[DIRECTION_KEY]
+        return tensors[DIRECTION_KEY], _safetensors_domain(data, path) or by_name
     if data.startswith(_NPY_MAGIC):
         try:
-            return np.load(io.BytesIO(data), allow_pickle=False)
+            return np.load(io.BytesIO(data), allow_pickle=False), by_name
         except ValueError as e:  # object arrays need pickles; truncated data
             raise DirectionError(f"{path}: cannot read this .npy as a plain numeric array ({e})") from None
     if data.startswith(_ZIP_MAGIC):
-        return _from_zip(data, path)
+        return _from_zip(data, path), by_name
     raise DirectionError(f"{path}: unrecognised file (expected .npy, a torch.save zip, .npz or .safetensors)")
 
 
@@ -156,8 +179,9 @@ def load_direction(path: str | os.PathLike, name: str | None = None, num_ws: int
     path = Path(path)
     if not path.is_file():
         raise DirectionError(f"{path}: no such file")
-    t = validate_direction(_read_array(path), num_ws=num_ws, w_dim=w_dim, what=str(path))
-    return EditDirection(name or path.stem, t)
+    array, domain = _read_array(path)
+    t = validate_direction(array, num_ws=num_ws, w_dim=w_dim, what=str(path))
+    return EditDirection(name or path.stem, t, domain)
 
 
 def load_directions(folder: str | os.PathLike, num_ws: int = NUM_WS,
@@ -181,20 +205,17 @@ def random_weights(pipe) -> bool:
 
 
 def load_direction_folder(folder: str | os.PathLike, num_ws: int = NUM_WS, w_dim: int | None = None,
-                          project: bool = False) -> tuple[dict[str, EditDirection], list[str]]:
-    """The directions in `folder` that a model with W+ [num_ws, w_dim] can use, and one note per file left out
-    (unreadable, another shape, another domain) or changed (`project`: another width, through `fit_direction`;
-    for random weights only). A missing folder gives no directions and one note."""
+                          project: bool = False, domain: str = DEFAULT_DOMAIN) -> tuple[dict[str, EditDirection], list[str]]:
+    """The directions in `folder` that a `domain` model with W+ [num_ws, w_dim] can use, and one note per file
+    left out (unreadable, another shape, another domain) or changed (`project`: another width, through
+    `fit_direction`; for random weights only). A missing folder gives no directions and one note."""
+    want = get_domain(domain)
     folder = Path(folder)
     if not folder.is_dir():
         return {}, [f"edit directions folder `{folder}` not found"]
     out: dict[str, EditDirection] = {}
     notes: list[str] = []
     for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DIRECTION_SUFFIXES):
-        domain = f.stem.split("_", 1)[0] if "_" in f.stem else None
-        if domain in OTHER_DOMAINS:
-            notes.append(f"skipped `{f.name}`: a direction of another model ({OTHER_DOMAINS[domain]})")
-            continue
         if f.stem in out:
             notes.append(f"skipped `{f.name}`: another file is already named {f.stem!r}")
             continue
@@ -203,22 +224,28 @@ def load_direction_folder(folder: str | os.PathLike, num_ws: int = NUM_WS, w_dim
         except DirectionError as e:
             notes.append(f"skipped `{f.name}`: {e}")
             continue
+        if d.domain != want.name:
+            notes.append(f"skipped `{f.name}`: a direction of another model ({get_domain(d.domain).dataset}; "
+                         f"this one is {want.dataset})")
+            continue
         if w_dim is not None and d.w_dim != w_dim:
             if not project:
                 notes.append(f"skipped `{f.name}`: width {d.w_dim}, the model's W+ is {num_ws}x{w_dim}")
                 continue
             notes.append(f"`{f.name}` ({num_ws}x{d.w_dim}) projected to the random model's {num_ws}x{w_dim}")
-            d = EditDirection(d.name, fit_direction(d.tensor, w_dim))
+            d = EditDirection(d.name, fit_direction(d.tensor, w_dim), d.domain)
         out[d.name] = d
     return out, notes
 
 
 def directions_for(pipe, folder: str | os.PathLike | None) -> tuple[dict[str, EditDirection], list[str]]:
-    """`load_direction_folder` for this pipeline's W+ shape (projecting other widths on random weights only)."""
+    """`load_direction_folder` for this pipeline's domain and W+ shape (projecting other widths on random
+    weights only)."""
     if not folder:
         return {}, []
     g = pipe.generator
-    return load_direction_folder(folder, g.num_ws, g.w_dim, project=random_weights(pipe))
+    domain = getattr(getattr(pipe, "config", None), "domain", None) or DEFAULT_DOMAIN
+    return load_direction_folder(folder, g.num_ws, g.w_dim, project=random_weights(pipe), domain=domain)
 
 
 def resolve_names(strengths: Mapping[str, float], directions: Mapping[str, EditDirection],
@@ -274,13 +301,17 @@ def combine(directions: Mapping[str, EditDirection], strengths: Mapping[str, flo
     return offset
 
 
-def save_direction(path: str | os.PathLike, tensor: torch.Tensor | np.ndarray, num_ws: int = NUM_WS) -> Path:
-    """Write a direction as .safetensors (key 'direction', shape [1, num_ws, w_dim] like the official files)."""
+def save_direction(path: str | os.PathLike, tensor: torch.Tensor | np.ndarray, num_ws: int = NUM_WS,
+                   domain: str | None = None) -> Path:
+    """Write a direction as .safetensors (key 'direction', shape [1, num_ws, w_dim] like the official files),
+    with its domain in the metadata (default: what the file name implies, `cat_*` -> cat, else human)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise DirectionError(f"{path}: directions are saved as .safetensors")
+    domain = get_domain(domain or domain_of_direction_name(path.stem)).name
     t = validate_direction(tensor, num_ws=num_ws, what=str(path))
-    data = st_save_bytes({DIRECTION_KEY: t[None].contiguous()}, metadata={"format": "goae-w-plus-direction"})
+    data = st_save_bytes({DIRECTION_KEY: t[None].contiguous()},
+                         metadata={"format": "goae-w-plus-direction", "domain": domain})
     return atomic_write_bytes(path, data)
 
 
