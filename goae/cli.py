@@ -85,6 +85,22 @@ def _parse_clip_view(text: str) -> tuple[float, float] | None:
     return views[0]
 
 
+def _parse_camera(text: str) -> tuple[float, float]:
+    """--camera: one 'yaw:pitch' in degrees."""
+    views = _parse_views(text)
+    if len(views) != 1:
+        raise argparse.ArgumentTypeError(f"--camera expects one yaw:pitch in degrees, got {text!r}")
+    return views[0]
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    """--box 'left,top,right,bottom' in source pixels."""
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"--box expects left,top,right,bottom in pixels, got {text!r}")
+    return tuple(_number("--box coordinate")(p) for p in parts)
+
+
 def _parse_level(text: str) -> float | str:
     """--mesh-level: a finite number or 'auto'."""
     if text == "auto":
@@ -108,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(quote them: 'shots/**/*.jpg')")
     inv.add_argument("--out", required=True, help="output folder (one sub-folder per input, and manifest.jsonl)")
     inv.add_argument("--weights", default=None,
-                     help="pipeline folder or Hub repo id (default: $GOAE_WEIGHTS); 'random' = full-size "
-                          "architecture on seeded random weights, for trying the tool without weights")
+                     help="pipeline folder or Hub repo id (default: $GOAE_WEIGHTS); its domain (human portraits "
+                          "or cats) picks the aligner. 'random' / 'random-cat' = the full-size human / cat "
+                          "architecture on seeded random weights, for trying the tool without weights "
+                          "('random-small', 'random-small-cat': small ones)")
     inv.add_argument("--seed", type=_number("--seed", 0, 2**63 - 1, integer=True), default=0,
                      help="seed of --weights random")
     inv.add_argument("--views", type=_parse_views, default=None,
@@ -130,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--face-index", type=_number("--face-index", 0, 10000, integer=True), default=None,
                      help="which face when several, left to right (default: largest); for a clip, on its first "
                           "frame with faces")
+    cat = inv.add_argument_group("cat photos (a pipeline of the cat domain)")
+    cat.add_argument("--box", type=_parse_box, default=None, metavar="L,T,R,B",
+                     help="the cat's head (ears to chin) in source pixels, instead of the cat-face detector; "
+                          "applies to every photo given")
+    cat.add_argument("--camera", type=_parse_camera, default=None, metavar="YAW:PITCH",
+                     help="the photo's camera in degrees from frontal: a cat's camera is not estimated, it is the "
+                          "AFHQ frontal one (0:0) unless set here")
     inv.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
     inv.add_argument("--precision", default="fp32", choices=("fp32", "auto", "bf16", "fp16"),
                      help="fp32 (default: the parity path) or the fast path: auto = bf16 where the device has "
@@ -189,6 +214,10 @@ def _setup(args, device=None):
             pipe.enable_fast_path(args.precision)
     except Exception as e:  # weights missing / unreadable, no such device
         raise SetupError(one_line(e)) from None
+    domain = pipe.domain
+    if domain.camera_estimated and (args.box is not None or args.camera is not None):
+        raise SetupError(f"--box and --camera are for cat photos; these weights invert {domain.title.lower()}s, whose "
+                         "crop and camera come from the face landmarks")
     if random_weights(pipe):
         print("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces.", file=sys.stderr)
     directions, edits = {}, {}
@@ -211,12 +240,14 @@ def _setup(args, device=None):
     return pipe, directions, options
 
 
-def invert_one(pipe, photo: Path, folder: Path, options, directions, face_index=None, overwrite=False) -> Path:
-    """Align one photo, then invert it and write its folder (goae.export.save_inversion)."""
-    from goae.align import align_face
+def invert_one(pipe, photo: Path, folder: Path, options, directions, face_index=None, overwrite=False,
+               box=None, camera=None) -> Path:
+    """Align one photo with the aligner of the pipeline's domain (for cats: `box`, `camera` (yaw, pitch)), then
+    invert it and write its folder (goae.export.save_inversion)."""
     from goae.export import save_inversion
 
-    face = align_face(photo, face_index=face_index)
+    yaw, pitch = camera if camera is not None else (None, None)
+    face = pipe.domain.align(photo, face_index=face_index, box=box, yaw=yaw, pitch=pitch)
     warn = lambda msg: tqdm.write(f"{photo}: {msg}", file=sys.stderr)  # noqa: E731
     return save_inversion(pipe, face, folder, options, directions=directions, overwrite=overwrite,
                           source=str(photo), warn=warn)
@@ -517,7 +548,8 @@ def _process(item: Item, pipe, options, directions, args, label: str, result_com
         if item.kind == "video":
             rec.update(invert_clip(pipe, item.path, item.folder, args, label))
         else:
-            invert_one(pipe, item.path, item.folder, options, directions, args.face_index, args.overwrite)
+            invert_one(pipe, item.path, item.folder, options, directions, args.face_index, args.overwrite,
+                       box=args.box, camera=args.camera)
         rec["status"] = "ok"
         tqdm.write(f"{label}{item.path}: ok -> {item.folder}", file=sys.stderr)
     except Exception as e:  # one bad input costs its own result, never the batch (Ctrl-C still stops it)

@@ -38,6 +38,21 @@ class Domain:
     camera_estimated: bool          # whether the aligner estimates the camera from the photo
     direction_prefix: str | None    # official direction files of this domain are named <prefix>*.npy
 
+    def align(self, photo, face_index: int | None = None, *, box: Sequence[float] | None = None,
+              yaw: float | None = None, pitch: float | None = None, **options):
+        """photo -> aligned 512x512 crop + camera with this domain's aligner (goae.align.align_face for
+        humans, goae.align.align_cat for cats). `box` (l, t, r, b source px) and `yaw`/`pitch` (degrees) are
+        for cats, whose camera is not estimated; a portrait's camera comes from its face."""
+        from goae import align
+
+        if self.camera_estimated:
+            given = [n for n, v in (("box", box), ("yaw", yaw), ("pitch", pitch)) if v is not None]
+            if given:
+                raise DomainError(f"{', '.join(given)}: only for cat photos; a {self.title.lower()}'s crop and "
+                                  "camera come from its face landmarks")
+            return align.align_face(photo, face_index=face_index, **options)
+        return align.align_cat(photo, box=box, face_index=face_index, yaw=yaw or 0.0, pitch=pitch or 0.0, **options)
+
     def input_camera(self, yaw_degrees: float = 0.0, pitch_degrees: float = 0.0) -> torch.Tensor:
         """[1, 25] label of a camera at (yaw, pitch) degrees from frontal, radius 2.7, built like this
         domain's training labels (what the encoder saw)."""

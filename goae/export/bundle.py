@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from safetensors.torch import save as st_save_bytes
 
-from goae.camera import camera_label_degrees, orbit_cameras, yaw_pitch_from_label
+from goae.camera import yaw_pitch_from_label
 from goae.edit import EditDirection, edit_offset, resolve_names
 from goae.export.depth import save_depth
 from goae.export.errors import ExportError, finite, whole
@@ -184,10 +184,14 @@ def save_inversion(pipe, face, folder: str | os.PathLike, options: ExportOptions
             result = pipe(face.image, face.camera, output_type=None) if result is None else result
             check_finite(result)
             files, mesh_error = _write_outputs(pipe, result, options, tmp, edits, offset, warn)
-            yaw, pitch = yaw_pitch_from_label(result.camera[:1].cpu())
-            meta = {"photo": source, "files": {"aligned": "aligned.png", **files}, "face_index": face.face_index,
-                    "faces_found": len(face.faces), "face_box": [float(x) for x in face.box],
-                    "camera": [float(x) for x in face.camera], "camera_yaw_deg": float(torch.rad2deg(yaw)[0]),
+            domain = pipe.domain
+            yaw, pitch = yaw_pitch_from_label(result.camera[:1].cpu(), lookat=domain.label_lookat)
+            meta = {"photo": source, "files": {"aligned": "aligned.png", **files}, "domain": domain.name,
+                    "face_index": face.face_index, "faces_found": len(face.faces),
+                    "face_box": [float(x) for x in face.box],
+                    "camera": [float(x) for x in face.camera],
+                    "camera_estimated": bool(getattr(face, "camera_estimated", True)),
+                    "camera_yaw_deg": float(torch.rad2deg(yaw)[0]),
                     "camera_pitch_deg": float(torch.rad2deg(pitch)[0]), "weights": getattr(pipe, "weights_label", None),
                     "edits": edits, "seconds": round(time.perf_counter() - t0, 3)}
             if mesh_error:
@@ -210,10 +214,10 @@ def _write_outputs(pipe, result, options: ExportOptions, tmp: Path, edits, offse
     save_latent(tmp / "ws.safetensors", result)
     for yaw, pitch in options.views:
         name = view_file_name(yaw, pitch)
-        save_png(pipe.render_view(result, camera_label_degrees(yaw, pitch), output_type=None)["image"][:1], tmp / name)
+        save_png(pipe.render_view(result, pipe.view_camera(yaw, pitch), output_type=None)["image"][:1], tmp / name)
         files.setdefault("views", []).append(name)
     if options.video_frames:
-        write_video(iter_views(pipe, result, orbit_cameras(options.video_frames)), tmp / "turntable.mp4",
+        write_video(iter_views(pipe, result, pipe.orbit_cameras(options.video_frames)), tmp / "turntable.mp4",
                     fps=options.fps)
         files["video"] = "turntable.mp4"
     mesh_error = _save_mesh(pipe, result, options, tmp, files, warn) if options.mesh_resolution else None

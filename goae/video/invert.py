@@ -36,13 +36,12 @@ import numpy as np
 import torch
 
 from goae.align import NoFaceError
-from goae.camera import camera_label_degrees, orbit_cameras
 from goae.export.bundle import RESULT_FILE, check_finite
 from goae.export.errors import finite, whole
 from goae.export.views import to_uint8
 from goae.io import atomic_dir, atomic_write_bytes, check_output_dir
 from goae.video.filters import SmoothingOptions
-from goae.video.media import VideoEncoder, add_audio, iter_frames, probe
+from goae.video.media import VideoEncoder, VideoError, add_audio, iter_frames, probe
 from goae.video.track import OK, FaceTracker, TrackedFrame
 
 CACHE_FORMAT = 1
@@ -216,6 +215,10 @@ def invert_video(pipe, source: str | os.PathLike, folder: str | os.PathLike, opt
     """Invert every frame of the clip `source` and write `folder` (module docstring). Returns the folder."""
     t_start = time.perf_counter()
     source, folder = Path(source), Path(folder)
+    domain = pipe.domain
+    if not domain.camera_estimated:  # the tracker follows human face landmarks
+        raise VideoError(f"clips are supported for human portraits only; this pipeline inverts "
+                         f"{domain.title.lower()}s ({domain.dataset}): invert single frames as photos")
     _replaceable(folder, overwrite)
     info = probe(source)
     fps = info.fps
@@ -224,10 +227,10 @@ def invert_video(pipe, source: str | os.PathLike, folder: str | os.PathLike, opt
     cache = FrameCache(Path(cache_dir) if cache_dir else default_cache_dir(folder),
                        _fingerprint(pipe, source, options, float(fps)), warn)
     if options.view is None:
-        orbit = orbit_cameras(_orbit_frames(options, float(fps)))
+        orbit = pipe.orbit_cameras(_orbit_frames(options, float(fps)))
         view_camera = lambda i: orbit[i % orbit.shape[0]]  # noqa: E731
     else:
-        fixed = camera_label_degrees(*options.view)[0]
+        fixed = pipe.view_camera(*options.view)[0]
         view_camera = lambda i: fixed  # noqa: E731
     state = {"inverted": 0, "cached": 0, "done": 0, "t0": time.perf_counter()}
     records: list[dict] = []
