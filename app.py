@@ -1,15 +1,17 @@
 """GOAE web demo (Gradio Blocks; also the Hugging Face Space entry point, `app_file: app.py`).
 
-    python app.py [--weights REPO_OR_DIR | random | random-small] [--directions DIR] [--examples DIR]
-                  [--host 127.0.0.1] [--port 7860] [--share] [--fast]
+    python app.py [--weights REPO_OR_DIR | random | random-small] [--cat-weights REPO_OR_DIR | random-cat]
+                  [--directions DIR] [--examples DIR] [--host 127.0.0.1] [--port 7860] [--share] [--fast]
 
-photo -> aligned crop + estimated camera -> one inversion -> views from the cached tri-planes (yaw/pitch
+photo -> aligned crop + camera (estimated for portraits; AFHQ frontal or set by hand for cats) -> one inversion -> views from the cached tri-planes (yaw/pitch
 sliders: a fast preview while dragging, the full render on release), turntable video, depth map, mesh
 (.glb/.ply), semantic edits, a download for every output; and a stateless API endpoint (`/invert`).
 
 Settings come from the command line or the environment (a Space has only the environment):
   GOAE_WEIGHTS     pipeline folder or Hub repo id; 'random' / 'random-small' for seeded random weights.
                    Unset or not loadable (e.g. offline): the app runs on random weights with a banner.
+  GOAE_CAT_WEIGHTS a second pipeline, of the other domain (goae.domains: a cat pipeline beside the human
+                   one): the page then offers the choice. On random weights both domains are loaded.
   GOAE_DIRECTIONS  folder of edit direction files (age.npy, anger.npy, glass.npy, ...); default none.
   GOAE_EXAMPLES    folder of example photos shown under the upload box; default examples/ beside app.py.
   GOAE_CACHE_MB    RAM for the sessions' tri-plane caches together (default 512); older ones wait on disk.
@@ -57,8 +59,9 @@ from safetensors.torch import load_file as load_tensors
 from safetensors.torch import save as tensors_to_bytes
 
 from goae import export
-from goae.align import AlignError, align_face
-from goae.camera import CameraError, camera_label_degrees, yaw_pitch_from_label
+from goae.align import AlignError
+from goae.camera import CameraError, yaw_pitch_from_label
+from goae.domains import DOMAINS, DomainError
 from goae.edit import DirectionError, EditDirection, directions_for, edit_offset, random_weights, resolve_names
 from goae.io import atomic_write_bytes
 from goae.pipeline import GOAEOutput
@@ -112,15 +115,17 @@ def call_device(pipe) -> torch.device:
     return device
 
 
-def load_model(weights: str | None, device, seed: int = 0):
-    """(pipeline on `device`, banner). Falls back to the full-size random model, with a banner, when no
+def load_model(weights: str | None, device, seed: int = 0, fallback: str = FALLBACK_WEIGHTS,
+               default_folder: bool = True):
+    """(pipeline on `device`, banner). Falls back to `fallback` (the full-size random model), with a banner, when no
     weights load (none configured, offline, missing files, a damaged checkpoint with NaN values). Weights
     are loaded and checked on the CPU, then moved (on ZeroGPU, `spaces` takes over that move)."""
     from goae.download import default_weights_folder
     from goae.pipeline import load_pipeline
 
     reason = "no weights configured (set GOAE_WEIGHTS or --weights, or run `goae download`)"
-    weights = weights or (str(folder) if (folder := default_weights_folder()) else None)
+    if default_folder:
+        weights = weights or (str(folder) if (folder := default_weights_folder()) else None)
     if weights:
         try:
             pipe = load_pipeline(weights, seed=seed, device="cpu")
@@ -132,7 +137,7 @@ def load_model(weights: str | None, device, seed: int = 0):
             if random_weights(pipe):
                 return pipe.to(device), f"Running on **random weights** (`{weights}`): results are not faces."
             return pipe.to(device), ""
-    pipe = load_pipeline(FALLBACK_WEIGHTS, seed=seed, device="cpu").to(device)
+    pipe = load_pipeline(fallback, seed=seed, device="cpu").to(device)
     return pipe, f"Running on **random weights** because {reason}. Results are not faces."
 
 
@@ -304,7 +309,9 @@ class Session:
     app's InversionCache under `inversion` / `current`; the files in `folder`."""
     folder: Path
     photo: str | None = None       # path of the current photo
-    face: Any = None               # goae.align.AlignedFace
+    face: Any = None               # goae.align.AlignedFace / AlignedCat
+    domain: str = "human"          # which of the app's pipelines the face was aligned for (goae.domains)
+    align_options: dict = field(default_factory=dict)  # a cat's box and camera, kept for another face choice
     inversion: str | None = None   # cache key: the inversion (ws, tri-planes, camera, AFA features)
     current: str | None = None     # cache key of what is shown: the inversion or its edit
     edits: dict[str, float] = field(default_factory=dict)
@@ -345,7 +352,7 @@ def user_errors(fn: Callable) -> Callable:
         except gr.Error as e:
             e.message = hide_paths(str(e.message))
             raise
-        except (AlignError, AppError, CameraError, DirectionError, export.ExportError) as e:
+        except (AlignError, AppError, CameraError, DirectionError, DomainError, export.ExportError) as e:
             raise gr.Error(hide_paths(str(e)), duration=None, print_exception=False) from None
         except Exception as e:
             log.exception("error in %s", fn.__name__)
@@ -446,11 +453,13 @@ class GOAEApp:
 
     def __init__(self, pipe, directions: dict[str, EditDirection] | None = None, banner: str = "",
                  notes: list[str] | None = None, examples: list[str] | None = None,
-                 cache_bytes: int = 512 * 2**20, folders: Folders | None = None):
+                 cache_bytes: int = 512 * 2**20, folders: Folders | None = None,
+                 cache: InversionCache | None = None):
         self.pipe = pipe
+        self.domain = pipe.domain  # the aligner, cameras and edit directions of this pipeline
         self.directions = directions or {}
         self.banner, self.notes, self.examples = banner, notes or [], examples or []
-        self.cache = InversionCache(cache_bytes)
+        self.cache = cache or InversionCache(cache_bytes)
         self.folders = folders or Folders()
         native = int(pipe.generator.neural_rendering_resolution)
         # The model's own resolution by default; lower ones are an explicit preview choice (fewer rays,
@@ -508,25 +517,34 @@ class GOAEApp:
     def _angles(yaw, pitch) -> tuple[float, float]:
         return export.finite(yaw, "yaw", -180, 180), export.finite(pitch, "pitch", -90, 90)
 
-    @staticmethod
-    def _camera_text(face) -> str:
-        yaw, pitch = yaw_pitch_from_label(torch.as_tensor(face.camera)[None])
+    def _yaw_pitch(self, face) -> tuple[float, float]:
+        yaw, pitch = yaw_pitch_from_label(torch.as_tensor(face.camera)[None], lookat=self.domain.label_lookat)
+        return float(np.degrees(float(yaw[0]))), float(np.degrees(float(pitch[0])))
+
+    def _camera_text(self, face) -> str:
+        yaw, pitch = self._yaw_pitch(face)
         l, t, r, b = face.box
-        return (f"**Estimated camera**: yaw {np.degrees(float(yaw[0])):+.1f}°, pitch {np.degrees(float(pitch[0])):+.1f}° "
-                f"(radius 2.7, focal 4.2647)  \n**Face** {face.face_index + 1} of {len(face.faces)} "
+        what = "Estimated camera" if self.domain.camera_estimated else \
+            "Camera (not estimated for cats: AFHQ frontal unless set under Cat options)"
+        return (f"**{what}**: yaw {yaw:+.1f}°, pitch {pitch:+.1f}° (radius 2.7, focal 4.2647)  \n"
+                f"**{self.domain.title}** {face.face_index + 1} of {len(face.faces)} "
                 f"(crop box {l:.0f},{t:.0f} – {r:.0f},{b:.0f} px in a {face.source_size[0]}×{face.source_size[1]} photo)")
 
-    @staticmethod
-    def _camera_json(face) -> dict:
-        yaw, pitch = yaw_pitch_from_label(torch.as_tensor(face.camera)[None])
-        return {"label": [float(x) for x in face.camera], "yaw_deg": float(np.degrees(float(yaw[0]))),
-                "pitch_deg": float(np.degrees(float(pitch[0]))), "face_index": face.face_index,
-                "faces_found": face.faces_found or len(face.faces), "face_box": [float(x) for x in face.box],
-                "photo_size": list(face.source_size)}
+    def _camera_json(self, face) -> dict:
+        yaw, pitch = self._yaw_pitch(face)
+        return {"label": [float(x) for x in face.camera], "yaw_deg": yaw, "pitch_deg": pitch,
+                "camera_estimated": self.domain.camera_estimated, "domain": self.domain.name,
+                "face_index": face.face_index, "faces_found": face.faces_found or len(face.faces),
+                "face_box": [float(x) for x in face.box], "photo_size": list(face.source_size)}
 
     @staticmethod
     def _face_choices(face) -> list[tuple[str, int]]:
-        largest = max(range(len(face.faces)), key=lambda i: face.faces[i].area)
+        def area(f):  # a human Face, or a cat's (l, t, r, b) box
+            if hasattr(f, "area"):
+                return f.area
+            l, t, r, b = f
+            return (r - l) * (b - t)
+        largest = max(range(len(face.faces)), key=lambda i: area(face.faces[i]))
         return [(f"Face {i + 1}" + (" (largest)" if i == largest else ""), i) for i in range(len(face.faces))]
 
     # -- model steps (pure: CPU data in, CPU data and files out; the device is chosen per call)
@@ -546,7 +564,7 @@ class GOAEApp:
     def _gpu_preview(self, entry, yaw: float, pitch: float):
         """Neural rendering only, upsampled: the picture and its depth while a slider moves."""
         result = cached_result(entry, call_device(self.pipe))
-        out = self.pipe.preview_view(result, camera_label_degrees(yaw, pitch), resolution=self.preview_resolution,
+        out = self.pipe.preview_view(result, self.pipe.view_camera(yaw, pitch), resolution=self.preview_resolution,
                                      output_type=None)
         depth = out["image_depth"][0, 0].float().cpu().numpy()
         return export.to_uint8(out["image"])[0], export.colorize_depth(depth)
@@ -562,7 +580,7 @@ class GOAEApp:
 
     def _gpu_video(self, entry, frames: int, fps: float, resolution, path: Path, progress):
         result = cached_result(entry, call_device(self.pipe))
-        cams = export.orbit_cameras(frames)
+        cams = self.pipe.orbit_cameras(frames)
         progress((0, frames), desc="Rendering turntable frames", unit="frames")
 
         def batches():
@@ -594,7 +612,7 @@ class GOAEApp:
 
     def _render_files(self, result, yaw: float, pitch: float, resolution, folder: Path) -> tuple:
         """The view at yaw/pitch and its depth, as pictures and files: (image, view.png, preview, preview, depth16)."""
-        out = self._render(result, camera_label_degrees(yaw, pitch), resolution)
+        out = self._render(result, self.pipe.view_camera(yaw, pitch), resolution)
         image = export.to_uint8(out["image"])[0]
         view_path = export.save_png(image, folder / "view.png")
         depth16, preview = folder / "depth16.png", folder / "depth_preview.png"
@@ -602,10 +620,20 @@ class GOAEApp:
         return image, str(view_path), str(preview), str(preview), str(depth16)
 
     # -- events
+    def _align(self, photo, face_index: int | None, options: dict):
+        """The domain's aligner (goae.domains.Domain.align); a cat's box and camera come in `options`."""
+        if self.domain.camera_estimated:
+            return self.domain.align(photo, face_index=face_index)
+        return self.domain.align(photo, face_index=face_index, **options)
+
     @user_errors
-    def align(self, photo, session: Session | None, face_index: int | None = None, session_id: str | None = None):
-        """Find the faces, crop the chosen one (largest by default), estimate its camera. A new photo starts
-        the session over; a photo that fails leaves nothing behind."""
+    def align(self, photo, session: Session | None, face_index: int | None = None, session_id: str | None = None,
+              box=None, yaw=None, pitch=None):
+        """Find the faces, crop the chosen one (largest by default), estimate its camera (for cats: a box given
+        or detected, the camera set or AFHQ frontal). A new photo starts the session over; a photo that fails
+        leaves nothing behind."""
+        options = {"box": box, "yaw": yaw, "pitch": pitch} if face_index is None else \
+            (session.align_options if isinstance(session, Session) else {})
         if face_index is None:  # a new photo: the previous one's results and files go
             folder = session.folder if isinstance(session, Session) else self.folders.session(session_id)
             self.end_session(session)
@@ -615,8 +643,9 @@ class GOAEApp:
         try:
             if isinstance(photo, bytes):  # an inline data: URL: kept as a file, for choosing another face
                 photo = str(atomic_write_bytes(session.path("photo"), photo))
-            face = align_face(photo, face_index=face_index)
+            face = self._align(photo, face_index, options)
             session.photo, session.face, session.edits = str(photo), face, {}
+            session.domain, session.align_options = self.domain.name, options
             session.inversion = session.current = None
             aligned = str(export.save_png(face.image, session.path("aligned.png")))
         except Exception:
@@ -711,8 +740,9 @@ class GOAEApp:
 
     @user_errors
     def api_invert(self, photo, face_index=None, views=None, video: bool = False, mesh: bool = False,
-                   edits=None, progress=gr.Progress()):
-        """The stateless endpoint: one photo in; crop, camera, reconstruction, views and files out."""
+                   edits=None, progress=gr.Progress(), box=None, camera=None):
+        """The stateless endpoint: one photo in; crop, camera, reconstruction, views and files out. `box`
+        ([l, t, r, b]) and `camera` ([yaw, pitch] degrees) are for cat photos."""
         if photo is None:
             raise AppError("Send a photo.")
         index = None if face_index in (None, "") else export.whole(face_index, "face index", 0)
@@ -722,7 +752,13 @@ class GOAEApp:
         options = export.ExportOptions(views=views, video_frames=self.default_frames if video else 0, fps=24,
                                        mesh_resolution=self.mesh_resolution if mesh else 0, edits=edits or {})
         resolve_names(options.edits, self.directions)  # unknown names fail before any work
-        face = align_face(photo, face_index=index)
+        options = {}
+        if box not in (None, "", []) or camera not in (None, "", []):
+            if self.domain.camera_estimated:
+                raise AppError(f"box and camera are for cat photos; the {self.domain.title.lower()} pipeline "
+                               "finds the face and estimates its camera")
+            options = {"box": _box(box), **dict(zip(("yaw", "pitch"), _yaw_pitch_pair(camera)))}
+        face = self._align(photo, index, options)
         folder = self.folders.api_call()
         try:
             reconstruction = self._gpu_api(face, folder, options, progress)
@@ -732,6 +768,66 @@ class GOAEApp:
         views_out = [(str(folder / export.view_file_name(y, p)), f"yaw {y:+g}°, pitch {p:+g}°") for y, p in options.views]
         files = sorted(str(p) for p in folder.iterdir() if p.is_file())
         return (np.asarray(face.image), self._camera_json(face), reconstruction, views_out, files)
+
+
+class AppDomains:
+    """The app's pipelines, one per domain (goae.domains: human portraits, cats), sharing the session folders
+    and the tri-plane cache. A session belongs to the domain its photo was aligned for; every later step
+    (views, video, mesh, edits) goes to that pipeline."""
+
+    def __init__(self, apps: dict[str, GOAEApp]):
+        if not apps:
+            raise AppError("no pipeline loaded")
+        self.apps = apps
+        self.default = apps.get("human") or next(iter(apps.values()))
+
+    def get(self, domain: str | None) -> GOAEApp:
+        name = domain or self.default.domain.name
+        if name not in self.apps:
+            raise AppError(f"no {name!r} pipeline is loaded here; this app inverts: "
+                           f"{', '.join(a.domain.title.lower() + 's' for a in self.apps.values())}")
+        return self.apps[name]
+
+    def of(self, session) -> GOAEApp:
+        """The app of the session's domain (the default one before any photo)."""
+        return self.get(session.domain) if isinstance(session, Session) and session.domain in self.apps else self.default
+
+    @property
+    def choices(self) -> list[tuple[str, str]]:
+        return [(a.domain.title, name) for name, a in self.apps.items()]
+
+    def align(self, photo, session, domain: str | None = None, session_id: str | None = None, box=None,
+              yaw=None, pitch=None):
+        """A new photo (or a new domain for it) with the chosen domain's aligner; the cat options only for cats."""
+        app = user_errors(self.get)(domain)
+        if app.domain.camera_estimated:
+            return app.align(photo, session, session_id=session_id)
+        return app.align(photo, session, session_id=session_id, box=user_errors(_box)(box),
+                         yaw=user_errors(export.finite)(yaw or 0, "cat camera yaw", -90, 90),
+                         pitch=user_errors(export.finite)(pitch or 0, "cat camera pitch", -60, 60))
+
+    def api_invert(self, photo, face_index=None, views=None, video=False, mesh=False, edits=None, domain=None,
+                   box=None, camera=None, progress=gr.Progress()):
+        return user_errors(self.get)(domain or None).api_invert(photo, face_index, views, video, mesh, edits,
+                                                                progress=progress, box=box, camera=camera)
+
+
+def _box(box) -> tuple[float, float, float, float] | None:
+    """A cat box from the page ('l,t,r,b' text) or the API ([l, t, r, b]); empty -> None (detect)."""
+    if box in (None, "", []):
+        return None
+    parts = box.replace(" ", "").split(",") if isinstance(box, str) else box
+    if not isinstance(parts, (list, tuple)) or len(parts) != 4:
+        raise AppError(f"the box must be left,top,right,bottom in pixels, e.g. 120,40,330,260; got {box!r}")
+    return tuple(export.finite(v, "box coordinate") for v in parts)
+
+
+def _yaw_pitch_pair(camera) -> tuple[float | None, float | None]:
+    if camera in (None, "", []):
+        return None, None
+    if not isinstance(camera, (list, tuple)) or len(camera) != 2:
+        raise AppError(f"camera must be [yaw, pitch] in degrees; got {camera!r}")
+    return export.finite(camera[0], "camera yaw", -90, 90), export.finite(camera[1], "camera pitch", -60, 60)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -751,22 +847,43 @@ def _view_list(views) -> list[tuple[float, float]]:
 
 
 # ------------------------------------------------------------------------------------------ layout
-def build_demo(app: GOAEApp) -> gr.Blocks:
+def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
+    apps = app if isinstance(app, AppDomains) else AppDomains({app.domain.name: app})
+    app = apps.default  # the settings the pipelines share (resolutions, frames, folders, cache)
+    has_cat = "cat" in apps.apps
     with gr.Blocks(title="GOAE: 3D GAN inversion", delete_cache=(3600, 3600)) as demo:
         session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=app.end_session)
-        gr.Markdown("# GOAE: one portrait photo → 3D head\nUpload a photo (or use the webcam, or click an example): "
-                    "the app finds the face and inverts it. Then turn the head, make a turntable video, a depth "
-                    "map, a mesh, or edit it.")
-        if app.banner:
-            gr.Markdown(f"⚠️ {app.banner}", elem_id="banner")
-        if app.notes:
+        what = "a portrait or a cat" if has_cat and len(apps.apps) > 1 else ("a cat" if has_cat else "a portrait")
+        gr.Markdown(f"# GOAE: one photo of {what} → 3D head\nUpload a photo (or use the webcam, or click an "
+                    "example): the app finds the face and inverts it. Then turn the head, make a turntable video, a "
+                    "depth map, a mesh, or edit it.")
+        banners = list(dict.fromkeys(a.banner for a in apps.apps.values() if a.banner))
+        if banners:
+            gr.Markdown("\n\n".join(f"⚠️ {b}" for b in banners), elem_id="banner")
+        notes = [n for a in apps.apps.values() for n in a.notes]
+        if notes:
             with gr.Accordion("Notes on the edit direction files", open=False):
-                gr.Markdown("\n".join(f"- {n}" for n in app.notes), elem_id="direction-notes")
+                gr.Markdown("\n".join(f"- {n}" for n in notes), elem_id="direction-notes")
         example_dirs = sorted({Path(p).parent for p in app.examples})
         with gr.Row():
             with gr.Column():
+                subject = gr.Radio(apps.choices, value=app.domain.name, label="What is in the photo",
+                                   visible=len(apps.apps) > 1, elem_id="domain")
                 photo = photo_input(example_dirs, label="Photo", type="filepath", image_mode=None, format="png",
                                     sources=["upload", "webcam", "clipboard"], elem_id="photo")
+                with gr.Accordion("Cat options", open=True, visible=app.domain.name == "cat",
+                                  elem_id="cat-options") as cat_options:
+                    gr.Markdown("A cat's camera is **not estimated**: it is the AFHQ frontal camera unless you set "
+                                "yaw and pitch here. The cat face is found by a detector; if it misses, give the "
+                                "head's box (ears to chin) in pixels of the photo.")
+                    cat_box = gr.Textbox(label="Cat head box: left,top,right,bottom (empty: detect)",
+                                         placeholder="e.g. 120,40,330,260", elem_id="cat-box")
+                    with gr.Row():
+                        cat_yaw = gr.Slider(-60, 60, value=0, step=1, label="Photo's camera yaw (degrees)",
+                                            elem_id="cat-yaw")
+                        cat_pitch = gr.Slider(-30, 30, value=0, step=1, label="Photo's camera pitch (degrees)",
+                                              elem_id="cat-pitch")
+                    crop_btn = gr.Button("Crop again with these", size="sm", elem_id="cat-crop")
                 faces = gr.Radio(label="Several faces found: choose one", choices=[], visible=False, elem_id="faces")
                 if app.examples:
                     gr.Examples(examples=[[p] for p in app.examples], inputs=[photo], label="Examples",
@@ -817,17 +934,24 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                     dl_glb = gr.DownloadButton("Mesh (.glb)", visible=False, size="sm")
                     dl_ply = gr.DownloadButton("Mesh (.ply)", visible=False, size="sm")
             with gr.Tab("Edit"):
-                sliders = []
-                if app.directions:
-                    with gr.Row():
-                        for name in app.directions:
-                            sliders.append(gr.Slider(-3, 3, value=0, step=0.1, label=EDIT_LABELS.get(name, name),
-                                                     elem_id=f"edit-{name}"))
-                    edit_btn = gr.Button("Apply edits", elem_id="edit-btn")
-                else:
-                    gr.Markdown("No edit directions loaded: set `GOAE_DIRECTIONS` (or `--directions`) to a folder "
-                                "with `age.npy`, `anger.npy`, `glass.npy`, ...")
-                    edit_btn = None
+                # One group of sliders per domain: a cat is offered only the cat directions, and so on.
+                edit_groups, edit_controls = {}, {}
+                for dname, dapp in apps.apps.items():
+                    prefix = "" if dname == app.domain.name else f"{dname}-"
+                    with gr.Group(visible=dname == app.domain.name) as group:
+                        sliders = []
+                        if dapp.directions:
+                            with gr.Row():
+                                for name in dapp.directions:
+                                    sliders.append(gr.Slider(-3, 3, value=0, step=0.1,
+                                                             label=EDIT_LABELS.get(name, name),
+                                                             elem_id=f"edit-{prefix}{name}"))
+                            edit_controls[dname] = (sliders, gr.Button("Apply edits", elem_id=f"{prefix}edit-btn"))
+                        else:
+                            gr.Markdown(f"No edit directions for {dapp.domain.title.lower()}s loaded: set "
+                                        "`GOAE_DIRECTIONS` (or `--directions`) to a folder with `age.npy`, "
+                                        "`anger.npy`, `glass.npy`, ... (and `cat_*.npy` for cats)")
+                    edit_groups[dname] = group
                 edited = gr.Image(label="Edited (photo's camera)", interactive=False, format="png", elem_id="edited")
                 dl_edit = gr.DownloadButton("Edited image", visible=False, size="sm")
         # The stateless API endpoint's inputs and outputs (not shown: API clients and MCP use them).
@@ -838,6 +962,9 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
             api_video = gr.Checkbox(False, label="Turntable video")
             api_mesh = gr.Checkbox(False, label="Mesh (.glb, .ply)")
             api_edits = gr.JSON({}, label="Edit strengths by name, e.g. {\"age\": 2}")
+            api_domain = gr.Textbox(app.domain.name, label="What is in the photo: 'human' or 'cat'")
+            api_box = gr.JSON([], label="Cat head box [left, top, right, bottom] in pixels ([]: detect)")
+            api_cam = gr.JSON([], label="Cat photo's camera [yaw, pitch] in degrees ([]: AFHQ frontal)")
             api_aligned = gr.Image(label="Aligned crop", format="png")
             api_camera = gr.JSON(label="Camera")
             api_recon = gr.Image(label="Reconstruction", format="png")
@@ -863,15 +990,23 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
             return ["", None, *show(None, None), None, *show(None), None, *show(None, None), "", None, *show(None),
                     None, *show(None, None), "", None, *show(None)]
 
-        def align(photo, session, request: gr.Request = None):
-            """Find the faces in a new photo, crop the largest (EG3D's FFHQ crop) and estimate its camera.
+        def align(photo, session, domain, box, yaw, pitch, request: gr.Request = None):
+            """Find the faces in a new photo, crop the largest (EG3D's FFHQ crop for portraits, an AFHQ-style
+            crop for cats) and set its camera (estimated for portraits; for cats AFHQ frontal or yaw/pitch).
             Starts the session over. Then call /reconstruct.
 
             Args:
                 photo: the photo (JPEG, PNG, WebP or BMP, at most 30 MB).
+                domain: what is in the photo: 'human' or 'cat' (a pipeline of that domain must be loaded).
+                box: cats only: the head's box 'left,top,right,bottom' in pixels; empty to detect it.
+                yaw: cats only: the photo's camera yaw in degrees.
+                pitch: cats only: the photo's camera pitch in degrees.
             """
-            s, image, text, radio, path = app.align(photo, session, session_id=sid(request))
+            s, image, text, radio, path = apps.align(photo, session, domain, sid(request), box, yaw, pitch)
             return s, image, text, radio, *show(path), *blank()
+
+        def choose_domain(domain):  # the cat options and the edit sliders of the chosen domain
+            return [gr.update(visible=domain == "cat"), *(gr.update(visible=d == domain) for d in edit_groups)]
 
         def choose_face(face_index, session):
             """Crop another face of the same photo (faces are numbered left to right, from 0). Then call /reconstruct.
@@ -879,7 +1014,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
             Args:
                 face_index: the face to use (0-based, left to right).
             """
-            s, image, text, radio, path = app.choose_face(face_index, session)
+            s, image, text, radio, path = apps.of(session).choose_face(face_index, session)
             return s, image, text, radio, *show(path), *blank()
 
         def reconstruct(session, yaw, pitch, resolution, progress=gr.Progress()):
@@ -891,7 +1026,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                 pitch: the view's pitch in degrees (up/down).
                 resolution: neural rendering resolution (the model's own by default; lower is faster).
             """
-            s, rec, rec_path, latent, msg, image, view_path, dep, prev, d16 = app.invert(
+            s, rec, rec_path, latent, msg, image, view_path, dep, prev, d16 = apps.of(session).invert(
                 session, yaw, pitch, resolution, progress=progress)
             return (s, rec, *show(rec_path, latent), msg, image, *show(view_path), dep, *show(prev, d16),
                     shown(yaw, pitch))
@@ -910,7 +1045,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                 yaw: yaw in degrees.
                 pitch: pitch in degrees.
             """
-            s, image, dep = app.preview(session, yaw, pitch)
+            s, image, dep = apps.of(session).preview(session, yaw, pitch)
             return (s, gr.skip(), gr.skip(), gr.skip()) if image is None else (s, image, dep, shown(yaw, pitch, True))
 
         def render(session, yaw, pitch, resolution):
@@ -921,7 +1056,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                 pitch: pitch in degrees.
                 resolution: neural rendering resolution.
             """
-            s, image, view_path, dep, prev, d16 = app.view(session, yaw, pitch, resolution)
+            s, image, view_path, dep, prev, d16 = apps.of(session).view(session, yaw, pitch, resolution)
             return s, image, *show(view_path), dep, *show(prev, d16), shown(yaw, pitch) if image is not None else ""
 
         def make_video(session, frames, fps, resolution, progress=gr.Progress()):
@@ -932,7 +1067,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                 fps: frames per second.
                 resolution: neural rendering resolution.
             """
-            s, v, path = app.video(session, frames, fps, resolution, progress=progress)
+            s, v, path = apps.of(session).video(session, frames, fps, resolution, progress=progress)
             return s, v, *show(path)
 
         def make_mesh(session, grid, progress=gr.Progress()):
@@ -941,11 +1076,13 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
             Args:
                 grid: the grid resolution (64-256 per side).
             """
-            s, glb, glb_path, ply, msg = app.mesh(session, grid, progress=progress)
+            s, glb, glb_path, ply, msg = apps.of(session).mesh(session, grid, progress=progress)
             return s, glb, *show(glb_path, ply), msg
 
-        def invert(photo, face_index=None, views=None, video=False, mesh=False, edits=None, progress=gr.Progress()):
-            """Invert one portrait photo into a 3D head, in one call that keeps nothing (for API clients and MCP).
+        def invert(photo, face_index=None, views=None, video=False, mesh=False, edits=None, domain=None, box=None,
+                   camera=None, progress=gr.Progress()):
+            """Invert one photo (a portrait, or a cat where a cat pipeline is loaded) into a 3D head, in one call
+            that keeps nothing (for API clients and MCP).
 
             Args:
                 photo: the photo (JPEG, PNG, WebP or BMP, at most 30 MB).
@@ -954,18 +1091,26 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                 video: also render the turntable video (MP4).
                 mesh: also extract the mesh (.glb and .ply, 128 grid).
                 edits: edit strengths by direction name, e.g. {"age": 2} (the names under the app's Edit tab).
+                domain: what is in the photo: 'human' or 'cat'; empty for the app's first pipeline.
+                box: cats only: the head's box [left, top, right, bottom] in pixels; [] to detect it.
+                camera: cats only: the photo's camera [yaw, pitch] in degrees; [] for the AFHQ frontal one.
             Returns:
                 the aligned 512x512 crop; the camera (EG3D label of 25 numbers, yaw and pitch in degrees, face index, box); the reconstruction; the views; every file written (aligned crop, reconstruction, depth, W+ code, views, video, mesh, edits, result.json).
             """
-            return app.api_invert(photo, face_index, views, video, mesh, edits, progress=progress)
+            return apps.api_invert(photo, face_index, views, video, mesh, edits, domain, box, camera, progress=progress)
 
         model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         aligned_out = [session, aligned, camera_md, faces, dl_aligned, *reset]
         inverted_out = [session, recon, dl_recon, dl_latent, status, *view_outputs]
         then_invert = dict(fn=reconstruct_if_aligned, inputs=[session, yaw, pitch, resolution], outputs=inverted_out,
                            api_visibility="undocumented", **model)
-        photo.change(align, [photo, session], aligned_out, api_name="align").success(
+        align_in = [photo, session, subject, cat_box, cat_yaw, cat_pitch]
+        photo.change(align, align_in, aligned_out, api_name="align").success(
             api_name="reconstruct_after_align", **then_invert)
+        # Another domain or other cat options: the same photo again, with that aligner.
+        subject.change(choose_domain, [subject], [cat_options, *edit_groups.values()], api_visibility="undocumented")
+        gr.on([subject.input, crop_btn.click], align, align_in, aligned_out, api_visibility="undocumented",
+              **model).success(**then_invert)
         faces.input(choose_face, [faces, session], aligned_out, api_name="choose_face").success(
             api_name="reconstruct_after_choice", **then_invert)
         invert_btn.click(reconstruct, [session, yaw, pitch, resolution], inverted_out, api_name="reconstruct", **model)
@@ -978,7 +1123,7 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                         **model)
         mesh_btn.click(make_mesh, [session, mesh_res], [session, model3d, dl_glb, dl_ply, mesh_md], api_name="mesh",
                        **model)
-        if edit_btn is not None:
+        def edit_for(dname: str):
             def edit(session, yaw, pitch, resolution, *strengths, progress=gr.Progress()):
                 """Apply the edit sliders' strengths (W+ directions) to the session's inversion; the view,
                 video and mesh then follow the edited face. All strengths 0 goes back to the inversion.
@@ -989,12 +1134,19 @@ def build_demo(app: GOAEApp) -> gr.Blocks:
                     resolution: neural rendering resolution.
                     strengths: one strength per edit direction, in the order of the sliders.
                 """
-                s, image, path, v_image, view_path, dep, prev, d16 = app.edit(session, yaw, pitch, resolution,
-                                                                              *strengths, progress=progress)
+                if isinstance(session, Session) and session.face is not None and session.domain != dname:
+                    raise gr.Error(f"The photo was cropped as a {session.domain}: choose that again to edit it.")
+                s, image, path, v_image, view_path, dep, prev, d16 = apps.get(dname).edit(
+                    session, yaw, pitch, resolution, *strengths, progress=progress)
                 return (s, image, *show(path), v_image, *show(view_path), dep, *show(prev, d16), shown(yaw, pitch))
-            edit_btn.click(edit, [session, yaw, pitch, resolution, *sliders],
-                           [session, edited, dl_edit, *view_outputs], api_name="edit", **model)
-        api_btn.click(invert, [api_photo, api_face, api_views, api_video, api_mesh, api_edits],
+            return edit
+
+        for dname, (sliders, edit_btn) in edit_controls.items():
+            edit_btn.click(edit_for(dname), [session, yaw, pitch, resolution, *sliders],
+                           [session, edited, dl_edit, *view_outputs],
+                           api_name="edit" if dname == app.domain.name else f"edit_{dname}", **model)
+        api_btn.click(invert, [api_photo, api_face, api_views, api_video, api_mesh, api_edits, api_domain, api_box,
+                               api_cam],
                       [api_aligned, api_camera, api_recon, api_views_out, api_files], api_name="invert", **model)
 
         def end_session(request: gr.Request):
@@ -1025,10 +1177,13 @@ def ensure_landmarker() -> None:
 
 
 def create_app(weights: str | None = None, directions: str | None = None, examples: str | None = None,
-               device: str | None = None, fast: bool | None = None) -> GOAEApp:
-    """Load the model (once) and the edit directions; arguments default to the GOAE_* environment.
-    `fast` (GOAE_FAST=1): the pipeline's fast path (bf16 where the device has it) instead of fp32."""
+               device: str | None = None, fast: bool | None = None, cat_weights: str | None = None) -> AppDomains:
+    """Load the models (once) and the edit directions; arguments default to the GOAE_* environment.
+    `weights` and `cat_weights` (GOAE_CAT_WEIGHTS) may be pipelines of two domains (goae.domains): the page
+    then offers the choice. On random weights the cat domain comes too, so both can be tried.
+    `fast` (GOAE_FAST=1): the pipelines' fast path (bf16 where the device has it) instead of fp32."""
     weights = weights or os.environ.get("GOAE_WEIGHTS")
+    cat_weights = cat_weights or os.environ.get("GOAE_CAT_WEIGHTS")
     directions = directions or os.environ.get("GOAE_DIRECTIONS")
     examples = examples or os.environ.get("GOAE_EXAMPLES") or DEFAULT_EXAMPLES
     fast = os.environ.get("GOAE_FAST", "0").lower() in ("1", "true", "yes") if fast is None else fast
@@ -1036,20 +1191,38 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
     # GPU call), else the CPU; each model step then runs where its call has a device (call_device).
     device = setup_runtime(device or "auto")  # the device, TF32 off, the CPU allocator ($GOAE_TUNE_ALLOCATOR)
     ensure_landmarker()
-    pipe, banner = load_model(weights, device)
-    if fast:
-        pipe.enable_fast_path("auto")
-        log.info("goae app: fast path %s", pipe.fast_path)
-    dirs, notes = directions_for(pipe, directions)
+    loaded = [load_model(weights, device)]
+    first = loaded[0][0]
+    small = str(first.weights_label).startswith("random-small")
+    if not cat_weights and random_weights(first) and first.domain.name != "cat":
+        cat_weights = "random-small-cat" if small else "random-cat"  # try both domains on random weights
+    if cat_weights:
+        loaded.append(load_model(cat_weights, device, fallback="random-small-cat" if small else "random-cat",
+                                 default_folder=False))
     cache_mb = export.whole(os.environ.get("GOAE_CACHE_MB", 512), "GOAE_CACHE_MB", 0)
-    log.info("goae app: weights %s on %s%s, %d edit directions", pipe.weights_label, device,
-             " (ZeroGPU)" if on_zero_gpu() else "", len(dirs))
-    return GOAEApp(pipe, dirs, banner, notes, list_examples(examples), cache_bytes=cache_mb * 2**20)
+    cache, folders, examples = InversionCache(cache_mb * 2**20), Folders(), list_examples(examples)
+    apps: dict[str, GOAEApp] = {}
+    for pipe, banner in loaded:
+        name = pipe.domain.name
+        if name in apps:  # e.g. GOAE_CAT_WEIGHTS names a human pipeline
+            log.warning("goae app: two %s pipelines given; keeping %s", name, apps[name].pipe.weights_label)
+            continue
+        if fast:
+            pipe.enable_fast_path("auto")
+            log.info("goae app: fast path %s", pipe.fast_path)
+        dirs, notes = directions_for(pipe, directions)
+        if banner and len(loaded) > 1:
+            banner = f"{pipe.domain.title}s: {banner}"
+        log.info("goae app: %s weights %s on %s%s, %d edit directions", name, pipe.weights_label, device,
+                 " (ZeroGPU)" if on_zero_gpu() else "", len(dirs))
+        apps[name] = GOAEApp(pipe, dirs, banner, notes, examples, folders=folders, cache=cache)
+    return AppDomains(apps)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GOAE web demo")
     p.add_argument("--weights", help="pipeline folder or Hub repo id, or random / random-small ($GOAE_WEIGHTS)")
+    p.add_argument("--cat-weights", help="a second pipeline, of the cat domain (or random-cat) ($GOAE_CAT_WEIGHTS)")
     p.add_argument("--directions", help="folder of edit direction files ($GOAE_DIRECTIONS)")
     p.add_argument("--examples", help="folder of example photos ($GOAE_EXAMPLES; default examples/)")
     p.add_argument("--host", default=None, help="address to listen on (default $GRADIO_SERVER_NAME or 127.0.0.1)")
@@ -1082,9 +1255,11 @@ def launch(demo: gr.Blocks, app: GOAEApp, host: str | None = None, port: int | N
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _args = parse_args()
-    goae_app = create_app(_args.weights, _args.directions, _args.examples, fast=_args.fast)
-    demo = build_demo(goae_app)
-    launch(demo, goae_app, _args.host, _args.port, _args.share)
+    goae_apps = create_app(_args.weights, _args.directions, _args.examples, fast=_args.fast,
+                           cat_weights=_args.cat_weights)
+    demo = build_demo(goae_apps)
+    launch(demo, goae_apps.default, _args.host, _args.port, _args.share)
 else:  # imported (Hugging Face Spaces, `gradio app.py`): build from the environment
-    goae_app = create_app()
-    demo = build_demo(goae_app)
+    goae_apps = create_app()
+    goae_app = goae_apps.default  # the first pipeline (human unless only a cat one is loaded)
+    demo = build_demo(goae_apps)

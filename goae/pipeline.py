@@ -263,7 +263,8 @@ class GOAEPipeline(DiffusionPipeline):
             super().save_pretrained(str(tmp), safe_serialization=True, **kwargs)
             if self.directions_dir is not None and self.directions_dir.is_dir():
                 shutil.copytree(self.directions_dir, tmp / DIRECTIONS_FOLDER)
-            write_model_card(tmp, "pipeline", provenance or self.provenance, repo_hint=repo_hint or out.name)
+            card = dataclasses.replace(provenance or self.provenance, domain=self.domain.name)
+            write_model_card(tmp, "pipeline", card, repo_hint=repo_hint or out.name)
         return out
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
