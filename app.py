@@ -527,7 +527,7 @@ class GOAEApp:
         what = "Estimated camera" if self.domain.camera_estimated else \
             "Camera (not estimated for cats: AFHQ frontal unless set under Cat options)"
         return (f"**{what}**: yaw {yaw:+.1f}°, pitch {pitch:+.1f}° (radius 2.7, focal 4.2647)  \n"
-                f"**{self.domain.title}** {face.face_index + 1} of {len(face.faces)} "
+                f"**{'Face' if self.domain.camera_estimated else 'Cat face'}** {face.face_index + 1} of {len(face.faces)} "
                 f"(crop box {l:.0f},{t:.0f} – {r:.0f},{b:.0f} px in a {face.source_size[0]}×{face.source_size[1]} photo)")
 
     def _camera_json(self, face) -> dict:
@@ -752,13 +752,13 @@ class GOAEApp:
         options = export.ExportOptions(views=views, video_frames=self.default_frames if video else 0, fps=24,
                                        mesh_resolution=self.mesh_resolution if mesh else 0, edits=edits or {})
         resolve_names(options.edits, self.directions)  # unknown names fail before any work
-        options = {}
+        cat = {}
         if box not in (None, "", []) or camera not in (None, "", []):
             if self.domain.camera_estimated:
                 raise AppError(f"box and camera are for cat photos; the {self.domain.title.lower()} pipeline "
                                "finds the face and estimates its camera")
-            options = {"box": _box(box), **dict(zip(("yaw", "pitch"), _yaw_pitch_pair(camera)))}
-        face = self._align(photo, index, options)
+            cat = {"box": _box(box), **dict(zip(("yaw", "pitch"), _yaw_pitch_pair(camera)))}
+        face = self._align(photo, index, cat)
         folder = self.folders.api_call()
         try:
             reconstruction = self._gpu_api(face, folder, options, progress)

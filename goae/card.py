@@ -21,6 +21,12 @@ CARD_NAME = "README.md"
 EG3D_LICENSE_NAME = "nvidia-source-code-license-nc"
 EG3D_LICENSE_LINK = "https://github.com/NVlabs/eg3d/blob/main/LICENSE.txt"
 GOAE_RELEASE = "https://github.com/jiangyzy/GOAE"
+# The training set of each domain's EG3D generator (goae.domains) and the dataset's own terms.
+TRAINING_DATA = {
+    "human": ("FFHQ", "https://github.com/NVlabs/ffhq-dataset",
+              "CC BY-NC-SA 4.0 by NVIDIA Corporation (each photo keeps its own Flickr licence)"),
+    "cat": ("AFHQv2 cats", "https://github.com/clovaai/stargan-v2", "CC BY-NC 4.0 by NAVER Corporation"),
+}
 
 
 @dataclass
@@ -31,6 +37,10 @@ class Provenance:
     command: str | None = None
     note: str | None = None  # e.g. "random weights (seed 0)" or "trained by train/run.py"
     domain: str = "human"
+    # How the converter read checkpoints stored differently from the released FFHQ ones (goae.convert's
+    # key mapping): one line per rule it applied, e.g. "encoder checkpoint encoder_AFHQ.pt: removed ...".
+    key_mapping: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # further provenance lines (a domain chosen against the pivot, ...)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -63,22 +73,40 @@ def model_card(kind: str, provenance: Provenance, repo_hint: str = "path/to/this
               "## Licence: non-commercial weights", "",
               f"These weights are derived from NVIDIA's EG3D release, under the [NVIDIA Source Code License-NC]"
               f"({EG3D_LICENSE_LINK}): research and other non-commercial use only."]
+    if provenance.domain in TRAINING_DATA:
+        name, link, terms = TRAINING_DATA[provenance.domain]
+        lines += ["", f"The EG3D generator was trained by NVIDIA on [{name}]({link}) (domain `{provenance.domain}`); "
+                      f"that dataset is licensed {terms}."]
     if kind == "pipeline":
         lines += ["", f"The encoder and AFA weights, when converted from the official GOAE checkpoints "
                       f"({GOAE_RELEASE}), keep their authors' terms: that repository publishes no licence, so "
                       "ask its authors before any use beyond research."]
     lines += ["", "goae's code is Apache-2.0; that licence does not cover these weights.", "",
-              "## Provenance", "", f"- goae version: {__version__}",
+              "## Provenance", "", f"- domain: {provenance.domain}"
+              + (f" (generator trained on {TRAINING_DATA[provenance.domain][0]})" if provenance.domain in TRAINING_DATA else ""),
+              f"- goae version: {__version__}",
               f"- made: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"]
     if provenance.command:
         lines.append(f"- command: `{provenance.command}`")
     if provenance.note:
         lines.append(f"- {provenance.note}")
+    lines += [f"- {n}" for n in provenance.notes]
     if provenance.sources:
         lines += ["", "| source file | sha256 |", "|---|---|"]
         lines += [f"| {name} | `{digest}` |" for name, digest in sorted(provenance.sources.items())]
+    if provenance.key_mapping:
+        lines += ["", "### Key mapping", "",
+                  "Checkpoints stored differently from the released FFHQ ones were read with these rules "
+                  "(goae.convert); the result matched the model's keys and shapes exactly:", ""]
+        lines += [f"- {line}" for line in provenance.key_mapping]
     lines += ["", "## Usage", "", "```python"]
-    if kind == "pipeline":
+    if kind == "pipeline" and provenance.domain == "cat":
+        lines += ["from goae import GOAEPipeline",
+                  f'pipe = GOAEPipeline.from_pretrained("{repo_hint}")',
+                  'crop = pipe.domain.align("cat.jpg")  # the cat aligner; frontal camera unless yaw=/pitch= are given',
+                  "out = pipe(crop.image, crop.camera)",
+                  "out.images[0].save(\"reconstruction.png\")"]
+    elif kind == "pipeline":
         lines += ["from goae import GOAEPipeline, align_face",
                   f'pipe = GOAEPipeline.from_pretrained("{repo_hint}")',
                   'face = align_face("photo.jpg")',

@@ -22,8 +22,15 @@ record tree (`_Walk`), refuse compressed zip entries and tensors that declare mo
 file holds, check the kwargs against goae's architectures (`goae.hub.BOUNDS`) and compare the
 state dict with the model built on the meta device; NaN/Inf weights are refused too.
 
-CLI:  python -m goae.convert eg3d ffhqrebalanced512-128.pkl weights/generator [--overwrite]
-      python -m goae.convert goae --eg3d PKL --encoder encoder_FFHQ.pt --afa afa_FFHQ.pt OUT
+Cats: NVIDIA's `afhqcats512-128.pkl` converts like the FFHQ pickle (its kwargs are read, not assumed; it
+differs only in rendering_kwargs.avg_camera_pivot [0, 0, -0.06]). A folder records its domain (`--domain`,
+default human): a generator whose pivot is AFHQ's is refused without `--domain` rather than guessed.
+GOAE checkpoints saved differently from encoder_FFHQ.pt / afa_FFHQ.pt are read through a small table of
+named key-mapping rules (`load_goae_checkpoint`), each printed and recorded in the model card.
+
+CLI:  python -m goae.convert eg3d ffhqrebalanced512-128.pkl weights/generator [--domain human|cat] [--overwrite]
+      python -m goae.convert goae --eg3d PKL --encoder encoder_FFHQ.pt --afa afa_FFHQ.pt OUT [--domain human|cat]
+                                  [--directions ws_edit/] [--overwrite]
 """
 
 from __future__ import annotations
@@ -90,6 +97,10 @@ class UnsupportedArchitectureError(WrongCheckpointError):
 
 class NonFiniteWeightsError(CheckpointError):
     """Weights hold NaN or Inf values."""
+
+
+class DomainMismatchError(CheckpointError):
+    """The generator's camera pivot says another domain than the one asked for (or assumed)."""
 
 
 # ----------------------------------------------------------------------------- inert records
@@ -565,58 +576,136 @@ def load_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema"):
     return G.eval()
 
 
-def convert_eg3d(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a diffusers-style folder (config.json + diffusion_pytorch_model.safetensors) atomically."""
+def convert_eg3d(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
+                 domain: str | None = None) -> Path:
+    """Write a diffusers-style folder (config.json + diffusion_pytorch_model.safetensors) atomically. `domain`
+    ('human', 'cat'; None: human unless the generator's pivot is AFHQ's, which is refused) goes in the card."""
     from safetensors.torch import load_file
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)  # fail before the (slow) load
+    _check_domain_name(domain)
     G = load_official_generator(pkl_path)
+    domain, notes = choose_domain(domain, G, pkl_path)
     expected = G.state_dict()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         G.save_pretrained(tmp, safe_serialization=True)
         written = load_file(tmp / "diffusion_pytorch_model.safetensors")  # verify before publishing
         if written.keys() != expected.keys() or any(not torch.equal(written[k], expected[k]) for k in expected):
             raise CheckpointError(f"verification of the written weights in {tmp} failed")
-        write_model_card(tmp, "generator", _provenance({"eg3d": pkl_path}), repo_hint=out_dir.name)
+        write_model_card(tmp, "generator", _provenance({"eg3d": pkl_path}, domain=domain, notes=notes),
+                         repo_hint=out_dir.name)
     return out_dir
 
 
-def _provenance(sources: Mapping[str, str | os.PathLike]) -> "Provenance":
+def _provenance(sources: Mapping[str, str | os.PathLike], domain: str = "human", key_mapping: Sequence[str] = (),
+                notes: Sequence[str] = ()) -> "Provenance":
     """Model-card provenance of a conversion: each source file's name and sha256, and the command."""
     return Provenance(sources={Path(p).name: sha256_file(p) for p in sources.values()}, command=current_command(),
-                      note="converted from the official checkpoints by goae.convert")
+                      note="converted from the official checkpoints by goae.convert", domain=domain,
+                      key_mapping=list(key_mapping), notes=list(notes))
 
 
-def _copy_directions(folder: str | os.PathLike, out: Path, num_ws: int, w_dim: int) -> list[str]:
+# ----------------------------------------------------------------------------- domains
+
+
+def _warn(line: str) -> None:
+    print(f"goae.convert: {line}", file=sys.stderr)
+
+
+def _check_domain_name(domain: str | None) -> None:
+    from goae.domains import DOMAINS
+
+    if domain is not None and domain not in DOMAINS:
+        raise CheckpointError(f"unknown domain {domain!r}; choose from {sorted(DOMAINS)}")
+
+
+def domain_of_pivot(generator) -> tuple[Any, Any]:
+    """(avg_camera_pivot, the goae.domains Domain whose released generator has that pivot, or None)."""
+    from goae.domains import DOMAINS
+
+    pivot = getattr(generator, "rendering_kwargs", {}).get("avg_camera_pivot")
+    if not (isinstance(pivot, (list, tuple)) and len(pivot) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pivot)):
+        return pivot, None
+    for d in DOMAINS.values():
+        if all(abs(float(a) - b) < 1e-6 for a, b in zip(pivot, d.pivot)):
+            return pivot, d
+    return pivot, None
+
+
+def choose_domain(domain: str | None, generator, source: str | os.PathLike) -> tuple[str, list[str]]:
+    """The domain a converted folder records, and notes for its card. None means "not given": human, unless
+    the generator's avg_camera_pivot is that of another domain's released model (AFHQ cats: [0, 0, -0.06]),
+    which is refused rather than guessed. A domain given against the pivot is kept, with a warning."""
+    from goae.domains import DEFAULT_DOMAIN, get_domain
+
+    pivot, implied = domain_of_pivot(generator)
+    src = Path(source).name
+    if domain is None:
+        if implied is not None and implied.name != DEFAULT_DOMAIN:
+            raise DomainMismatchError(
+                f"{source}: its avg_camera_pivot {list(pivot)} is that of EG3D's {implied.dataset} model "
+                f"({implied.generator_file}), so it is probably not a {DEFAULT_DOMAIN} model; say which photos it "
+                f"inverts: --domain {implied.name}, or --domain {DEFAULT_DOMAIN} to override (library: domain='{implied.name}')")
+        return DEFAULT_DOMAIN, []
+    want = get_domain(domain)
+    if implied is not None and implied.name != want.name:
+        note = (f"domain '{want.name}' was chosen by the command, although the generator {src} has the "
+                f"avg_camera_pivot {list(pivot)} of EG3D's {implied.dataset} model ({implied.generator_file})")
+        _warn(f"warning: {note}")
+        return want.name, [note]
+    return want.name, []
+
+
+# ----------------------------------------------------------------------------- edit directions
+
+
+def _copy_directions(folder: str | os.PathLike, out: Path, num_ws: int, w_dim: int, domain: str = "human") -> list[str]:
     """Validated edit directions of `folder` -> out/*.safetensors (so an app loading the pipeline folder gets
-    its edit sliders). Files of another domain (cat_*) or width are left out. Returns the names copied."""
-    from goae.edit import DirectionError, load_direction, save_direction
+    its edit sliders), each saved with `domain` in its metadata. Only the folder's domain is copied (the
+    official `cat_*` files are AFHQ cats, the others FFHQ faces): every file left out is printed with the
+    reason. Returns the names copied."""
+    from goae.domains import get_domain
+    from goae.edit import DIRECTION_SUFFIXES, DirectionError, load_direction, save_direction
 
-    names = []
+    want = get_domain(domain)
+    names: list[str] = []
     for f in sorted(Path(folder).iterdir()):
-        if not f.is_file() or f.name.startswith(("cat_", ".")):
+        if f.name.startswith("."):
             continue
-        try:
-            d = load_direction(f, num_ws=num_ws, w_dim=w_dim)
-        except DirectionError as e:
-            print(f"goae.convert: edit direction {f.name} left out: {e}", file=sys.stderr)
+        why = None
+        if not f.is_file() or f.suffix not in DIRECTION_SUFFIXES:
+            why = f"not a direction file ({', '.join(DIRECTION_SUFFIXES)})"
+        else:
+            try:
+                d = load_direction(f, num_ws=num_ws)
+            except DirectionError as e:
+                d, why = None, " ".join(str(e).split())
+            if d is not None:
+                if d.domain != want.name:
+                    why = (f"a {d.domain} direction ({get_domain(d.domain).dataset}); this folder is "
+                           f"{want.name} ({want.dataset})")
+                elif d.w_dim != w_dim:
+                    why = f"width {d.w_dim}, the generator's W+ is {num_ws}x{w_dim}"
+                elif d.name in names:
+                    why = f"another file is already named {d.name!r}"
+        if why:
+            _warn(f"edit direction {f.name} left out: {why}")
             continue
-        save_direction(out / f"{d.name}.safetensors", d.tensor, num_ws=num_ws)
+        save_direction(out / f"{d.name}.safetensors", d.tensor, num_ws=num_ws, domain=want.name)
         names.append(d.name)
+    _warn(f"copied {len(names)} {want.name} edit direction(s)" + (f": {', '.join(names)}" if names else ""))
     return names
 
 
 # ----------------------------------------------------------------------------- GOAE .pt state dicts
 
 
-def load_official_state_dict(
-    pt_path: str | os.PathLike, expected_keys: Mapping[str, Sequence[int]] | None = None, what: str | None = None
-) -> dict[str, torch.Tensor]:
-    """Load a flat official state dict (encoder_FFHQ.pt / afa_FFHQ.pt) with torch.load(weights_only=True)
-    and, if `expected_keys` ({key: shape}) is given, check keys and shapes against it."""
+def _read_torch_file(pt_path: str | os.PathLike) -> tuple[Path, int, Any]:
+    """(path, size, object) of a torch.save file, read with torch.load(weights_only=True) after the
+    checks that keep a damaged or hostile file from costing more than its size."""
     path = Path(pt_path)
-    what = what or str(path)
     size = _check_file(path)
     with open(path, "rb") as f:
         head = f.read(16)
@@ -631,7 +720,7 @@ def load_official_state_dict(
     if is_zip:
         _check_zip(path, size, str(path))
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise UnsafePickleError(f"{path}: refused by torch's weights_only loader: {_first_line(e)}") from None
@@ -640,16 +729,32 @@ def load_official_state_dict(
         raise TruncatedCheckpointError(f"{path} is truncated; re-download it") from None
     except Exception as e:
         raise WrongCheckpointError(f"{path} is not a readable torch checkpoint: {type(e).__name__}: {_first_line(e)}") from None
-    if not isinstance(sd, dict):
-        raise WrongCheckpointError(f"{path} holds a {type(sd).__name__}, expected a flat state dict")
-    bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    return path, size, obj
+
+
+def _flat_state_dict(obj: Any, path: Path, size: int, hint: str = "") -> dict[str, torch.Tensor]:
+    if not isinstance(obj, dict):
+        raise WrongCheckpointError(f"{path} holds a {type(obj).__name__}, expected a flat state dict")
+    bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise WrongCheckpointError(f"{path} is not a flat state dict of tensors (entries {_preview(bad, 4)})")
-    _check_declared_bytes(sd, size, str(path))
+        raise WrongCheckpointError(f"{path} is not a flat state dict of tensors (entries {_preview(bad, 4)}){hint}")
+    _check_declared_bytes(obj, size, str(path))
+    return dict(obj)
+
+
+def load_official_state_dict(
+    pt_path: str | os.PathLike, expected_keys: Mapping[str, Sequence[int]] | None = None, what: str | None = None
+) -> dict[str, torch.Tensor]:
+    """Load a flat official state dict (encoder_FFHQ.pt / afa_FFHQ.pt) with torch.load(weights_only=True)
+    and, if `expected_keys` ({key: shape}) is given, check keys and shapes against it (no key mapping:
+    see `load_goae_checkpoint` for that)."""
+    path, size, obj = _read_torch_file(pt_path)
+    what = what or str(path)
+    sd = _flat_state_dict(obj, path, size)
     if expected_keys is not None:
         check_state_dict(sd, expected_keys, what)
     check_finite(sd, what, NonFiniteWeightsError)
-    return dict(sd)
+    return sd
 
 
 def load_goae_checkpoints(
@@ -665,6 +770,142 @@ def load_goae_checkpoints(
     return enc, afa
 
 
+# ----------------------------------------------------------------------------- key mapping
+#
+# Users of the official release report keys in the cat checkpoints that do not match the released code, and
+# we cannot see those files, so instead of guessing renames we accept the few ways a *correct* checkpoint of
+# goae's architecture is commonly stored. Each rule below is applied only when the file has exactly that
+# form, the result must then match the model built on the config in every key and shape (else
+# StateDictMismatchError, nothing written), and every applied rule is printed and recorded in the card.
+
+# (a) A model wrapped in torch.nn.DataParallel / DistributedDataParallel saves every key under `module.`.
+_DATAPARALLEL_PREFIX = "module."
+# (b) Training scripts often save {'state_dict': sd} or {'model': sd}, or name the part ({'encoder': sd}).
+# Only a single-entry dict is unwrapped (a dict with an optimizer or an epoch beside the weights is not a
+# release), and only under a name that fits the part: {'afa': ...} in an encoder file is another file.
+_WRAPPER_KEYS = {"encoder": ("state_dict", "model", "encoder"), "afa": ("state_dict", "model", "afa")}
+# (c) Swin-V2 buffers computed from the architecture (goae/models/swin_v2.py registers them like the official
+# Swin-V2 code; timm's Swin-V2 registers the first two with persistent=False, so such a save lacks them).
+_DERIVED_BUFFERS = ("relative_coords_table", "relative_position_index", "attn_mask")
+# (d) GOAEncoder's `mlp_layer` (official `get_mlp_layer`): each of these Sequentials holds mlp_layer Linear
+# layers at indices 0, 2, ..., 2 * (mlp_layer - 1) (a LeakyReLU between them). The file's keys say which
+# depth it was trained with, an architecture setting like the pickle's kwargs.
+_MLP_MAPPERS = tuple(f"mapper_{n}" for n in (
+    "base_spatial", "base_channel", "query_spatial_coarse", "query_channel_coarse", "query_spatial_mid",
+    "query_channel_mid", "query_spatial_fine", "query_channel_fine"))
+_DERIVED_ATOL = 1e-5  # float tables computed by other code round differently; another window differs by > 0.01
+
+
+@dataclass
+class GOAECheckpoint:
+    """A GOAE encoder/AFA checkpoint read through the key mapping: weights with goae's key names, the config
+    they fit (`mlp_layer` may come from the file) and one line per rule applied."""
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict
+    key_mapping: list[str] = field(default_factory=list)
+
+
+def _component_class(component: str):
+    if component == "encoder":
+        from goae.models.encoder import GOAEncoder
+
+        return GOAEncoder
+    if component == "afa":
+        from goae.models.afa import AFA
+
+        return AFA
+    raise ValueError(f"component must be 'encoder' or 'afa', got {component!r}")
+
+
+def mlp_layers_in(keys) -> int | None:
+    """GOAEncoder's mlp_layer implied by a state dict's `mapper_*` keys, or None when they do not form
+    the official get_mlp_layer pattern (the same depth in all eight mappers)."""
+    keys = set(keys)
+    depths = set()
+    for name in _MLP_MAPPERS:
+        idx = sorted(int(k[len(name) + 1:-len(".weight")]) for k in keys
+                     if k.startswith(name + ".") and k.endswith(".weight") and k[len(name) + 1:-len(".weight")].isdigit())
+        if not idx or idx != list(range(0, 2 * len(idx), 2)):
+            return None
+        depths.add(len(idx))
+    return depths.pop() if len(depths) == 1 else None
+
+
+def _same_values(found: torch.Tensor, expected: torch.Tensor) -> bool:
+    if expected.is_floating_point():
+        return bool(torch.allclose(found.to(torch.float64), expected.to(torch.float64), rtol=0.0, atol=_DERIVED_ATOL))
+    return bool(torch.equal(found.to(expected.dtype), expected))
+
+
+def load_goae_checkpoint(pt_path: str | os.PathLike, component: str, config: Mapping[str, Any] | None = None) -> GOAECheckpoint:
+    """Read an official GOAE encoder or AFA checkpoint (`component` 'encoder' / 'afa') for the model built on
+    `config` (default: the released one), through the key-mapping rules above. Raises StateDictMismatchError
+    (missing / unexpected keys as for a flat file) when the result does not match exactly."""
+    cls = _component_class(component)
+    title = "encoder" if component == "encoder" else "AFA"
+    config = dict(config or {})
+    check_config(component, config, where=f"{component} config", error=UnsupportedArchitectureError)
+    path, size, obj = _read_torch_file(pt_path)
+    what, label = f"{title} checkpoint {pt_path}", f"{title} checkpoint {path.name}"
+    applied: list[str] = []
+
+    # (b) a single-entry wrapper dict
+    hint = ""
+    if isinstance(obj, dict) and len(obj) == 1:
+        (key, inner), = obj.items()
+        if key in _WRAPPER_KEYS[component] and isinstance(inner, dict):
+            obj = inner
+            applied.append(f"took the weights from its single entry {key!r} (a training script's wrapper around the state dict)")
+        elif isinstance(key, str) and any(key in names for names in _WRAPPER_KEYS.values()):
+            hint = f"; its single entry {key!r} is not a name for the {title} weights (the other file?)"
+    elif isinstance(obj, dict) and any(not isinstance(v, torch.Tensor) for v in obj.values()):
+        hint = (f"; goae reads a flat state dict or a single-entry wrapper "
+                f"({' / '.join(repr(k) for k in _WRAPPER_KEYS[component])}), not a training checkpoint with other entries")
+    sd = _flat_state_dict(obj, path, size, hint)
+
+    # (a) the DataParallel prefix, on every key (goae's own keys never start with it)
+    if sd and all(k.startswith(_DATAPARALLEL_PREFIX) for k in sd):
+        sd = {k[len(_DATAPARALLEL_PREFIX):]: v for k, v in sd.items()}
+        applied.append(f"removed the {_DATAPARALLEL_PREFIX!r} prefix from {len(sd)} keys (a DataParallel save)")
+
+    # (d) the encoder's MLP depth, read from the file
+    if component == "encoder":
+        n = mlp_layers_in(sd)
+        said = config.get("mlp_layer", 2)
+        if n is not None and n != said:
+            config["mlp_layer"] = n
+            check_config(component, config, where=f"{what} (mlp_layer read from its keys)", error=UnsupportedArchitectureError)
+            applied.append(f"read mlp_layer {n} from its keys (each mapper_* MLP has {n} Linear layers; the config said {said})")
+
+    model = meta_module(lambda: cls(**config), f"{component} config", UnsupportedArchitectureError)
+    reference = model.state_dict()  # parameters on the meta device, buffers real
+    derived = [k for k in reference if k.rsplit(".", 1)[-1] in _DERIVED_BUFFERS]
+
+    # (c) Swin-V2 buffers the file does not hold: fixed functions of the architecture, taken from the model
+    filled = [k for k in derived if k not in sd]
+    if filled:
+        for k in filled:
+            sd[k] = reference[k].clone()
+        kinds = sorted({k.rsplit(".", 1)[-1] for k in filled})
+        applied.append(f"filled {len(filled)} Swin-V2 buffers it lacks ({', '.join(kinds)}) from the model built on the "
+                       f"config: they are fixed by the architecture (a save with non-persistent buffers, as timm's Swin-V2); "
+                       f"the file cannot confirm the config's window sizes")
+
+    after = f" (after {len(applied)} key-mapping rule(s): {'; '.join(applied)})" if applied else ""
+    mismatch = describe_mismatch(shape_map(sd), shape_map(reference))
+    if mismatch:
+        raise StateDictMismatchError(f"{what} does not match the model{after}; {mismatch}")
+    check_finite(sd, what, NonFiniteWeightsError)
+    differ = [k for k in derived if k not in filled and not _same_values(sd[k], reference[k])]
+    if differ:
+        raise StateDictMismatchError(
+            f"{what}: {len(differ)} Swin-V2 buffers hold other values than the config's architecture gives "
+            f"({_preview(differ, 3)}); they are fixed by img_size / window_size / pretrained_window_sizes, so the "
+            f"file is for a different encoder configuration (not something a key mapping can fix)")
+    return GOAECheckpoint(sd, config, [f"{label}: {line}" for line in applied])
+
+
 def convert_goae(
     eg3d_pkl: str | os.PathLike,
     encoder_pt: str | os.PathLike,
@@ -674,35 +915,42 @@ def convert_goae(
     encoder_config: Mapping[str, Any] | None = None,
     afa_config: Mapping[str, Any] | None = None,
     directions: str | os.PathLike | None = None,
+    domain: str | None = None,
 ) -> Path:
-    """Official EG3D pickle + encoder_FFHQ.pt + afa_FFHQ.pt -> GOAEPipeline folder (model_index.json,
-    generator/, encoder/, afa/, README.md model card with the sources' sha256), written atomically. The
-    configs default to the released ones. `directions`: a folder of edit directions (the official .npy
-    files) copied, validated, into the folder's directions/."""
-    from goae.models.afa import AFA
-    from goae.models.encoder import GOAEncoder
+    """Official EG3D pickle + encoder_FFHQ.pt + afa_FFHQ.pt (or the cat ones) -> GOAEPipeline folder
+    (model_index.json with its `domain`, generator/, encoder/, afa/, README.md model card with the sources'
+    sha256 and any key mapping), written atomically. The configs default to the released ones.
+    `domain`: 'human' or 'cat'; None is human, but a generator with AFHQ's pivot is then refused (say which).
+    `directions`: a folder of edit directions (the official ws_edit/*.npy); those of the domain are copied,
+    validated and tagged with it, into the folder's directions/."""
     from goae.pipeline import GOAEPipeline
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)  # fail before the (slow) load
-    configs = {"encoder": (GOAEncoder, dict(encoder_config or {})), "afa": (AFA, dict(afa_config or {}))}
-    shapes = {}
-    for name, (cls, config) in configs.items():  # every file and config is checked before a real model is built
-        check_config(name, config, where=f"{name} config", error=UnsupportedArchitectureError)
-        shapes[name] = shape_map(meta_module(lambda: cls(**config), f"{name} config", UnsupportedArchitectureError))
-    enc_sd, afa_sd = load_goae_checkpoints(encoder_pt, afa_pt, shapes["encoder"], shapes["afa"])
-    generator = load_official_generator(eg3d_pkl)
-    encoder, afa = GOAEncoder(**configs["encoder"][1]), AFA(**configs["afa"][1])
-    encoder.load_state_dict(enc_sd, strict=True)
-    afa.load_state_dict(afa_sd, strict=True)
-    pipe = GOAEPipeline(generator=generator, encoder=encoder.eval(), afa=afa.eval())
-    pipe.provenance = _provenance({"eg3d": eg3d_pkl, "encoder": encoder_pt, "afa": afa_pt})
+    _check_domain_name(domain)
     if directions is not None and not Path(directions).is_dir():
         raise CheckpointNotFoundError(f"edit directions folder {directions} does not exist")
+    # Every file and config is checked (models on the meta device) before a real model is built.
+    enc = load_goae_checkpoint(encoder_pt, "encoder", encoder_config)
+    afa_ck = load_goae_checkpoint(afa_pt, "afa", afa_config)
+    generator = load_official_generator(eg3d_pkl)
+    domain, notes = choose_domain(domain, generator, eg3d_pkl)
+    key_mapping = enc.key_mapping + afa_ck.key_mapping
+    for line in key_mapping:
+        _warn(line)
+    encoder, afa = _component_class("encoder")(**enc.config), _component_class("afa")(**afa_ck.config)
+    encoder.load_state_dict(enc.state_dict, strict=True)
+    afa.load_state_dict(afa_ck.state_dict, strict=True)
+    pipe = GOAEPipeline(generator=generator, encoder=encoder.eval(), afa=afa.eval(), domain=domain)
+    provenance = _provenance({"eg3d": eg3d_pkl, "encoder": encoder_pt, "afa": afa_pt}, domain=domain,
+                             key_mapping=key_mapping, notes=notes)
+    pipe.provenance = provenance
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        pipe.save_pretrained(tmp, repo_hint=out_dir.name)  # with its model card
+        pipe.save_pretrained(tmp, provenance=provenance, repo_hint=out_dir.name)  # with its model card
         if directions is not None:
-            _copy_directions(directions, tmp / "directions", generator.num_ws, generator.w_dim)
+            shipped = _copy_directions(directions, tmp / "directions", generator.num_ws, generator.w_dim, domain)
+            provenance.notes.append(f"edit directions ({domain}): {', '.join(shipped) or 'none'}, from {Path(directions).name}/")
+            write_model_card(tmp, "pipeline", provenance, repo_hint=out_dir.name)
         try:  # the folder must pass the check that loading it will do (and the parts must fit together)
             check_pipeline_folder(tmp)
         except WeightsFolderError as e:
@@ -714,26 +962,33 @@ def convert_goae(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from goae.domains import DOMAINS
+
     parser = argparse.ArgumentParser(prog="python -m goae.convert", description="Convert official EG3D/GOAE checkpoints to goae folders (no pickle code is run).")
     sub = parser.add_subparsers(dest="command", required=True)
+    domain_help = ("what the weights invert: human (FFHQ, the default) or cat (AFHQ); recorded in the folder. "
+                   "A generator with AFHQ's camera pivot is refused without it")
     p = sub.add_parser("eg3d", help="EG3D network pickle -> generator folder (config.json + safetensors)")
-    p.add_argument("pkl", help="official network pickle, e.g. ffhqrebalanced512-128.pkl")
+    p.add_argument("pkl", help="official network pickle, e.g. ffhqrebalanced512-128.pkl or afhqcats512-128.pkl")
     p.add_argument("out_dir", help="output folder (written atomically)")
+    p.add_argument("--domain", choices=sorted(DOMAINS), help=domain_help)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    g = sub.add_parser("goae", help="EG3D pickle + encoder_FFHQ.pt + afa_FFHQ.pt -> full GOAE pipeline folder")
-    g.add_argument("--eg3d", required=True, help="ffhqrebalanced512-128.pkl")
-    g.add_argument("--encoder", required=True, help="encoder_FFHQ.pt")
-    g.add_argument("--afa", required=True, help="afa_FFHQ.pt")
+    g = sub.add_parser("goae", help="EG3D pickle + GOAE encoder + AFA checkpoints -> full GOAE pipeline folder")
+    g.add_argument("--eg3d", required=True, help="ffhqrebalanced512-128.pkl (cats: afhqcats512-128.pkl)")
+    g.add_argument("--encoder", required=True, help="encoder_FFHQ.pt (cats: the release's cat encoder checkpoint)")
+    g.add_argument("--afa", required=True, help="afa_FFHQ.pt (cats: the release's cat AFA checkpoint)")
     g.add_argument("out_dir")
+    g.add_argument("--domain", choices=sorted(DOMAINS), help=domain_help)
     g.add_argument("--overwrite", action="store_true")
-    g.add_argument("--directions", help="folder of edit directions (e.g. the official ws_edit/*.npy) to ship inside")
+    g.add_argument("--directions", help="folder of edit directions (e.g. the official ws_edit/*.npy) to ship inside; "
+                                        "only those of the domain are copied")
     args = parser.parse_args(argv)
     try:
         if args.command == "eg3d":
-            out = convert_eg3d(args.pkl, args.out_dir, overwrite=args.overwrite)
+            out = convert_eg3d(args.pkl, args.out_dir, overwrite=args.overwrite, domain=args.domain)
         else:
             out = convert_goae(args.eg3d, args.encoder, args.afa, args.out_dir, overwrite=args.overwrite,
-                               directions=args.directions)
+                               directions=args.directions, domain=args.domain)
     except (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
             PermissionError, ImportError) as e:
         return _fail(str(e), 2)

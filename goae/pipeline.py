@@ -151,11 +151,10 @@ class GOAEPipeline(DiffusionPipeline):
         generator = generator or EG3DGenerator.ffhq512()
         encoder = encoder or GOAEncoder()
         afa = afa or AFA()
-        from goae.camera import camera_label
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             z = torch.randn(512, generator.z_dim, generator=g)
-            c = camera_label(0.0, 0.0).expand(512, 25)
+            c = get_domain(config.get("domain")).input_camera(0.0, 0.0).expand(512, 25)
             w = generator.mapping(z, c)[:, 0]
             generator.w_avg.copy_(w.mean(0))
         pipe = cls(generator=generator.eval(), encoder=encoder.eval(), afa=afa.eval(), **config)

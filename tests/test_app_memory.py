@@ -48,7 +48,10 @@ def _app_module():
 def _fake_pipe():
     """Enough of a pipeline for GOAEApp's bookkeeping (no model: these tests never render)."""
     import types
-    return types.SimpleNamespace(generator=types.SimpleNamespace(neural_rendering_resolution=64, ray_range=(2.25, 3.3)))
+    from goae.domains import HUMAN
+
+    return types.SimpleNamespace(generator=types.SimpleNamespace(neural_rendering_resolution=64, ray_range=(2.25, 3.3)),
+                                 domain=HUMAN)
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from goae.domains import HUMAN
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -200,7 +202,8 @@ def test_durations_grow_with_the_work(app_module, monkeypatch):
     fake.GPU = record
     monkeypatch.setattr(app_module, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
-    pipe = types.SimpleNamespace(generator=types.SimpleNamespace(neural_rendering_resolution=128, ray_range=(2.25, 3.3)))
+    pipe = types.SimpleNamespace(generator=types.SimpleNamespace(neural_rendering_resolution=128, ray_range=(2.25, 3.3)),
+                                 domain=HUMAN)
     app_module.GOAEApp(pipe, folders=app_module.goae_app.folders)
     video, mesh, api = seen["_gpu_video"], seen["_gpu_mesh"], seen["_gpu_api"]
     assert video(None, 24, 24, None, None, None) < video(None, 120, 24, None, None, None) <= app_module.GPU_SECONDS_MAX

@@ -7,7 +7,6 @@ same builders at full size give the peak-memory numbers of the issue (see test_b
 """
 
 import collections
-import contextlib
 import io
 import json
 import os
@@ -15,7 +14,6 @@ import pickle
 import struct
 import subprocess
 import sys
-import types
 import zipfile
 from pathlib import Path
 
@@ -37,6 +35,8 @@ from goae.convert import (
 )
 from goae.models.eg3d import FFHQ512_KWARGS, EG3DGenerator
 
+from tiny import _fake_persistence, module, network_pickle, official_pickle  # the official-format pickle builders
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A small EG3D (2X super-resolution, 16 channels): a real architecture, 2 MB as a network pickle.
@@ -49,69 +49,6 @@ SMALL_KWARGS = dict(
 
 
 # ----------------------------------------------------------------------------- builders
-
-
-@contextlib.contextmanager
-def _fake_persistence():
-    """A stand-in `torch_utils.persistence._reconstruct_persistent_obj` to pickle against: the
-    written pickle references the same global as an official one."""
-    pers = types.ModuleType("torch_utils.persistence")
-
-    def _reconstruct_persistent_obj(meta):
-        return meta
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    pers._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    saved = {k: sys.modules.get(k) for k in ("torch_utils", "torch_utils.persistence")}
-    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": pers})
-    try:
-        yield _reconstruct_persistent_obj
-    finally:
-        for k, v in saved.items():
-            sys.modules.pop(k) if v is None else sys.modules.__setitem__(k, v)
-
-
-def module(params=None, modules=None, buffers=None, class_name="TriPlaneGenerator", **attrs) -> dict:
-    """A module record as nested dicts (network_pickle turns them into persistent objects)."""
-    return {"__class__": class_name, "_parameters": params or {}, "_buffers": buffers or {},
-            "_modules": modules or {}, **attrs}
-
-
-def network_pickle(g: dict, **top) -> bytes:
-    """{'G_ema': g, **top} written the way EG3D pickles modules; a dict reachable twice stays shared."""
-    with _fake_persistence() as rebuild:
-        memo = {}
-
-        class Persistent:
-            def __init__(self, d):
-                self.class_name = d["__class__"]
-                self.state = {k: v for k, v in d.items() if k != "__class__"}
-
-            def __reduce__(self):
-                return (rebuild, (dict(type="class", version=6, module_src="# never run", class_name=self.class_name,
-                                       state=self.state),))
-
-        def wrap(d):
-            if not isinstance(d, dict):  # e.g. a torch.nn.Sequential, pickled as it is
-                return d
-            if id(d) not in memo:
-                memo[id(d)] = p = Persistent(d)
-                p.state["_modules"] = {k: wrap(v) for k, v in d["_modules"].items()}
-            return memo[id(d)]
-
-        return pickle.dumps({"G_ema": wrap(g), **top}, protocol=4)
-
-
-def official_pickle(G: torch.nn.Module, kwargs: dict, nrr: int = 32, class_name="TriPlaneGenerator") -> bytes:
-    """A goae module written as an official network pickle (the converter must read it back)."""
-    def record(m, name):
-        return module(dict(m._parameters), {n: record(c, type(c).__name__) for n, c in m._modules.items()},
-                      dict(m._buffers), class_name=name, _non_persistent_buffers_set=set(m._non_persistent_buffers_set))
-
-    g = record(G, class_name)
-    g.update(_init_kwargs=kwargs, rendering_kwargs=kwargs.get("rendering_kwargs"), neural_rendering_resolution=nrr)
-    return network_pickle(g)
 
 
 def small_generator(seed=0) -> EG3DGenerator:

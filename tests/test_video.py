@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from goae.camera import camera_label, yaw_pitch_from_label
+from goae.camera import camera_label, camera_label_degrees, orbit_cameras, yaw_pitch_from_label
+from goae.domains import HUMAN
 from goae.video import (CameraFilter, FaceTracker, LandmarkFilter, OneEuroFilter, SmoothingOptions, VideoOptions,
                         default_cache_dir, invert_video, iter_frames, probe)
 from goae.video.synth import COVERED, OUT_OF_FRAME, handheld_clip, write_clip
@@ -30,6 +31,15 @@ class StubPipeline:
     device = torch.device("cpu")
     weights_label = "stub"
     fast_path = None
+    domain = HUMAN
+
+    @staticmethod
+    def orbit_cameras(n_frames, **kwargs):
+        return orbit_cameras(n_frames, **kwargs)
+
+    @staticmethod
+    def view_camera(yaw, pitch=0.0):
+        return camera_label_degrees(yaw, pitch)
 
     def __init__(self):
         self.calls: list[int] = []

@@ -3,10 +3,16 @@
 The paper's setting is the schema: every key that exists is listed there with its default, so a
 typo (`--set train.bach_size=4`) is an error that names the key instead of a silently ignored value.
 `model.encoder` and `model.afa` are free-form (constructor kwargs of GOAEncoder / AFA).
+
+`model.domain` (goae.domains: human | cat) is resolved here once: a pipeline folder's own domain
+(model_index.json) or the preset's decides it when the key is null, a bare EG3D generator folder means
+human unless the key says cat, and a key that disagrees with the folder or preset is a ConfigError.
+The loaded config always holds the resolved name, so config.json and checkpoints record it.
 """
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +20,7 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "configs" / "goae_ffhq.yaml"
 FREE_FORM = {"model.encoder", "model.afa"}  # dicts of constructor kwargs, not checked key by key
+TRAIN_PRESETS = ("small", "small-cat")  # goae.presets architectures model.preset may name (random weights)
 
 
 class ConfigError(ValueError):
@@ -99,6 +106,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         _merge(config, parse_override(item), f"--set {item}")
     validate(config)
+    config["model"]["domain"] = resolve_domain(config["model"])
     return config
 
 
@@ -116,9 +124,15 @@ def validate(config: dict) -> None:
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")
     if (config["model"]["generator"] is None) == (config["model"]["preset"] is None):
-        raise ConfigError("set exactly one of model.generator (a generator/pipeline folder) and model.preset ('small')")
-    if config["model"]["preset"] not in (None, "small"):
-        raise ConfigError(f"model.preset must be 'small' or null, got {config['model']['preset']!r}")
+        raise ConfigError("set exactly one of model.generator (a generator/pipeline folder) and model.preset "
+                          f"({' or '.join(map(repr, TRAIN_PRESETS))})")
+    if config["model"]["preset"] not in (None, *TRAIN_PRESETS):
+        raise ConfigError(f"model.preset must be one of {list(TRAIN_PRESETS)} or null, got {config['model']['preset']!r}")
+    from goae.domains import DOMAINS
+
+    if config["model"]["domain"] not in (None, *DOMAINS):
+        raise ConfigError(f"model.domain must be one of {sorted(DOMAINS)} or null (the generator's), "
+                          f"got {config['model']['domain']!r}")
     for name in ("train.batch_size", "train.accum_steps", "encoder_stage.max_steps", "afa_stage.max_steps",
                  "log.every", "log.ckpt_every", "log.keep", "data.workers"):
         low = 0 if name.endswith(("max_steps", "workers")) else 1
@@ -134,3 +148,63 @@ def get(config: dict, name: str) -> Any:
     for part in name.split("."):
         node = node[part]
     return node
+
+
+def generator_domain(model: dict) -> tuple[str | None, str]:
+    """(the domain model.preset / a model.generator pipeline folder fixes, or None; what fixes it, for messages).
+    A bare EG3D generator folder (config.json, no model_index.json) fixes none: it records no domain."""
+    if model.get("preset") is not None:
+        from goae.presets import preset
+
+        return preset(model["preset"]).domain, f"model.preset {model['preset']!r}"
+    if model.get("generator") is None:
+        return None, "no generator"
+    return pipeline_folder_domain(model["generator"], "model.generator")
+
+
+def pipeline_folder_domain(folder: str | Path, key: str) -> tuple[str | None, str]:
+    """(domain recorded in a pipeline folder's model_index.json (human when it predates domains), or None when
+    the folder holds no readable model_index.json; a description for messages)."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file():
+        return None, f"{key} {folder} (no model_index.json: a bare generator folder)"
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return None, f"{key} {folder}"  # the pipeline loader reports a damaged folder with its own message
+    if not isinstance(data, dict):
+        return None, f"{key} {folder}"
+    from goae.domains import DEFAULT_DOMAIN
+
+    domain = data.get("domain", DEFAULT_DOMAIN)
+    return domain, f"{key} {folder} (pipeline folder, domain in its model_index.json)"
+
+
+def resolve_domain(model: dict) -> str:
+    """The run's domain name: model.domain if set (it must agree with a pipeline folder or preset), else the
+    generator's, else human (a bare generator folder, as every run before domains existed)."""
+    from goae.domains import DEFAULT_DOMAIN, DOMAINS
+
+    wanted = model.get("domain")
+    if wanted is not None and wanted not in DOMAINS:
+        raise ConfigError(f"model.domain must be one of {sorted(DOMAINS)} or null, got {wanted!r}")
+    fixed, where = generator_domain(model)
+    if fixed is not None and fixed not in DOMAINS:
+        raise ConfigError(f"{where}: unknown domain {fixed!r}; goae knows {sorted(DOMAINS)}")
+    if wanted is not None and fixed is not None and wanted != fixed:
+        hint = (" (model.preset 'small-cat' is the cat one)" if model.get("preset") == "small" else
+                " (model.preset 'small' is the human one)" if model.get("preset") == "small-cat" else
+                f"; use the {wanted} generator's folder, or drop model.domain to train for {fixed!r}")
+        raise ConfigError(f"model.domain is {wanted!r} but {where} is a {fixed} generator: it cannot train "
+                          f"a {wanted} encoder{hint}")
+    return wanted or fixed or DEFAULT_DOMAIN
+
+
+def check_domain(domain: str, folder_domain: str | None, where: str) -> None:
+    """ConfigError when a loaded pipeline's own domain (pipe.config.domain) is not the run's."""
+    from goae.domains import DEFAULT_DOMAIN
+
+    folder_domain = folder_domain or DEFAULT_DOMAIN
+    if folder_domain != domain:
+        raise ConfigError(f"{where} is a pipeline of the {folder_domain!r} domain but this run trains the {domain!r} "
+                          f"domain (model.domain): use a {domain} folder, or set model.domain={folder_domain}")

@@ -1,8 +1,14 @@
-"""Training data: real portraits in EG3D's dataset layout, and synthetic samples of the frozen generator.
+"""Training data: real photos in EG3D's dataset layout, and synthetic samples of the frozen generator.
 
-Real data = an image folder plus `dataset.json` as EG3D's FFHQ preparation writes it:
+Real data = an image folder plus `dataset.json` as EG3D's FFHQ and AFHQ preparations write it:
     {"labels": [["00000/img00000000.png", [25 floats: cam2world 4x4, intrinsics 3x3]], ...]}
-(the GOAE examples name the same file `label.json`; pass `labels=`).
+(the GOAE examples name the same file `label.json`; pass `labels=`). The format is the same for every
+domain; only where the cameras look differs, and nothing here depends on it: FFHQ labels look at about
+EG3D's pivot (0, 0, 0.2), AFHQv2 cat labels sit at translation = -2.7 * forward (they look at the
+origin; goae.domains.CAT.label_lookat). Estimated FFHQ poses pass close to the origin as well (the GOAE
+example labels: 0.01 to 0.16 from it), so the look-at point cannot tell the two apart and is not checked. EG3D's AFHQ folder
+is already mirrored (`x_mirror.png` beside each `x.png`, the camera with entries FLIP_ENTRIES negated):
+train it with data.xflip false, or every photo is seen twice per epoch.
 
 Determinism. Samples are drawn from an endless stream: epoch e is a permutation seeded by (seed, e).
 Optimiser step s reads stream positions [p, p + batch) where p, the data position, is saved in
@@ -25,7 +31,7 @@ from PIL import Image
 
 from goae.align import AlignError, load_image
 
-FLIP_ENTRIES = [1, 2, 3, 4, 8]  # cam2world entries that change sign under a horizontal mirror (EG3D)
+FLIP_ENTRIES = [1, 2, 3, 4, 8]  # cam2world entries that change sign under a horizontal mirror (EG3D, FFHQ and AFHQ)
 
 
 class DatasetError(ValueError):

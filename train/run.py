@@ -9,11 +9,18 @@ Usage
     torchrun --nproc_per_node=8 train/run.py --config ... --data ... --out ...
     # the tiny CPU configuration (random-weight `small` generator), for CI and for trying it:
     python train/run.py --config train/configs/tiny.yaml --data DIR --labels label.json --out DIR --max-steps 20
+    # cats: AFHQv2 cats in EG3D's layout (mirrored copies included) and the converted afhqcats512-128 generator
+    # (a bare generator folder needs --domain cat; a cat pipeline folder says so itself), or the tiny cat config:
+    python train/run.py --config train/configs/goae_afhqcats.yaml --data /data/afhqcats512 --out runs/goae-cat \
+        --set model.generator=weights/eg3d-afhqcats512 ...
+    python train/run.py --config train/configs/tiny_cat.yaml --data DIR --out DIR --max-steps 20
     # continue a killed run where its last checkpoint stopped (a damaged newest checkpoint is skipped for the
     # one before it; a half-written log line and the temporaries of interrupted writes are cleaned up):
     python train/run.py ...same arguments... --resume
 
 Options: --stage encoder|afa|all, --init PIPELINE_DIR (start the afa stage from an encoder result),
+--domain human|cat (model.domain: the generator's domain, goae.domains; default: what the generator folder
+or preset records, human for a bare generator folder),
 --max-steps N (per stage), --batch-size, --accum-steps, --precision fp32|bf16|fp16, --seed,
 --set key.sub=value (any key of train/configs/goae_ffhq.yaml; unknown keys are an error), e.g.
 --set data.workers=N (image-decoding processes; 0 = in the training process).
@@ -25,14 +32,17 @@ Output (`--out DIR`; with stage `all` the encoder run lives in DIR/encoder and t
     log.jsonl                 losses, learning rate and seconds per step (rank 0)
     samples/step_XXXXXXX.png  input | W reconstruction | final | novel view
     checkpoints/step_XXXXXXX.pt + latest
-    final/                    a GOAEPipeline folder (GOAEPipeline.from_pretrained(DIR/final))
+    final/                    a GOAEPipeline folder (GOAEPipeline.from_pretrained(DIR/final)), its `domain` in
+                              model_index.json and in its model card (README.md)
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import errno
 import json
+import math
 import os
 import sys
 import time
@@ -48,12 +58,12 @@ from PIL import Image
 if __package__ in (None, ""):  # `python train/run.py`: make `train` importable from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from goae.camera import camera_label  # noqa: E402
+from goae.domains import DOMAINS  # noqa: E402
 from goae.io import atomic_dir, atomic_path, atomic_write_bytes  # noqa: E402
 from train import data as D  # noqa: E402
 from train.checkpoint import (CheckpointError, candidates, load_latest, remove_stale_temps, rng_state,  # noqa: E402
                               save_checkpoint, set_rng_state, warn)
-from train.config import ConfigError, load_config  # noqa: E402
+from train.config import ConfigError, check_domain, load_config, resolve_domain  # noqa: E402
 from train.optim import make_optimizer, make_scheduler  # noqa: E402
 from train.stages import STAGES, resize  # noqa: E402
 
@@ -106,27 +116,33 @@ class Dist:
         return bool(t.item())
 
 
-def build_models(cfg: dict, device) -> tuple:
-    """(generator, encoder, afa): frozen G from a folder or preset; encoder/AFA from model.init or new."""
+def build_models(cfg: dict, device, strict_init_domain: bool = True) -> tuple:
+    """(generator, encoder, afa): frozen G from a folder or preset; encoder/AFA from model.init or new.
+    A pipeline folder given as model.generator must be of the run's domain (model.domain). So must the
+    model.init folder when `strict_init_domain` (a stage that keeps the init encoder frozen); otherwise an
+    init of another domain is only a warning (the encoder stage may start from another domain's encoder)."""
     from goae.models.afa import AFA
     from goae.models.eg3d import EG3DGenerator
     from goae.models.encoder import GOAEncoder
     from goae.pipeline import GOAEPipeline
-    from goae.presets import SMALL_AFA, SMALL_ENCODER
+    from goae.presets import preset
 
     m = cfg["model"]
+    domain = resolve_domain(m)  # a config not made by load_config: resolved (and checked) here
     torch.manual_seed(cfg["seed"])
     enc_kw, afa_kw = {}, {}
-    if m["preset"] == "small":
-        G = GOAEPipeline.from_preset("small", seed=cfg["seed"]).generator
-        enc_kw, afa_kw = dict(SMALL_ENCODER), dict(SMALL_AFA)
+    if m["preset"] is not None:
+        G = GOAEPipeline.from_preset(m["preset"], seed=cfg["seed"]).generator
+        enc_kw, afa_kw = dict(preset(m["preset"]).encoder), dict(preset(m["preset"]).afa)
     else:
         folder = Path(m["generator"])
         if not folder.is_dir():
             raise ConfigError(f"model.generator {folder} is not a folder (an EG3D generator or GOAE pipeline folder "
                               f"from `goae convert`)")
         if (folder / "model_index.json").is_file():
-            G = GOAEPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False).generator
+            pipe = GOAEPipeline.from_pretrained(str(folder), low_cpu_mem_usage=False)
+            check_domain(domain, pipe.config.domain, f"model.generator {folder}")
+            G = pipe.generator
         else:
             G = EG3DGenerator.from_pretrained(str(folder), low_cpu_mem_usage=False)
     G = G.to(device).eval().requires_grad_(False)
@@ -139,6 +155,12 @@ def build_models(cfg: dict, device) -> tuple:
     encoder, afa = GOAEncoder(**enc_kw), AFA(**afa_kw)
     if m["init"]:
         init = GOAEPipeline.from_pretrained(str(m["init"]), low_cpu_mem_usage=False)
+        try:
+            check_domain(domain, init.config.domain, f"model.init {m['init']}")
+        except ConfigError as e:
+            if strict_init_domain:
+                raise
+            warn(f"{e}; this stage trains the encoder, and starts from that one anyway")
         encoder = init.encoder
         if dict(init.afa.config)["feature_resolution"] == res:
             afa = init.afa
@@ -161,7 +183,8 @@ class Trainer:
             raise ConfigError("train.precision=fp16 needs CUDA (use bf16 on CPU)")
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t["precision"]]
         self.dataset = D.EG3DDataset(cfg["data"]["path"], cfg["data"]["labels"], xflip=cfg["data"]["xflip"])  # fail fast
-        self.G, self.encoder, self.afa = build_models(cfg, dev)
+        self.domain = resolve_domain(cfg["model"])  # goae.domains name: cameras, sample views, the final folder
+        self.G, self.encoder, self.afa = build_models(cfg, dev, STAGES[stage].frozen_encoder)
         self.dataset.resolution, self.dataset.enc_resolution = self.G.img_resolution, self.encoder.config.img_size
         self.stage = STAGES[stage](cfg, self.G, self.encoder, self.afa, dist_, self._autocast)
         self.opt = make_optimizer(self.scfg["optimizer"], self.stage.trained.parameters(), self.scfg["lr"])
@@ -187,6 +210,11 @@ class Trainer:
     def load_state(self, s: dict, path: Path) -> None:
         if s.get("stage") != self.stage.name:
             raise ConfigError(f"checkpoint {path} is of stage {s.get('stage')!r}, this run trains {self.stage.name!r}")
+        model_cfg = (s.get("config") or {}).get("model") or {}
+        saved_domain = model_cfg.get("domain") or "human"  # checkpoints from before domains trained humans
+        if saved_domain != self.domain:
+            raise ConfigError(f"checkpoint {path} trains the {saved_domain!r} domain, this run the {self.domain!r} one "
+                              f"(model.domain): resume it with its own generator and config, or use another --out")
         try:
             self.stage.trained.load_state_dict(s["model"])
             self.opt.load_state_dict(s["optimizer"])
@@ -197,7 +225,10 @@ class Trainer:
             self.step, self.position = int(s["step"]), int(s["data_position"])
         except KeyError as e:
             raise CheckpointError(f"checkpoint {path} has no entry {e}: not a checkpoint of this trainer") from None
-        changed = [k for k in self.cfg if s.get("config", {}).get(k) != self.cfg[k]]
+        saved = copy.deepcopy(s.get("config") or {})
+        if isinstance(saved.get("model"), dict):  # checkpoints from before domains trained humans
+            saved["model"].setdefault("domain", "human")
+        changed = [k for k in self.cfg if saved.get(k) != self.cfg[k]]
         if changed and self.dist.main:  # allowed (e.g. more steps), but the run is no longer one uninterrupted run
             warn(f"resuming {path} with a changed config (sections {changed})")
 
@@ -247,18 +278,20 @@ class Trainer:
 
         m = self.cfg["model"]
         return GOAEPipeline(generator=self.G, encoder=self.encoder, afa=self.afa, afa_resolution=m["afa_resolution"],
-                            mask_blur_sigma=m["mask_blur_sigma"], mask_threshold=m["mask_threshold"], deterministic=True)
+                            mask_blur_sigma=m["mask_blur_sigma"], mask_threshold=m["mask_threshold"], deterministic=True,
+                            domain=self.domain)
 
     @torch.no_grad()
     def sample_grid(self, path: Path, count: int = 4) -> None:
-        """input | W reconstruction | final | novel view (yaw +0.5), one row per photo, through GOAEPipeline."""
+        """input | W reconstruction | final | novel view (yaw +0.5 rad around the generator's pivot: (0, 0, 0.2) for
+        FFHQ, (0, 0, -0.06) for AFHQ cats), one row per photo, through GOAEPipeline."""
         was = self.stage.trained.training
         self.encoder.eval(), self.afa.eval()
         idx = list(range(min(count, self.dataset.num_images)))
         batch = D.load_batch(self.dataset, idx, self.encoder.config.img_size, self.device)
         pipe = self.pipeline()
         out = pipe(batch["x"], batch["c"], return_intermediates=True)
-        novel = pipe.render_view(out, camera_label(torch.full((len(idx),), 0.5), torch.zeros(len(idx)), device=self.device))
+        novel = pipe.render_view(out, pipe.view_camera([math.degrees(0.5)] * len(idx), 0.0).to(self.device))
         tiles = [batch["x"], out.intermediates["render_w.image"], out.image, novel["image"]]
         grid = torch.cat([torch.cat([resize(t_[i:i + 1], 128) for t_ in tiles], dim=3) for i in range(len(idx))], dim=2)
         arr = ((grid[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
@@ -272,9 +305,10 @@ class Trainer:
 
         pipe = self.pipeline()
         pipe.provenance = Provenance(command=current_command(), note=f"trained by train/run.py, stage {self.stage.name}, "
-                                     f"{self.step} steps, generator {self.cfg['model']['generator'] or self.cfg['model']['preset']}")
+                                     f"{self.step} steps, generator {self.cfg['model']['generator'] or self.cfg['model']['preset']}, "
+                                     f"domain {self.domain}", domain=self.domain)
         with atomic_dir(self.final_dir, overwrite=True) as tmp:
-            pipe.save_pretrained(str(tmp))  # with its model card
+            pipe.save_pretrained(str(tmp), repo_hint=str(self.final_dir))  # with its model card (usage: the real path)
 
     # -- loop -------------------------------------------------------------------------------------
     def fit(self, resume: bool) -> None:
@@ -385,6 +419,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="run folder (log, samples, checkpoints, final/)")
     p.add_argument("--stage", choices=("encoder", "afa", "all"))
     p.add_argument("--init", help="GOAEPipeline folder to start from (e.g. the encoder stage's final/)")
+    p.add_argument("--domain", choices=sorted(DOMAINS),
+                   help="model.domain (default: the generator folder's or preset's; human for a bare generator)")
     p.add_argument("--max-steps", type=int, help="optimiser steps per stage")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--accum-steps", type=int)
@@ -401,6 +437,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
     put("data", "path", args.data)
     put("data", "labels", args.labels)
     put("model", "init", args.init)
+    put("model", "domain", args.domain)
     put("train", "batch_size", args.batch_size)
     put("train", "accum_steps", args.accum_steps)
     put("train", "precision", args.precision)

@@ -9,6 +9,7 @@ into checkpoints. The loop in train/run.py knows none of it; `STAGES` names the 
 
 What the trainer calls:
     trained, find_unused_parameters       the module it optimises, and a DDP setting
+    frozen_encoder                        whether it keeps the model.init encoder frozen (its domain must match)
     forward(batch, step, micro)           -> (loss, logs, aux), under DDP; logs: name -> 0-dim tensor
     after_backward(aux, step, micro)      -> logs; after each micro-step's backward (the discriminator)
     after_step()                          after the optimiser step
@@ -16,6 +17,11 @@ What the trainer calls:
 
 Both run the one GOAE forward (`goae.models.goae.GOAE`) with autograd: network passes under the
 trainer's autocast, volume rendering in fp32. The frozen generator is held outside the module tree.
+
+Domain (model.domain, goae.domains). The cameras a stage makes are built like the dataset's labels of
+that domain: synthetic samples sit at radius 2.7 from `domain.label_lookat` and look at it (FFHQ: EG3D's
+pivot (0, 0, 0.2); AFHQ cats: the origin, translation = -2.7 * forward), and the mapping network is
+conditioned on that domain's frontal camera (`domain.input_camera(0, 0)`, what inference feeds it too).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from goae.camera import camera_label
+from goae.domains import get_domain
 from goae.models.encoder import STAGES as ROW_GROUPS
 from goae.models.goae import GOAE, resize
 from train import data as D
@@ -94,10 +101,12 @@ class Stage(nn.Module):
 
     name = ""
     find_unused_parameters = False
+    frozen_encoder = False  # True: the model.init encoder is used as it is (so it must be of the run's domain)
 
     def __init__(self, cfg: dict, G, encoder, afa, dist_, autocast):
         super().__init__()
         self.cfg, self.s, self.dist, t = cfg, cfg[f"{self.name}_stage"], dist_, cfg["train"]
+        self.domain = get_domain(cfg["model"].get("domain"))  # None (a config from before domains): human
         self.sr = t["render"] == "sr"  # losses on the super-resolved image, or on the neural rendering
         # fp16 keeps the EG3D tri-plane synthesis fp32, as the official code runs it (no conv clamp there)
         backbone = contextlib.nullcontext if t["precision"] == "fp16" else autocast
@@ -112,6 +121,16 @@ class Stage(nn.Module):
 
     def rgb(self, render) -> torch.Tensor:
         return render.image if self.sr else render.image_raw
+
+    def label_cameras(self, yaw, pitch) -> torch.Tensor:
+        """[N, 25] cameras at (yaw, pitch) radians from frontal, built like this domain's dataset labels: radius
+        2.7 around `domain.label_lookat`, looking at it (human: (0, 0, 0.2); cat: the origin, as AFHQ)."""
+        return camera_label(yaw, pitch, lookat=self.domain.label_lookat, device=self.dist.device)
+
+    def conditioning_cameras(self, n: int) -> torch.Tensor:
+        """[n, 25] the camera the mapping network is conditioned on: this domain's frontal label camera
+        (for cats it is EG3D's conditioning camera exactly: at (0, 0, 2.7), looking down -z)."""
+        return self.label_cameras(0.0, 0.0).expand(n, 25)
 
     def after_backward(self, aux, step: int, micro: int) -> dict[str, torch.Tensor]:
         return {}
@@ -163,14 +182,15 @@ class EncoderStage(Stage):
         return {"ws": ws, "delta": delta, "rgb": self.rgb(out), "image_depth": out.image_depth}
 
     def synthetic(self, step: int, micro: int) -> dict[str, torch.Tensor]:
-        """This rank's frozen-G samples: canonical code ws = mapping(z, canonical camera), rendered at a random camera."""
+        """This rank's frozen-G samples: canonical code ws = mapping(z, canonical camera), rendered at a random camera
+        of the domain's label convention."""
         d, G, dev, t = self.cfg["data"], self.G, self.dist.device, self.cfg["train"]
         part = D.rank_slice(self.n_syn, self.dist.rank, self.dist.world, micro, t["accum_steps"])
         z, yaw, pitch = D.synthetic_codes(self.cfg["seed"], step, range(part.start, part.stop), G.z_dim,
                                           d["synthetic_yaw"], d["synthetic_pitch"])
-        z, c = z.to(dev), camera_label(yaw, pitch, device=dev)
+        z, c = z.to(dev), self.label_cameras(yaw, pitch)
         with torch.no_grad():
-            ws = G.mapping(z, camera_label(0.0, 0.0, device=dev).expand(len(z), 25), truncation_psi=d["synthetic_truncation"])
+            ws = G.mapping(z, self.conditioning_cameras(len(z)), truncation_psi=d["synthetic_truncation"])
             img = G.render_planes(G.synthesize_planes(ws), ws, c, deterministic=True)["image"].clamp(-1, 1)
         r = self.encoder.config.img_size
         x_enc = F.interpolate(img, size=(r, r), mode="bicubic", align_corners=False, antialias=True)
@@ -217,7 +237,7 @@ class EncoderStage(Stage):
         part = D.rank_slice(cfg["train"]["batch_size"] + self.n_syn, self.dist.rank, self.dist.world, micro, accum)
         z, _, _ = D.synthetic_codes(cfg["seed"] + 7, step, range(part.start, part.stop), G.z_dim, 0.0, 0.0)
         with torch.no_grad():
-            real_w = G.mapping(z.to(dev), camera_label(0.0, 0.0, device=dev).expand(len(z), 25))[:, 0]
+            real_w = G.mapping(z.to(dev), self.conditioning_cameras(len(z)))[:, 0]
         assert real_w.shape[0] == fake_ws.shape[0], (real_w.shape, fake_ws.shape)
         do_r1 = s["d_reg_every"] > 0 and step % s["d_reg_every"] == 0
         real_w.requires_grad_(do_r1)
@@ -254,6 +274,7 @@ class AFAStage(Stage):
     """Trains AFA on a trained, frozen encoder; the mix's blur sigma is drawn per step (official: U(1, 2))."""
 
     name = "afa"
+    frozen_encoder = True
 
     def __init__(self, cfg: dict, G, encoder, afa, dist_, autocast):
         if not cfg["model"]["init"]:
