@@ -519,16 +519,22 @@ class GOAEApp:
 
     def _yaw_pitch(self, face) -> tuple[float, float]:
         yaw, pitch = yaw_pitch_from_label(torch.as_tensor(face.camera)[None], lookat=self.domain.label_lookat)
-        return float(np.degrees(float(yaw[0]))), float(np.degrees(float(pitch[0])))
+        # + 0.0: no "-0.0°" on the page
+        return round(float(np.degrees(float(yaw[0]))), 6) + 0.0, round(float(np.degrees(float(pitch[0]))), 6) + 0.0
 
     def _camera_text(self, face) -> str:
         yaw, pitch = self._yaw_pitch(face)
         l, t, r, b = face.box
         what = "Estimated camera" if self.domain.camera_estimated else \
             "Camera (not estimated for cats: AFHQ frontal unless set under Cat options)"
+        if face.face_index is None:  # a cat from a box the user gave, or a photo taken as the crop
+            which = f"**Cat face** from {getattr(face, 'detector', 'the photo')}"
+        else:
+            which = (f"**{'Face' if self.domain.camera_estimated else 'Cat face'}** {face.face_index + 1} of "
+                     f"{len(face.faces)}")
         return (f"**{what}**: yaw {yaw:+.1f}°, pitch {pitch:+.1f}° (radius 2.7, focal 4.2647)  \n"
-                f"**{'Face' if self.domain.camera_estimated else 'Cat face'}** {face.face_index + 1} of {len(face.faces)} "
-                f"(crop box {l:.0f},{t:.0f} – {r:.0f},{b:.0f} px in a {face.source_size[0]}×{face.source_size[1]} photo)")
+                f"{which} (crop box {l:.0f},{t:.0f} – {r:.0f},{b:.0f} px in a "
+                f"{face.source_size[0]}×{face.source_size[1]} photo)")
 
     def _camera_json(self, face) -> dict:
         yaw, pitch = self._yaw_pitch(face)
@@ -544,6 +550,8 @@ class GOAEApp:
                 return f.area
             l, t, r, b = f
             return (r - l) * (b - t)
+        if not face.faces:
+            return []
         largest = max(range(len(face.faces)), key=lambda i: area(face.faces[i]))
         return [(f"Face {i + 1}" + (" (largest)" if i == largest else ""), i) for i in range(len(face.faces))]
 
@@ -652,7 +660,8 @@ class GOAEApp:
             if face_index is None:
                 self.end_session(session)
             raise
-        radio = gr.update(choices=self._face_choices(face), value=face.face_index, visible=len(face.faces) > 1)
+        radio = gr.update(choices=self._face_choices(face), value=face.face_index,
+                          visible=face.face_index is not None and len(face.faces) > 1)
         return session, np.asarray(face.image), self._camera_text(face), radio, aligned
 
     @user_errors
@@ -801,7 +810,12 @@ class AppDomains:
         """A new photo (or a new domain for it) with the chosen domain's aligner; the cat options only for cats."""
         app = user_errors(self.get)(domain)
         if app.domain.camera_estimated:
-            return app.align(photo, session, session_id=session_id)
+            try:
+                return app.align(photo, session, session_id=session_id)
+            except gr.Error as e:
+                if "cat" in self.apps and "No face found" in str(e.message):
+                    e.message += " If it is a cat, choose 'Cat face' above."
+                raise
         return app.align(photo, session, session_id=session_id, box=user_errors(_box)(box),
                          yaw=user_errors(export.finite)(yaw or 0, "cat camera yaw", -90, 90),
                          pitch=user_errors(export.finite)(pitch or 0, "cat camera pitch", -60, 60))
@@ -876,7 +890,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                     gr.Markdown("A cat's camera is **not estimated**: it is the AFHQ frontal camera unless you set "
                                 "yaw and pitch here. The cat face is found by a detector; if it misses, give the "
                                 "head's box (ears to chin) in pixels of the photo.")
-                    cat_box = gr.Textbox(label="Cat head box: left,top,right,bottom (empty: detect)",
+                    cat_box = gr.Textbox("", label="Cat head box: left,top,right,bottom (empty: detect)",
                                          placeholder="e.g. 120,40,330,260", elem_id="cat-box")
                     with gr.Row():
                         cat_yaw = gr.Slider(-60, 60, value=0, step=1, label="Photo's camera yaw (degrees)",
@@ -990,7 +1004,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             return ["", None, *show(None, None), None, *show(None), None, *show(None, None), "", None, *show(None),
                     None, *show(None, None), "", None, *show(None)]
 
-        def align(photo, session, domain, box, yaw, pitch, request: gr.Request = None):
+        def align(photo, session, domain=None, box=None, yaw=None, pitch=None, request: gr.Request = None):
             """Find the faces in a new photo, crop the largest (EG3D's FFHQ crop for portraits, an AFHQ-style
             crop for cats) and set its camera (estimated for portraits; for cats AFHQ frontal or yaw/pitch).
             Starts the session over. Then call /reconstruct.

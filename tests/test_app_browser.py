@@ -192,7 +192,7 @@ def test_fresh_clone_shows_the_examples_and_an_example_runs(fresh, browser):
     examples = page.locator("#examples")
     examples.wait_for()
     thumbnails = [page.evaluate("i => i.src", i.element_handle()) for i in examples.locator("img").all()]
-    assert [t.rsplit("/", 1)[-1] for t in thumbnails] == ["astronaut.png", "coffee.png"]
+    assert [t.rsplit("/", 1)[-1] for t in thumbnails] == ["astronaut.png", "chelsea.png", "coffee.png"]
     assert "random weights" in page.locator("#banner").inner_text()
     assert page.get_by_text("Use via API").first.is_visible()
     page.wait_for_function("() => [...document.querySelectorAll('#examples img')].every(i => i.complete && i.naturalWidth)")
@@ -210,6 +210,12 @@ def test_fresh_clone_shows_the_examples_and_an_example_runs(fresh, browser):
     page.wait_for_selector("#recon img")
     _wait_view_info(page, "Yaw +0°, pitch +0°: full render.")
     _shot(page, "app_fresh_clone_inverted.png")
+    # The cat example, with "Cat face" chosen: the cat domain of the random weights.
+    page.locator("#domain").get_by_text("Cat face").click()
+    _example(page, "chelsea.png").click()
+    page.wait_for_function("() => document.querySelector('#camera').innerText.includes('not estimated')")
+    _wait_inverted(page)
+    _shot(page, "app_fresh_clone_cat.png")
     ctx.close()
 
 
@@ -256,7 +262,7 @@ def test_api_client_call_returns_files(fresh):
     for name in ("/invert", "/align", "/choose_face", "/reconstruct", "/preview", "/render", "/video", "/mesh"):
         assert name in info, name
     params = [p["parameter_name"] for p in info["/invert"]["parameters"]]
-    assert params == ["photo", "face_index", "views", "video", "mesh", "edits"]
+    assert params == ["photo", "face_index", "views", "video", "mesh", "edits", "domain", "box", "camera"]
     assert "keeps nothing" in info["/invert"]["description"]
     aligned, camera, reconstruction, views, files = client.predict(
         photo=handle_file(str(ROOT / "examples" / "astronaut.png")), face_index=None, views=[[30, 0], [-30, 10]],
@@ -285,11 +291,12 @@ def test_api_errors_are_clear_and_limits_hold(fresh):
         client.predict(photo=handle_file(str(ROOT / "examples" / "astronaut.png")), views="30:0", api_name="/invert")
     client.close()
     # A server file named in the call, not uploaded: refused (it would otherwise be read and returned).
-    payload = {"data": [{"path": "/etc/hostname"}, None, [], False, False, {}]}
+    payload = {"data": [{"path": "/etc/hostname"}, None, [], False, False, {}, "human", [], []]}
     assert "as an upload" in _call(url, "invert", payload)
     # A 45 MB photo inline as a data: URL (issue #15.10): refused at the door like a 45 MB upload.
     big = base64.b64encode(b"\x00" * (45 * 2**20)).decode()
-    inline = {"data": [{"path": "x.png", "url": f"data:image/png;base64,{big}"}, None, [], False, False, {}]}
+    inline = {"data": [{"path": "x.png", "url": f"data:image/png;base64,{big}"}, None, [], False, False, {}, "human", [],
+                       []]}
     body = json.dumps(inline).encode()
     host, port = urllib.parse.urlsplit(url).hostname, urllib.parse.urlsplit(url).port
     conn = http.client.HTTPConnection(host, port, timeout=60)
@@ -431,3 +438,40 @@ def test_two_sessions_are_separate(server, browser, examples_dir):
     _shot(b, "app_session_b.png")
     ctx_a.close()
     ctx_b.close()
+
+
+def test_cat_domain_in_the_page(server, browser, examples_dir):
+    """Random weights hold both domains: the page offers the choice; a cat gets the cat options, a camera that
+    says it is not estimated, and only the cat edit directions."""
+    ctx, page = _open(browser, server)
+    choice = page.locator("#domain")
+    assert choice.is_visible() and "Human portrait" in choice.inner_text() and "Cat face" in choice.inner_text()
+    assert not page.locator("#cat-options").is_visible()
+    choice.get_by_text("Cat face").click()
+    page.locator("#cat-options").wait_for(state="visible")
+    assert "not estimated" in page.locator("#cat-options").inner_text()
+    _upload(page, examples_dir / "wild" / "chelsea.png")
+    page.wait_for_function("() => document.querySelector('#camera').innerText.includes('not estimated')")
+    assert "Cat face 1 of 1" in page.locator("#camera").inner_text()
+    _wait_inverted(page)
+    page.locator("button[role=tab]", has_text="Edit").click()
+    page.locator("#edit-cat-cat_black").wait_for(state="visible")
+    assert not page.locator("#edit-age").is_visible()
+    page.locator("#edit-cat-cat_black input[type=range]").fill("2")
+    page.click("#cat-edit-btn")
+    page.wait_for_selector("#edited img")
+    _shot(page, "app_cat.png")
+    # A box and a camera set by hand: the crop is made again with them.
+    page.locator("#cat-box textarea, #cat-box input").first.fill("70,0,440,300")
+    page.locator("#cat-yaw input[type=number]").fill("15")
+    page.locator("#cat-yaw input[type=number]").press("Enter")
+    page.click("#cat-crop")
+    page.wait_for_function("() => document.querySelector('#camera').innerText.includes('from user box')")
+    assert "yaw +15.0°" in page.locator("#camera").inner_text()
+    # Back to portraits: the cat options go, the human sliders come back.
+    choice.get_by_text("Human portrait").click()
+    page.locator("#cat-options").wait_for(state="hidden")
+    page.locator(".toast-body", has_text="If it is a cat").wait_for(state="visible")
+    assert page.locator("#edit-age").is_visible()
+    assert "Traceback" not in page.content()
+    ctx.close()

@@ -119,3 +119,75 @@ def test_cli_cat_options_need_a_cat_pipeline(tmp_path, capsys):
     for bad in (["--box", "1,2,3"], ["--box", "1,2,nan,4"], ["--camera", "10:0,5:0"], ["--camera", "orbit"]):
         with pytest.raises(SystemExit):
             cli.main(["invert", "x.png", "--out", str(tmp_path / "o"), *bad])
+
+
+# ------------------------------------------------------------------------------------------ cats end to end
+def test_cli_inverts_a_cat_photo(examples_dir, tmp_path, capsys):
+    from goae import cli
+
+    out = tmp_path / "out"
+    chelsea = examples_dir / "wild" / "chelsea.png"
+    code = cli.main(["invert", str(chelsea), str(examples_dir / "wild" / "coffee.png"), "--out", str(out),
+                     "--weights", "random-small-cat", "--views=-20:0", "--camera", "10:-5", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1 and "coffee.png: error: No cat face found" in captured.err, captured.err
+    result = json.loads((out / "chelsea" / "result.json").read_text())
+    assert result["domain"] == "cat" and result["camera_estimated"] is False
+    assert result["camera_yaw_deg"] == pytest.approx(10, abs=1e-3)
+    assert result["camera_pitch_deg"] == pytest.approx(-5, abs=1e-3)
+    torch.testing.assert_close(torch.tensor(result["camera"]), CAT.input_camera(10, -5)[0], rtol=0, atol=1e-6)
+    assert {"aligned.png", "reconstruction.png", "view_yaw-20_pitch+0.png"} <= {p.name for p in (out / "chelsea").iterdir()}
+    # A user box replaces the detector.
+    code = cli.main(["invert", str(chelsea), "--out", str(tmp_path / "boxed"), "--weights", "random-small-cat",
+                     "--box", "70,0,440,300"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "boxed" / "chelsea" / "result.json").read_text())
+    assert result["face_index"] is None and result["camera_yaw_deg"] == pytest.approx(0, abs=1e-3)
+    # Clips follow human landmarks: a cat pipeline refuses them with one line.
+    from goae.video import VideoError, invert_video
+
+    with pytest.raises(VideoError, match="human portraits only"):
+        invert_video(GOAEPipeline.from_preset("small-cat", 0), tmp_path / "clip.mp4", tmp_path / "clip")
+
+
+def test_app_routes_each_session_to_its_domain(examples_dir):
+    import importlib
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GOAE_WEIGHTS", "random-small")
+        mp.setenv("GOAE_DIRECTIONS", str(examples_dir / "goae" / "ws_edit"))
+        sys.modules.pop("app", None)
+        app = importlib.import_module("app")
+    apps = app.goae_apps
+    assert sorted(apps.apps) == ["cat", "human"] and apps.default is app.goae_app
+    # Random weights: each domain gets only its own directions (projected to the small width).
+    assert sorted(apps.get("cat").directions) == ["cat_black", "cat_smalleyes"]
+    assert sorted(apps.get("human").directions) == ["age", "anger", "glass"]
+    quiet = lambda *a, **k: None  # noqa: E731
+    cat, _, text, radio, _ = apps.align(examples_dir / "wild" / "chelsea.png", None, "cat", None, "", 12, 0)
+    assert cat.domain == "cat" and "not estimated" in text and "yaw +12.0°" in text and radio["visible"] is False
+    human, _, text, _, _ = apps.align(examples_dir / "wild" / "obama.jpg", None, "human", None, "", 0, 0)
+    assert human.domain == "human" and "Estimated camera" in text
+    assert apps.of(cat) is apps.get("cat") and apps.of(human) is apps.get("human")
+    apps.of(cat).invert(cat, 20, 0, 32, progress=quiet)
+    apps.of(human).invert(human, 20, 0, 32, progress=quiet)
+    edited = apps.get("cat").edit(cat, 0, 0, 32, 1.0, 0.0, progress=quiet)[1]
+    assert edited.shape == (512, 512, 3)
+    # The wrong aligner says what to do instead.
+    with pytest.raises(app.gr.Error, match="human portrait. Use the human domain"):
+        apps.align(examples_dir / "wild" / "obama.jpg", None, "cat", None, "", 0, 0)
+    with pytest.raises(app.gr.Error, match="If it is a cat, choose 'Cat face'"):
+        apps.align(examples_dir / "wild" / "chelsea.png", None, "human", None, "", 0, 0)
+    with pytest.raises(app.gr.Error, match="box must be left,top,right,bottom"):
+        apps.align(examples_dir / "wild" / "chelsea.png", None, "cat", None, "1,2,3", 0, 0)
+    with pytest.raises(app.gr.Error, match="box and camera are for cat photos"):
+        apps.api_invert(examples_dir / "wild" / "obama.jpg", box=[1, 2, 30, 40])
+    boxed = apps.api_invert(examples_dir / "wild" / "chelsea.png", domain="cat", box=[70, 0, 440, 300],
+                            camera=[0, 5])
+    assert boxed[1]["domain"] == "cat" and boxed[1]["camera_estimated"] is False
+    assert boxed[1]["pitch_deg"] == pytest.approx(5, abs=1e-3)

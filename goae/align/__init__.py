@@ -1,10 +1,12 @@
 """photo -> AlignedFace: mediapipe landmarks, the official EG3D in-the-wild crop, an EG3D camera estimate.
+Cat photo -> AlignedCat (align_cat): a cat-face detector or a given box, an AFHQ-style crop, the AFHQ camera.
 
   image.py      decoding and validation of the photo (raster formats only, pixel limit, modes, EXIF)
   detect.py     mediapipe FaceLandmarker instances, tiled detection of small faces, the face cap
   crop.py       the official crop arithmetic (Deep3DFaceRecon align_img + EG3D's centre crop), bit for bit
   canonical.py  mediapipe's canonical face mesh, read from the landmarker model file
   pose.py       head pose -> 25-number camera label (with goae.camera)
+  cat.py        cats: OpenCV cat-face cascades (or a user box) -> AFHQ-style 512 crop, camera CAT.input_camera
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from PIL import Image
 
 from goae.align.crop import (CENTER_CROP_SIZE, LM3D_STD_5, OUTPUT_SIZE, RESCALE_FACTOR, TARGET_SIZE, CropParams,
                              crop_image, crop_params_from_lm5)
+from goae.align.cat import AlignedCat, NoCatError, align_cat, cat_crop_box, crop_cat, detect_cats
 from goae.align.detect import (MAX_FACES, MAX_FACES_LIMIT, MIN_CONFIDENCE, MP_LM5_INDEX, TILE, TILE_MIN_CONFIDENCE,
                                Face, FaceList, find_faces)
 from goae.align.errors import AlignError, FaceIndexError, ImageTooLargeError, InvalidImageError, NoFaceError
@@ -30,6 +33,7 @@ __all__ = [
     "AlignError", "InvalidImageError", "ImageTooLargeError", "NoFaceError", "FaceIndexError",
     "MAX_PIXELS", "RASTER_FORMATS", "MAX_FACES", "MAX_FACES_LIMIT", "MIN_CONFIDENCE", "TILE", "TILE_MIN_CONFIDENCE",
     "MP_LM5_INDEX", "LM3D_STD_5", "RESCALE_FACTOR", "TARGET_SIZE", "CENTER_CROP_SIZE", "OUTPUT_SIZE",
+    "align_cat", "AlignedCat", "detect_cats", "cat_crop_box", "crop_cat", "NoCatError",
 ]
 
 
