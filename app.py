@@ -528,7 +528,8 @@ class GOAEApp:
         what = "Estimated camera" if self.domain.camera_estimated else \
             "Camera (not estimated for cats: AFHQ frontal unless set under Cat options)"
         if face.face_index is None:  # a cat from a box the user gave, or a photo taken as the crop
-            which = f"**Cat face** from {getattr(face, 'detector', 'the photo')}"
+            how = {"user box": "the box you gave", "as given": "the whole photo (already a 512×512 crop)"}
+            which = f"**Cat face** from {how.get(getattr(face, 'detector', ''), 'the photo')}"
         else:
             which = (f"**{'Face' if self.domain.camera_estimated else 'Cat face'}** {face.face_index + 1} of "
                      f"{len(face.faces)}")
@@ -817,8 +818,8 @@ class AppDomains:
                     e.message += " If it is a cat, choose 'Cat face' above."
                 raise
         return app.align(photo, session, session_id=session_id, box=user_errors(_box)(box),
-                         yaw=user_errors(export.finite)(yaw or 0, "cat camera yaw", -90, 90),
-                         pitch=user_errors(export.finite)(pitch or 0, "cat camera pitch", -60, 60))
+                         yaw=user_errors(export.finite)(yaw or 0, "cat camera yaw"),
+                         pitch=user_errors(export.finite)(pitch or 0, "cat camera pitch"))  # ranges: align_cat
 
     def api_invert(self, photo, face_index=None, views=None, video=False, mesh=False, edits=None, domain=None,
                    box=None, camera=None, progress=gr.Progress()):
@@ -841,7 +842,7 @@ def _yaw_pitch_pair(camera) -> tuple[float | None, float | None]:
         return None, None
     if not isinstance(camera, (list, tuple)) or len(camera) != 2:
         raise AppError(f"camera must be [yaw, pitch] in degrees; got {camera!r}")
-    return export.finite(camera[0], "camera yaw", -90, 90), export.finite(camera[1], "camera pitch", -60, 60)
+    return export.finite(camera[0], "camera yaw"), export.finite(camera[1], "camera pitch")  # ranges: align_cat
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -1105,7 +1106,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 video: also render the turntable video (MP4).
                 mesh: also extract the mesh (.glb and .ply, 128 grid).
                 edits: edit strengths by direction name, e.g. {"age": 2} (the names under the app's Edit tab).
-                domain: what is in the photo: 'human' or 'cat'; empty for the app's first pipeline.
+                domain: what is in the photo: 'human' or 'cat'; empty for the default (human where loaded).
                 box: cats only: the head's box [left, top, right, bottom] in pixels; [] to detect it.
                 camera: cats only: the photo's camera [yaw, pitch] in degrees; [] for the AFHQ frontal one.
             Returns:
@@ -1149,7 +1150,9 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                     strengths: one strength per edit direction, in the order of the sliders.
                 """
                 if isinstance(session, Session) and session.face is not None and session.domain != dname:
-                    raise gr.Error(f"The photo was cropped as a {session.domain}: choose that again to edit it.")
+                    title = apps.get(session.domain).domain.title
+                    raise gr.Error(f"The photo was cropped as a {session.domain}: choose '{title}' above to edit it, "
+                                   f"or crop it again as a {apps.get(dname).domain.title.lower()}.")
                 s, image, path, v_image, view_path, dep, prev, d16 = apps.get(dname).edit(
                     session, yaw, pitch, resolution, *strengths, progress=progress)
                 return (s, image, *show(path), v_image, *show(view_path), dep, *show(prev, d16), shown(yaw, pitch))

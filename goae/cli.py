@@ -215,11 +215,14 @@ def _setup(args, device=None):
     except Exception as e:  # weights missing / unreadable, no such device
         raise SetupError(one_line(e)) from None
     domain = pipe.domain
+    if args.box is not None and args.face_index is not None:
+        raise SetupError("--box and --face-index exclude each other: the box is the cat's head")
     if domain.camera_estimated and (args.box is not None or args.camera is not None):
         raise SetupError(f"--box and --camera are for cat photos; these weights invert {domain.title.lower()}s, whose "
                          "crop and camera come from the face landmarks")
     if random_weights(pipe):
-        print("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces.", file=sys.stderr)
+        print("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces or cats.",
+              file=sys.stderr)
     directions, edits = {}, {}
     if args.edit:
         folder = args.directions or os.environ.get("GOAE_DIRECTIONS")

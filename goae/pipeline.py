@@ -128,7 +128,7 @@ class GOAEPipeline(DiffusionPipeline):
                  afa_resolution: int = 32, mask_blur_sigma: float = 1.5, mask_threshold: float = 0.35,
                  deterministic: bool = True, domain: str = DEFAULT_DOMAIN):
         super().__init__()
-        get_domain(domain)  # a clear error for an unknown name
+        domain = get_domain(domain).name  # a clear error for an unknown name; None -> human
         self.register_modules(generator=generator, encoder=encoder, afa=afa)
         # deterministic=True: no stratified jitter and det. importance sampling, so one photo always
         # gives the same result (the official code jitters; the difference is sampling noise).
@@ -148,7 +148,11 @@ class GOAEPipeline(DiffusionPipeline):
         as the mean mapping output (here over 512 seeded z at the canonical camera).
         """
         torch.manual_seed(seed)
-        generator = generator or EG3DGenerator.ffhq512()
+        if generator is None:
+            from goae.models.eg3d import AFHQ512_KWARGS, FFHQ512_KWARGS, FFHQ512_NEURAL_RENDERING_RESOLUTION
+
+            kwargs = AFHQ512_KWARGS if get_domain(config.get("domain")).name == "cat" else FFHQ512_KWARGS
+            generator = EG3DGenerator.from_official_kwargs(kwargs, FFHQ512_NEURAL_RENDERING_RESOLUTION)
         encoder = encoder or GOAEncoder()
         afa = afa or AFA()
         g = torch.Generator().manual_seed(seed)
@@ -351,7 +355,7 @@ class GOAEPipeline(DiffusionPipeline):
         pil = _to_uint8_batch(images)
         for im in pil:
             if im.size != (512, 512):
-                raise ValueError(f"GOAE expects aligned 512x512 portraits (use goae.align_face first), got {im.size}")
+                raise ValueError(f"GOAE expects aligned 512x512 crops (use pipe.domain.align(photo) first), got {im.size}")
         u8_512 = np.stack([np.asarray(im) for im in pil])
         u8_enc = np.stack([np.asarray(im.resize((r, r), Image.BICUBIC)) for im in pil])
         to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(127.5).sub(1)

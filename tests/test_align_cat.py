@@ -17,6 +17,7 @@ from PIL import Image
 import goae.align.cat as cat
 from goae.align import (AlignedCat, AlignError, FaceIndexError, InvalidImageError, NoCatError, NoFaceError,
                         align_cat, align_face, cat_crop_box, crop_cat, detect_cats)
+from goae.align.detect import box_iou
 from goae.domains import CAT
 from goae.landmarker import LandmarkerModelMissing, find_landmarker
 
@@ -55,7 +56,7 @@ def _centre(box):
 
 
 def _iou(a, b):
-    return cat._iou(a, b)
+    return box_iou(a, b)
 
 
 def _scene(chelsea, coffee, size, cats):
@@ -266,7 +267,7 @@ def test_human_portrait_gets_the_human_hint(landmarker, wild, name, aligned):
 
 def test_cascades_fire_on_human_faces_without_the_veto(landmarker, wild):
     # why the veto exists: the raw cascades find a "cat" on obama.jpg's face, mediapipe's face box holds it
-    raw = cat._merge(cat._cascade_boxes(Image.open(wild / "obama.jpg").convert("RGB")))
+    raw = cat.merge_boxes(cat.cascade_boxes(Image.open(wild / "obama.jpg").convert("RGB")))
     assert len(raw) == 1 and detect_cats(wild / "obama.jpg") == []
 
 

@@ -466,7 +466,7 @@ def test_cat_domain_in_the_page(server, browser, examples_dir):
     page.locator("#cat-yaw input[type=number]").fill("15")
     page.locator("#cat-yaw input[type=number]").press("Enter")
     page.click("#cat-crop")
-    page.wait_for_function("() => document.querySelector('#camera').innerText.includes('from user box')")
+    page.wait_for_function("() => document.querySelector('#camera').innerText.includes('from the box you gave')")
     assert "yaw +15.0°" in page.locator("#camera").inner_text()
     # Back to portraits: the cat options go, the human sliders come back.
     choice.get_by_text("Human portrait").click()

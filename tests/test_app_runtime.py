@@ -49,7 +49,7 @@ def goae_app(app_module):
 def test_examples_ship_with_the_project(app_module, goae_app):
     """With GOAE_EXAMPLES unset the app shows examples/ (no ../shared needed), each listed in SOURCES.md."""
     names = [Path(p).name for p in goae_app.examples]
-    assert names == ["astronaut.png", "coffee.png"]
+    assert names == ["astronaut.png", "chelsea.png", "coffee.png"]
     assert all(Path(p).parent == ROOT / "examples" for p in goae_app.examples)
     sources = (ROOT / "examples" / "SOURCES.md").read_text()
     for name in names:
@@ -62,6 +62,14 @@ def test_example_photos_behave_as_described(goae_app):
     assert len(session.face.faces) == 1
     with pytest.raises(gr.Error, match="No face found"):
         goae_app.align(ROOT / "examples" / "coffee.png", None)
+
+
+def test_the_cat_example_is_a_cat(app_module):
+    apps = app_module.goae_apps
+    session = apps.align(ROOT / "examples" / "chelsea.png", None, "cat")[0]
+    assert session.domain == "cat" and session.face.detector == "cascade" and len(session.face.faces) == 1
+    with pytest.raises(gr.Error, match="No cat face found.*closer, frontal photo"):
+        apps.align(ROOT / "examples" / "coffee.png", None, "cat")
 
 
 # ------------------------------------------------------------------------------------------ the inversion

@@ -68,6 +68,8 @@ def test_folder_records_its_domain(cat_pipe, tmp_path):
     assert index["domain"] == "cat"
     card = (folder / "README.md").read_text()
     assert "cat" in card.split("---")[1] and "(cat domain)" in card
+    unnamed = GOAEPipeline(cat_pipe.generator, cat_pipe.encoder, cat_pipe.afa, domain=None)
+    assert unnamed.config.domain == "human"  # None is the default domain, written by name
     loaded = GOAEPipeline.from_pretrained(folder)
     assert loaded.domain is CAT and loaded.orbit_pivot == (0.0, 0.0, -0.06)
     # A folder written before domains existed is human; a folder with an unknown domain is refused up front.
@@ -132,7 +134,7 @@ def test_cli_inverts_a_cat_photo(examples_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1 and "coffee.png: error: No cat face found" in captured.err, captured.err
     result = json.loads((out / "chelsea" / "result.json").read_text())
-    assert result["domain"] == "cat" and result["camera_estimated"] is False
+    assert result["domain"] == "cat" and result["camera_estimated"] is False and result["detector"] == "cascade"
     assert result["camera_yaw_deg"] == pytest.approx(10, abs=1e-3)
     assert result["camera_pitch_deg"] == pytest.approx(-5, abs=1e-3)
     torch.testing.assert_close(torch.tensor(result["camera"]), CAT.input_camera(10, -5)[0], rtol=0, atol=1e-6)
@@ -143,6 +145,7 @@ def test_cli_inverts_a_cat_photo(examples_dir, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "boxed" / "chelsea" / "result.json").read_text())
     assert result["face_index"] is None and result["camera_yaw_deg"] == pytest.approx(0, abs=1e-3)
+    assert result["detector"] == "user box" and result["cat_face_box"] == [70, 0, 440, 300]
     # Clips follow human landmarks: a cat pipeline refuses them with one line.
     from goae.video import VideoError, invert_video
 

@@ -35,7 +35,7 @@ from goae.convert import (
 )
 from goae.models.eg3d import FFHQ512_KWARGS, EG3DGenerator
 
-from tiny import _fake_persistence, module, network_pickle, official_pickle  # the official-format pickle builders
+from tiny import fake_persistence, module, network_pickle, official_pickle  # the official-format pickle builders
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -235,7 +235,7 @@ def test_numpy_dtypes_are_plain(tmp_path, spec):
 
 
 def test_persistent_class_name_must_be_a_string(tmp_path):
-    with _fake_persistence() as rebuild:
+    with fake_persistence() as rebuild:
         data = pickle.dumps({"G_ema": _Reduce(rebuild, dict(type="class", class_name=_shared(20), state={}))}, protocol=4)
     with pytest.raises(WrongCheckpointError, match="malformed persistent object") as e:
         read_official_generator(_write(tmp_path, "cls.pkl", data))

@@ -166,6 +166,14 @@ def test_domain_from_folders_and_mismatch_errors(human_folder, cat_data, tmp_pat
     shutil.copytree(human_folder / "generator", bare)
     assert load_config(TINY, [*base, f"model.generator={bare}"])["model"]["domain"] == "human"
     assert load_config(TINY, [*base, f"model.generator={bare}", "model.domain=cat"])["model"]["domain"] == "cat"
+    # ... but a bare generator with AFHQ's camera pivot must be told which domain it is (as the converter does)
+    config = json.loads((bare / "config.json").read_text())
+    config["rendering_kwargs"]["avg_camera_pivot"] = [0, 0, -0.06]
+    (bare / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="pivot .* of EG3D's AFHQv2 cats model.*set model.domain: cat"):
+        load_config(TINY, [*base, f"model.generator={bare}"])
+    assert load_config(TINY, [*base, f"model.generator={bare}", "model.domain=cat"])["model"]["domain"] == "cat"
+    assert load_config(TINY, [*base, f"model.generator={bare}", "model.domain=human"])["model"]["domain"] == "human"
     # presets, names, and a config built by hand (build_models checks it too)
     with pytest.raises(ConfigError, match="model.preset 'small' is a human generator.*'small-cat' is the cat one"):
         load_config(TINY, ["model.domain=cat"])

@@ -95,7 +95,7 @@ def one_thread():
 
 
 @contextlib.contextmanager
-def _fake_persistence():
+def fake_persistence():
     """A stand-in `torch_utils.persistence._reconstruct_persistent_obj` to pickle against: the
     written pickle references the same global as an official one."""
     pers = types.ModuleType("torch_utils.persistence")
@@ -124,7 +124,7 @@ def module(params=None, modules=None, buffers=None, class_name="TriPlaneGenerato
 def network_pickle(g: dict, **top) -> bytes:
     """{'G_ema': g, **top} written the way EG3D pickles modules; a dict reachable twice stays shared. Top-level
     module records (G, D, augment_pipe) become persistent objects too; other values are pickled as they are."""
-    with _fake_persistence() as rebuild:
+    with fake_persistence() as rebuild:
         memo = {}
 
         class Persistent:

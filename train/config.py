@@ -197,7 +197,28 @@ def resolve_domain(model: dict) -> str:
                 f"; use the {wanted} generator's folder, or drop model.domain to train for {fixed!r}")
         raise ConfigError(f"model.domain is {wanted!r} but {where} is a {fixed} generator: it cannot train "
                           f"a {wanted} encoder{hint}")
+    if wanted is None and fixed is None and model.get("generator") is not None:
+        pivot = bare_generator_pivot(model["generator"])
+        if pivot is not None and _same(pivot, DOMAINS["cat"].pivot):
+            raise ConfigError(f"model.generator {model['generator']} has the camera pivot {list(pivot)} of EG3D's "
+                              "AFHQv2 cats model, so it is probably not a human generator: set model.domain: cat "
+                              "(--domain cat), or model.domain: human to override")
     return wanted or fixed or DEFAULT_DOMAIN
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) == 3 and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))
+
+
+def bare_generator_pivot(folder: str | Path) -> list | None:
+    """avg_camera_pivot of a bare EG3D generator folder's config.json (None when absent or unreadable)."""
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text())
+        pivot = config["rendering_kwargs"]["avg_camera_pivot"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    ok = isinstance(pivot, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pivot)
+    return pivot if ok else None
 
 
 def check_domain(domain: str, folder_domain: str | None, where: str) -> None:

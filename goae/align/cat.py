@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter
 
-from goae.align.detect import MAX_FACES, check_max_faces, find_faces
+from goae.align.detect import MAX_FACES, box_iou, check_max_faces, find_faces
 from goae.align.errors import AlignError, FaceIndexError, NoFaceError
 from goae.align.image import Photo, load_image
 from goae.domains import CAT
@@ -189,14 +189,6 @@ def _cascades() -> list[tuple[object, threading.Lock]]:
         return list(_CASCADES)
 
 
-def _iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _inside(point, box) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
@@ -205,7 +197,7 @@ def _centre(box) -> tuple[float, float]:
     return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
 
 
-def _cascade_boxes(image: Image.Image) -> list[tuple[int, tuple[float, float, float, float]]]:
+def cascade_boxes(image: Image.Image) -> list[tuple[int, tuple[float, float, float, float]]]:
     """Every raw detection, as (pass number, box in source px): both cascades at each of DETECT_SIDES."""
     W, H = image.size
     gray = image.convert("L")
@@ -229,14 +221,15 @@ def _cascade_boxes(image: Image.Image) -> list[tuple[int, tuple[float, float, fl
     return found
 
 
-def _merge(found: list) -> list[tuple[float, float, float, float]]:
+def merge_boxes(found: list) -> list[tuple[float, float, float, float]]:
     """One box per face: the passes' boxes of one face (IoU >= MERGE_IOU with its largest box) are averaged, and
     kept when MIN_VOTES passes found it. The cascades also fire on parts of a face (the nose, an eye) at scales
     where the whole face does not fit: a kept box inside a larger kept face and less than half as wide is one."""
     groups: list[list] = []
-    for n, b in sorted(found, key=lambda f: (f[1][2] - f[1][0]) * (f[1][3] - f[1][1]), reverse=True):
+    # Ties in area (one scale) are ordered by pass and box: OpenCV may return them in any order.
+    for n, b in sorted(found, key=lambda f: ((f[1][2] - f[1][0]) * (f[1][3] - f[1][1]), -f[0], f[1]), reverse=True):
         for g in groups:
-            if _iou(b, g[0][1]) >= MERGE_IOU:
+            if box_iou(b, g[0][1]) >= MERGE_IOU:
                 g.append((n, b))
                 break
         else:
@@ -260,7 +253,8 @@ def _human_faces(image: Image.Image, landmarker_model, tiled: bool | None = Fals
     except LandmarkerModelMissing:
         if landmarker_model is not None:
             raise
-        log.debug("no face landmarker model: cat detections are not checked against human faces")
+        log.warning("no face landmarker model (see goae.landmarker): cat detections are not checked against "
+                    "human faces, and a human portrait is not recognised as one")
         return None
     return [f.box for f in find_faces(image, model, tiled=tiled)]
 
@@ -274,7 +268,7 @@ def detect_cats(photo: Photo, *, max_faces: int = MAX_FACES,
 
 def _detect(image: Image.Image, max_faces: int, landmarker_model, humans=None):
     """(cat boxes left to right, capped; how many before the cap); `humans` may be given to reuse a search."""
-    cats = _merge(_cascade_boxes(image))
+    cats = merge_boxes(cascade_boxes(image))
     if cats:
         humans = _human_faces(image, landmarker_model) if humans is None else humans
         if humans:   # the cat cascades fire on human faces (measured: 7 of 9 FFHQ-style portraits, obama.jpg)
@@ -423,7 +417,7 @@ def align_cat(photo: Photo, box=None, face_index: int | None = None, *, yaw: flo
         raise _no_cat(image, humans)
     index = _choose(faces, face_index, found, max_faces)
     region = cat_crop_box(faces[index])
-    if aligned is None and square and _iou(region, frame) >= AGREE_IOU:
+    if aligned is None and square and box_iou(region, frame) >= AGREE_IOU:
         # the detection puts the crop where it already is: an AFHQ crop, used as is (no resampling)
         return result(image, frame, faces[index], faces, index, found, detector="as given")
     return result(crop_cat(image, region), region, faces[index], faces, index, found)

@@ -135,7 +135,7 @@ def _detect_region(rgb: np.ndarray, x0: int, y0: int, model_path: Path, confiden
     return faces
 
 
-def _iou(a, b) -> float:
+def box_iou(a, b) -> float:
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
@@ -162,7 +162,7 @@ def _unique(faces: list[Face]) -> list[Face]:
     some faces twice (IoU > 0.9) when asked for 32 in a grid of 20 (tests/test_align_faces.py)."""
     kept: list[Face] = []
     for f in faces:
-        if all(_iou(f.box, g.box) < DEDUP_IOU for g in kept):
+        if all(box_iou(f.box, g.box) < DEDUP_IOU for g in kept):
             kept.append(f)
     return kept
 

@@ -194,6 +194,9 @@ def save_inversion(pipe, face, folder: str | os.PathLike, options: ExportOptions
                     "camera_yaw_deg": float(torch.rad2deg(yaw)[0]),
                     "camera_pitch_deg": float(torch.rad2deg(pitch)[0]), "weights": getattr(pipe, "weights_label", None),
                     "edits": edits, "seconds": round(time.perf_counter() - t0, 3)}
+            if getattr(face, "detector", None):  # a cat: how its crop was found, and the face itself
+                meta["detector"] = face.detector
+                meta["cat_face_box"] = None if face.face_box is None else [float(x) for x in face.face_box]
             if mesh_error:
                 meta["mesh_error"] = mesh_error
             atomic_write_bytes(tmp / RESULT_FILE, json.dumps(meta, indent=1).encode("utf-8"))

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from goae.align import AlignedFace, FaceIndexError, crop_image, crop_params_from_lm5, estimate_camera, load_image
-from goae.align.detect import MAX_FACES, Face, FaceList, _iou, find_faces
+from goae.align.detect import MAX_FACES, Face, FaceList, box_iou, find_faces
 from goae.landmarker import find_landmarker
 from goae.video.filters import CameraFilter, LandmarkFilter, SmoothingOptions
 
@@ -109,7 +109,7 @@ class FaceTracker:
                                      "leave it out for the largest.")
             return self.face_index, True
         last = self._last.box
-        ious = [_iou(last, f.box) for f in faces]
+        ious = [box_iou(last, f.box) for f in faces]
         best = int(np.argmax(ious))
         if ious[best] >= MATCH_IOU:
             return best, False
