@@ -34,6 +34,18 @@ def examples_dir() -> Path:
     return _fixture_dir(EXAMPLES_DIR, "example photos", "GOAE_EXAMPLES_DIR")
 
 
+@pytest.fixture(scope="session")
+def landmarker():
+    """Path of mediapipe's face_landmarker.task (setup.sh installs it), or a skip that says why."""
+    pytest.importorskip("mediapipe")
+    from goae.landmarker import LandmarkerModelMissing, find_landmarker
+
+    try:
+        return find_landmarker()
+    except LandmarkerModelMissing as e:
+        pytest.skip(f"mediapipe face_landmarker.task not available ({e})")
+
+
 @pytest.fixture(autouse=True)
 def _fp32_determinism():
     # Parity is defined in fp32 with no TF32 and a fixed thread count.

@@ -16,14 +16,6 @@ from goae.landmarker import (DOWNLOAD_COMMAND, LandmarkerModelMissing, cache_pat
 ALIGNED = ["1.jpg", "2.jpg", "4.jpg", "5.jpg", "6.jpg", "9.jpg", "12.jpg", "13.jpg"]
 
 
-@pytest.fixture(scope="session")
-def landmarker():
-    try:
-        return find_landmarker()
-    except LandmarkerModelMissing as e:
-        pytest.skip(f"mediapipe face_landmarker.task not available ({e})")
-
-
 def camera_yaw_pitch(label):
     """Yaw and elevation (degrees) of the camera position seen from the EG3D look-at point (0, 0, 0.2)."""
     c = np.asarray(label, np.float64)[[3, 7, 11]] - [0.0, 0.0, 0.2]

@@ -19,21 +19,12 @@ from goae.align import (AlignedCat, AlignError, FaceIndexError, InvalidImageErro
                         align_cat, align_face, cat_crop_box, crop_cat, detect_cats)
 from goae.align.detect import box_iou
 from goae.domains import CAT
-from goae.landmarker import LandmarkerModelMissing, find_landmarker
 
 ROOT = Path(__file__).resolve().parents[1]
 # chelsea.png's face as the cascades box it, checked by eye: from the top of the head between the ears to below
 # the chin, eyes at y ~ 130, nose tip at (260, 235); measured box (76, -23, 439, 340), centre (258, 159).
 CHELSEA_CENTRE, CHELSEA_SIDE = (258.0, 159.0), 363.0
 CHELSEA_HEAD = (40, -60, 440, 330)          # a user's box around the head, ears to chin (by eye)
-
-
-@pytest.fixture(scope="module")
-def landmarker():
-    try:
-        return find_landmarker()
-    except LandmarkerModelMissing as e:
-        pytest.skip(f"mediapipe face_landmarker.task not available ({e})")
 
 
 @pytest.fixture(scope="module")

@@ -6,17 +6,8 @@ import pytest
 from PIL import Image
 
 from goae.align import MAX_FACES, AlignError, FaceIndexError, align_face, detect_faces
-from goae.landmarker import LandmarkerModelMissing, find_landmarker
 
 COLS, ROWS, CELL, FACE = 4, 3, 288, 256   # 12 faces of ~22% of the width: the whole-image pass finds them all
-
-
-@pytest.fixture(scope="module")
-def landmarker():
-    try:
-        return find_landmarker()
-    except LandmarkerModelMissing as e:
-        pytest.skip(f"mediapipe face_landmarker.task not available ({e})")
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,6 @@ def weights_dir(parity_dir, tmp_path_factory) -> Path:
     return out
 
 
-def _landmarker_or_skip():
-    from goae.landmarker import LandmarkerModelMissing, find_landmarker
-    try:
-        find_landmarker()
-    except LandmarkerModelMissing as e:
-        pytest.skip(str(e))
-
-
 @pytest.fixture(scope="module")
 def tiny_directions(tmp_path_factory) -> Path:
     """Directions in the tiny model's W space (w_dim 32): the official ones are 512-d."""
@@ -43,8 +35,7 @@ def tiny_directions(tmp_path_factory) -> Path:
     return folder
 
 
-def test_invert_batch_with_a_failure(weights_dir, tiny_directions, examples_dir, tmp_path, capsys):
-    _landmarker_or_skip()
+def test_invert_batch_with_a_failure(landmarker, weights_dir, tiny_directions, examples_dir, tmp_path, capsys):
     photos = [examples_dir / "wild" / "astronaut.png", examples_dir / "wild" / "coffee.png",
               examples_dir / "goae" / "real_person" / "1.jpg"]
     out = tmp_path / "out"
@@ -72,8 +63,7 @@ def test_invert_batch_with_a_failure(weights_dir, tiny_directions, examples_dir,
         assert sorted(f.name for f in (out / name).iterdir()) == sorted(listed + ["result.json"])
 
 
-def test_interrupted_run_leaves_nothing(weights_dir, examples_dir, tmp_path, monkeypatch):
-    _landmarker_or_skip()
+def test_interrupted_run_leaves_nothing(landmarker, weights_dir, examples_dir, tmp_path, monkeypatch):
     from goae.export import bundle
 
     def boom(*a, **k):

@@ -17,16 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def landmarker():
-    pytest.importorskip("mediapipe")
-    from goae.landmarker import LandmarkerModelMissing, find_landmarker
-    try:
-        find_landmarker()
-    except LandmarkerModelMissing as e:
-        pytest.skip(str(e))
-
-
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                              "MASTER_PORT")}

@@ -22,16 +22,6 @@ def weights_dir(parity_dir, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def landmarker():
-    pytest.importorskip("mediapipe")
-    from goae.landmarker import LandmarkerModelMissing, find_landmarker
-    try:
-        find_landmarker()
-    except LandmarkerModelMissing as e:
-        pytest.skip(str(e))
-
-
 def _unrelated(out: Path) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "notes.txt").write_text("not goae's")

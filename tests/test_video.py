@@ -62,16 +62,6 @@ class StubPipeline:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def landmarker():
-    pytest.importorskip("mediapipe")
-    from goae.landmarker import LandmarkerModelMissing, find_landmarker
-    try:
-        find_landmarker()
-    except LandmarkerModelMissing as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
 def source(examples_dir, landmarker):
     from goae.align import detect_faces, load_image
     photo = load_image(examples_dir / "wild" / "obama.jpg")
