@@ -12,7 +12,7 @@ import pytest
 
 import goae
 from goae import cli
-from test_video import StubPipeline, _streams, clip, clip_mp4, landmarker, source  # noqa: F401
+from test_video import StubPipeline, _streams, clip, clip_mp4, source  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
