@@ -424,8 +424,10 @@ def native_log_filter(enabled: bool = True) -> Iterator[None]:
     os.dup2(w, 2)
     os.close(w)
     old = sys.stderr
-    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real), "wb", buffering=0), encoding=old.encoding or "utf-8",
-                                  errors="backslashreplace", line_buffering=True, write_through=True)
+    # Buffered, flushed at each newline (and by tqdm's own flushes): a line goes out in one write, so the pump's
+    # forwarded lines cannot land inside it (print writes the text and its newline separately).
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real), "wb"), encoding=old.encoding or "utf-8",
+                                  errors="backslashreplace", line_buffering=True)
 
     def pump() -> None:
         with os.fdopen(r, "rb", buffering=0) as src:
