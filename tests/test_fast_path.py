@@ -309,7 +309,7 @@ print(tuned, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
 
 @pytest.mark.skipif(not runtime.tune_cpu_allocator(False), reason="glibc only (mallopt)")
 def test_tuned_allocator_stops_refaulting_render_buffers():
-    """Fresh processes: with glibc's defaults every call page-faults its big buffers in again; tuned, the
+    """Fresh processes: with glibc's defaults a call often page-faults its big buffers in again; tuned, the
     heap keeps them mapped (the ~15% CPU win the benchmarks show), with identical results."""
     import subprocess
     import sys
@@ -319,12 +319,13 @@ def test_tuned_allocator_stops_refaulting_render_buffers():
                              capture_output=True, text=True).stdout.split()
         return out[0], float(out[1])
 
-    (flag_default, default), (flag_tuned, tuned) = faults(False), faults(True)
-    assert flag_default == "False" and flag_tuned == "True"
-    assert default > 5000, default  # 4 x 8 MB fresh mmaps per call at least
-    # Tuned, at most one of the four 8 MB buffers is faulted in again per call (measured 690-2050 faults,
-    # varying run to run with the heap's layout), against 10-18 thousand with glibc's defaults.
-    assert tuned < default / 4, (tuned, default)
+    # glibc's defaults vary with its dynamic mmap/trim thresholds (17-19 thousand faults per call on quiet runs,
+    # 2-5 thousand on others), so the bound is on the tuned heap alone: at most one of the four 8 MB buffers
+    # (2048 pages) is faulted in again per call (measured 4-2050), in each of three fresh processes. Untuned
+    # runs mostly fault all four in again, so this fails when the tuning does not take.
+    (flag_default, default), tuned = faults(False), [faults(True) for _ in range(3)]
+    assert flag_default == "False" and {flag for flag, _ in tuned} == {"True"}
+    assert all(n < 4096 for _, n in tuned), (tuned, default)
 
 
 def test_allocator_tuning_can_be_undone():
