@@ -620,27 +620,14 @@ def _check_domain_name(domain: str | None) -> None:
         raise CheckpointError(f"unknown domain {domain!r}; choose from {sorted(DOMAINS)}")
 
 
-def domain_of_pivot(generator) -> tuple[Any, Any]:
-    """(avg_camera_pivot, the goae.domains Domain whose released generator has that pivot, or None)."""
-    from goae.domains import DOMAINS
-
-    pivot = getattr(generator, "rendering_kwargs", {}).get("avg_camera_pivot")
-    if not (isinstance(pivot, (list, tuple)) and len(pivot) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pivot)):
-        return pivot, None
-    for d in DOMAINS.values():
-        if all(abs(float(a) - b) < 1e-6 for a, b in zip(pivot, d.pivot)):
-            return pivot, d
-    return pivot, None
-
-
 def choose_domain(domain: str | None, generator, source: str | os.PathLike) -> tuple[str, list[str]]:
     """The domain a converted folder records, and notes for its card. None means "not given": human, unless
     the generator's avg_camera_pivot is that of another domain's released model (AFHQ cats: [0, 0, -0.06]),
     which is refused rather than guessed. A domain given against the pivot is kept, with a warning."""
-    from goae.domains import DEFAULT_DOMAIN, get_domain
+    from goae.domains import DEFAULT_DOMAIN, domain_of_pivot, get_domain
 
-    pivot, implied = domain_of_pivot(generator)
+    pivot = getattr(generator, "rendering_kwargs", {}).get("avg_camera_pivot")
+    implied = domain_of_pivot(pivot)
     src = Path(source).name
     if domain is None:
         if implied is not None and implied.name != DEFAULT_DOMAIN:

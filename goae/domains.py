@@ -86,6 +86,15 @@ def domain_of_direction_name(stem: str) -> str:
     return DEFAULT_DOMAIN
 
 
+def domain_of_pivot(pivot) -> Domain | None:
+    """The domain whose released generator has this avg_camera_pivot (3 numbers), or None (another pivot, or
+    not 3 numbers): how a generator without a recorded domain can still give itself away."""
+    if not (isinstance(pivot, (list, tuple)) and len(pivot) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pivot)):
+        return None
+    return next((d for d in DOMAINS.values() if all(abs(float(a) - b) < 1e-6 for a, b in zip(pivot, d.pivot))), None)
+
+
 def pivot_of(generator, domain: str | Domain | None = None) -> tuple[float, float, float]:
     """Orbit centre for new views: the generator's own `avg_camera_pivot` (EG3D's visualiser uses it),
     else the domain's."""

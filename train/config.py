@@ -183,7 +183,7 @@ def pipeline_folder_domain(folder: str | Path, key: str) -> tuple[str | None, st
 def resolve_domain(model: dict) -> str:
     """The run's domain name: model.domain if set (it must agree with a pipeline folder or preset), else the
     generator's, else human (a bare generator folder, as every run before domains existed)."""
-    from goae.domains import DEFAULT_DOMAIN, DOMAINS
+    from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_pivot
 
     wanted = model.get("domain")
     if wanted is not None and wanted not in DOMAINS:
@@ -199,26 +199,20 @@ def resolve_domain(model: dict) -> str:
                           f"a {wanted} encoder{hint}")
     if wanted is None and fixed is None and model.get("generator") is not None:
         pivot = bare_generator_pivot(model["generator"])
-        if pivot is not None and _same(pivot, DOMAINS["cat"].pivot):
+        if (implied := domain_of_pivot(pivot)) is not None and implied.name != DEFAULT_DOMAIN:
             raise ConfigError(f"model.generator {model['generator']} has the camera pivot {list(pivot)} of EG3D's "
-                              "AFHQv2 cats model, so it is probably not a human generator: set model.domain: cat "
-                              "(--domain cat), or model.domain: human to override")
+                              f"{implied.dataset} model, so it is probably not a {DEFAULT_DOMAIN} generator: set "
+                              f"model.domain: {implied.name} (--domain {implied.name}), or model.domain: "
+                              f"{DEFAULT_DOMAIN} to override")
     return wanted or fixed or DEFAULT_DOMAIN
-
-
-def _same(a, b) -> bool:
-    return len(a) == len(b) == 3 and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))
 
 
 def bare_generator_pivot(folder: str | Path) -> list | None:
     """avg_camera_pivot of a bare EG3D generator folder's config.json (None when absent or unreadable)."""
     try:
-        config = json.loads((Path(folder) / "config.json").read_text())
-        pivot = config["rendering_kwargs"]["avg_camera_pivot"]
+        return json.loads((Path(folder) / "config.json").read_text())["rendering_kwargs"]["avg_camera_pivot"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    ok = isinstance(pivot, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pivot)
-    return pivot if ok else None
 
 
 def check_domain(domain: str, folder_domain: str | None, where: str) -> None:
