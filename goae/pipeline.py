@@ -148,11 +148,11 @@ class GOAEPipeline(DiffusionPipeline):
         as the mean mapping output (here over 512 seeded z at the canonical camera).
         """
         torch.manual_seed(seed)
-        if generator is None:
-            from goae.models.eg3d import AFHQ512_KWARGS, FFHQ512_KWARGS, FFHQ512_NEURAL_RENDERING_RESOLUTION
+        if generator is None:  # the released generator of the domain
+            from goae.presets import preset
 
-            kwargs = AFHQ512_KWARGS if get_domain(config.get("domain")).name == "cat" else FFHQ512_KWARGS
-            generator = EG3DGenerator.from_official_kwargs(kwargs, FFHQ512_NEURAL_RENDERING_RESOLUTION)
+            p = preset("afhq" if get_domain(config.get("domain")).name == "cat" else "ffhq")
+            generator = EG3DGenerator.from_official_kwargs(p.generator, p.neural_rendering_resolution)
         encoder = encoder or GOAEncoder()
         afa = afa or AFA()
         g = torch.Generator().manual_seed(seed)

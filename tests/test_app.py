@@ -1,7 +1,6 @@
 """The Gradio app's callbacks called directly (no browser), on the small random model."""
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 import zlib
@@ -11,6 +10,8 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
+
+from appserver import import_app
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,15 +23,8 @@ def no_progress(*args, **kwargs):
 @pytest.fixture(scope="module")
 def app_module(examples_dir: Path):
     """Import app.py the way a Space does (module-level `demo` from the environment)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOAE_WEIGHTS", "random-small")
-        mp.setenv("GOAE_DIRECTIONS", str(examples_dir / "goae" / "ws_edit"))
-        mp.setenv("GOAE_EXAMPLES", str(examples_dir / "wild"))
-        sys.modules.pop("app", None)
-        module = importlib.import_module("app")
-    return module
+    return import_app({"GOAE_WEIGHTS": "random-small", "GOAE_DIRECTIONS": str(examples_dir / "goae" / "ws_edit"),
+                       "GOAE_EXAMPLES": str(examples_dir / "wild")})
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.parse
@@ -26,6 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from appserver import start_app
 
 pytestmark = pytest.mark.browser
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -39,12 +38,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 STEP_TIMEOUT_MS = 120_000  # one model step on the 2-core CI machine, with margin
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _app_roots(pid: int) -> list[Path]:
     return list(Path(tempfile.gettempdir()).glob(f"goae-app-{pid}-*"))
 
@@ -54,24 +47,13 @@ def _run_app(cwd: Path, env: dict, log_name: str):
     and check it removed all it wrote (issue #15.11)."""
     if not Path(CHROMIUM).is_file():
         pytest.fail(f"chromium not found at {CHROMIUM} (apt-get install chromium)")
-    port = _free_port()
-    env = dict(env, GOAE_WEIGHTS="random-small", GRADIO_ANALYTICS_ENABLED="False")
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / log_name, "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                log.close()
-                pytest.fail(f"app did not start; log:\n{(ARTIFACTS / log_name).read_text()[-3000:]}")
-            time.sleep(0.5)
+    try:
+        proc, url = start_app(cwd / "app.py", env, log)
+    except RuntimeError as e:
+        log.close()
+        pytest.fail(f"{e}; log:\n{(ARTIFACTS / log_name).read_text()[-3000:]}")
     assert len(_app_roots(proc.pid)) == 1
     yield url, proc
     proc.terminate()

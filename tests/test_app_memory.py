@@ -17,15 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from appserver import import_app, start_app
 
 try:  # the fast tests need these; the soak script only the standard library and gradio_client
     import gradio as gr
@@ -37,14 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------ fast tests
-def _app_module():
-    import importlib
-
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    return sys.modules.get("app") or importlib.import_module("app")
-
-
 def _fake_pipe():
     """Enough of a pipeline for GOAEApp's bookkeeping (no model: these tests never render)."""
     import types
@@ -55,11 +47,9 @@ def _fake_pipe():
 
 
 @pytest.fixture
-def app_module(monkeypatch):
-    monkeypatch.setenv("GOAE_WEIGHTS", "random-small")
-    monkeypatch.delenv("GOAE_EXAMPLES", raising=False)
-    monkeypatch.delenv("GOAE_DIRECTIONS", raising=False)
-    return _app_module()
+def app_module():
+    return sys.modules.get("app") or import_app({"GOAE_WEIGHTS": "random-small", "GOAE_EXAMPLES": None,
+                                                 "GOAE_DIRECTIONS": None})
 
 
 def _entry(mb: int, seed: int) -> dict:
@@ -167,12 +157,6 @@ def _count_files(folders) -> int:
     return sum(1 for f in folders for p in Path(f).rglob("*") if p.is_file()) if folders else 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 FLOWS = {
     # the app before issue #18: align, then the session's invert endpoint
     "old": (lambda c, photo: c.predict(photo, api_name="/align"),
@@ -188,22 +172,12 @@ def soak(app: Path, flow: str, sessions: int, inversions: int, photo: Path, no_f
 
     align, invert = FLOWS[flow]
     before = _app_folders()
-    port = _free_port()
-    env = dict(os.environ, GOAE_WEIGHTS="random-small", GRADIO_ANALYTICS_ENABLED="False")
-    env.pop("GOAE_EXAMPLES", None)
-    log = open(Path(tempfile.gettempdir()) / f"goae_soak_{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(app), "--port", str(port)], cwd=app.parent, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 300
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit(f"app did not start (log in {log.name})")
-            time.sleep(0.5)
+    env = {k: v for k, v in os.environ.items() if k != "GOAE_EXAMPLES"}
+    log = tempfile.NamedTemporaryFile("w", prefix="goae_soak_", suffix=".log", delete=False)
+    try:
+        proc, url = start_app(app, env, log, timeout_s=300)
+    except RuntimeError as e:
+        raise SystemExit(f"{e} (log in {log.name})") from None
     per_session = max(1, inversions // sessions)
     print(f"{app} ({flow}): {sessions} sessions x {per_session} inversions, pid {proc.pid}")
     print(f"{'inversions':>10} {'sessions':>8} {'RSS MB':>8} {'app folders':>11} {'files':>6} {'s/inv':>6}")

@@ -6,10 +6,8 @@ project's examples/ are used).
 from __future__ import annotations
 
 import base64
-import importlib
 import os
 import pickle
-import sys
 import types
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from appserver import import_app
 from goae.domains import HUMAN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +28,8 @@ def no_progress(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def app_module():
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOAE_WEIGHTS", "random-small")
-        for name in ("GOAE_EXAMPLES", "GOAE_DIRECTIONS", "SPACES_ZERO_GPU"):
-            mp.delenv(name, raising=False)
-        sys.modules.pop("app", None)
-        module = importlib.import_module("app")
-    return module
+    return import_app({"GOAE_WEIGHTS": "random-small", "GOAE_EXAMPLES": None, "GOAE_DIRECTIONS": None,
+                       "SPACES_ZERO_GPU": None})
 
 
 @pytest.fixture(scope="module")

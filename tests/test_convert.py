@@ -6,7 +6,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -115,16 +114,12 @@ def _assert_really_malicious(data: bytes, marker: Path):
 
 def _official_like(monkeypatch, payload, where: str) -> bytes:
     """An official-looking network pickle ({'G_ema': persistent obj}) with `payload` nested inside."""
-    pers = types.ModuleType("torch_utils.persistence")
+    from tiny import persistence_modules
 
-    def _reconstruct_persistent_obj(meta):
-        return meta
-
-    _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
-    _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
-    pers._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    monkeypatch.setitem(sys.modules, "torch_utils", types.ModuleType("torch_utils"))
-    monkeypatch.setitem(sys.modules, "torch_utils.persistence", pers)
+    modules = persistence_modules()  # installed for the whole test: the control unpickles the payload
+    for name, mod in modules.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    _reconstruct_persistent_obj = modules["torch_utils.persistence"]._reconstruct_persistent_obj
 
     class Persistent:
         def __init__(self, state):

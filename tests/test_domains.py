@@ -154,18 +154,10 @@ def test_cli_inverts_a_cat_photo(examples_dir, tmp_path, capsys):
 
 
 def test_app_routes_each_session_to_its_domain(examples_dir):
-    import importlib
-    import sys
-    from pathlib import Path
+    from appserver import import_app
 
-    root = Path(__file__).resolve().parents[1]
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GOAE_WEIGHTS", "random-small")
-        mp.setenv("GOAE_DIRECTIONS", str(examples_dir / "goae" / "ws_edit"))
-        sys.modules.pop("app", None)
-        app = importlib.import_module("app")
+    app = import_app({"GOAE_WEIGHTS": "random-small", "GOAE_DIRECTIONS": str(examples_dir / "goae" / "ws_edit"),
+                      "GOAE_EXAMPLES": None})
     apps = app.goae_apps
     assert sorted(apps.apps) == ["cat", "human"] and apps.default is app.goae_app
     # Random weights: each domain gets only its own directions (projected to the small width).

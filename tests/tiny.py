@@ -94,10 +94,9 @@ def one_thread():
 # Official-format network pickles (the converter tests): goae modules written the way EG3D pickles them.
 
 
-@contextlib.contextmanager
-def fake_persistence():
-    """A stand-in `torch_utils.persistence._reconstruct_persistent_obj` to pickle against: the
-    written pickle references the same global as an official one."""
+def persistence_modules() -> dict[str, types.ModuleType]:
+    """Stand-in `torch_utils` / `torch_utils.persistence` modules whose `_reconstruct_persistent_obj` returns its
+    meta: pickling against it writes the same global an official network pickle references."""
     pers = types.ModuleType("torch_utils.persistence")
 
     def _reconstruct_persistent_obj(meta):
@@ -106,10 +105,17 @@ def fake_persistence():
     _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
     _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
     pers._reconstruct_persistent_obj = _reconstruct_persistent_obj
-    saved = {k: sys.modules.get(k) for k in ("torch_utils", "torch_utils.persistence")}
-    sys.modules.update({"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": pers})
+    return {"torch_utils": types.ModuleType("torch_utils"), "torch_utils.persistence": pers}
+
+
+@contextlib.contextmanager
+def fake_persistence():
+    """persistence_modules() installed for the block; yields the stand-in rebuild function."""
+    modules = persistence_modules()
+    saved = {k: sys.modules.get(k) for k in modules}
+    sys.modules.update(modules)
     try:
-        yield _reconstruct_persistent_obj
+        yield modules["torch_utils.persistence"]._reconstruct_persistent_obj
     finally:
         for k, v in saved.items():
             sys.modules.pop(k) if v is None else sys.modules.__setitem__(k, v)
