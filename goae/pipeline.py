@@ -10,17 +10,20 @@ A thin orchestration of three components (diffusers style): the EG3D `generator`
     fuse    : occlusion-aware mix of refined (F) and original (W) tri-planes
     render  : any camera from the cached mixed tri-planes
 
-The mixed tri-planes are the cache: `render_view` re-uses them without re-encoding.
+The mixed tri-planes are the cache: `render_view` re-uses them without re-encoding. `pipe(photo)` also
+aligns the photo and estimates its camera with the pipeline's domain (goae.domains) first.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+import os
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +37,7 @@ from goae.models.afa import AFA
 from goae.models.eg3d import EG3DGenerator, RenderOutput
 from goae.models.encoder import GOAEncoder
 from goae.models.goae import GOAE
-from goae.camera import camera_label_degrees, orbit_cameras
+from goae.camera import camera_label_degrees, orbit_cameras, yaw_pitch_from_label
 from goae.card import Provenance, write_model_card
 from goae.domains import DEFAULT_DOMAIN, Domain, get_domain, pivot_of
 from goae.io import atomic_dir
@@ -43,7 +46,15 @@ from goae.runtime import tf32
 DIRECTIONS_FOLDER = "directions"  # edit directions inside a pipeline folder (the app's sliders)
 _REDUCED_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
-ImageInput = Image.Image | np.ndarray | torch.Tensor | Sequence[Image.Image | np.ndarray]
+ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | Sequence[Image.Image | np.ndarray | str]
+Progress = Callable[[float, str], Any]  # progress(fraction of the call done, description of the stage starting)
+
+# The stages of one call, as `progress` and the progress bar report them: (name, description, share of the
+# time). Shares are rough CPU proportions; "align" runs only when the pipeline aligns the photos itself.
+STAGES = (("align", "Aligning the face", 0.10), ("encode", "Encoding (Swin-V2 → W+)", 0.15),
+          ("render_w", "Rendering the first reconstruction", 0.20), ("refine", "Refining (AFA)", 0.15),
+          ("fuse", "Fusing (occlusion-aware mix)", 0.20), ("render", "Final render", 0.20))
+CACHE_KEYS = ("ws", "planes", "camera")  # what a kept result needs; the edit features are optional
 
 
 @dataclass
@@ -60,6 +71,16 @@ class GOAEOutput(BaseOutput):
     edit_features: what `edit` needs to refine an edited code the way the paper does: the generator
                  features at the AFA level (x_rec) and their AFA-aligned version (adain_rec).
     intermediates: with `return_intermediates=True`, every boundary of the method (else None).
+    images:      the reconstructions as `output_type` asked ('pil' list, 'np', 'pt'; None for None).
+    yaw_pitch:   [(yaw, pitch)] degrees from frontal of each `camera` (the domain's label convention).
+    When the pipeline aligned the photos itself (`pipe(photo)`, no camera given):
+    aligned:     the aligned 512x512 crops that were inverted (PIL images).
+    face_box:    [(l, t, r, b)] the region of each source photo that its crop covers (source pixels).
+    alignment:   the aligner's full records (goae.align.AlignedFace / AlignedCat: face_index, faces found,
+                 landmarks or the cat's box, photo size), e.g. for goae.export.save_inversion.
+
+    `to_cache()` / `GOAEOutput.from_cache(entry, device)` keep a result as compact CPU tensors and bring
+    it back as what render_view, preview_view and edit read.
     """
 
     ws: torch.Tensor
@@ -72,6 +93,38 @@ class GOAEOutput(BaseOutput):
     edit_features: dict[str, torch.Tensor]
     intermediates: dict[str, torch.Tensor] | None = None
     images: list[Image.Image] | np.ndarray | torch.Tensor | None = None
+    yaw_pitch: list[tuple[float, float]] | None = None
+    aligned: list[Image.Image] | None = None
+    face_box: list[tuple[float, float, float, float]] | None = None
+    alignment: list | None = None
+
+    def to_cache(self, edit_features: bool = True) -> dict[str, torch.Tensor]:
+        """What views, videos, meshes and edits need of this result, as contiguous CPU tensors that own their
+        memory (~30 MB per photo at full size, mostly the tri-planes; safetensors can store them):
+        ws, planes, camera, and with edit_features the x_rec / adain_rec that `edit` needs."""
+        keep = {k: getattr(self, k) for k in CACHE_KEYS}
+        if edit_features:
+            keep.update(self.edit_features or {})
+        return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in keep.items()}
+
+    @classmethod
+    def from_cache(cls, entry: dict[str, torch.Tensor], device: str | torch.device | None = None) -> "GOAEOutput":
+        """A `to_cache()` entry (on `device`, default where it is) as the GOAEOutput that render_view,
+        preview_view and edit read; the images and mask are not kept, so they are None."""
+        missing = [k for k in CACHE_KEYS if not isinstance(entry.get(k) if isinstance(entry, dict) else None,
+                                                          torch.Tensor)]
+        if missing:
+            raise ValueError(f"not a GOAEOutput cache entry: no tensor {', '.join(missing)} (make entries with "
+                             "result.to_cache())")
+        t = {k: v.to(device) if device is not None else v for k, v in entry.items() if isinstance(v, torch.Tensor)}
+        n = t["ws"].shape[0]
+        if t["ws"].ndim != 3 or t["planes"].ndim != 4 or tuple(t["camera"].shape) != (n, 25) \
+                or t["planes"].shape[0] != n:
+            raise ValueError(f"cache entry shapes do not fit together: ws {tuple(t['ws'].shape)}, planes "
+                             f"{tuple(t['planes'].shape)}, camera {tuple(t['camera'].shape)} (want [B,num_ws,w], "
+                             "[B,96,H,W], [B,25])")
+        return cls(ws=t["ws"], planes=t["planes"], image=None, image_raw=None, image_depth=None, camera=t["camera"],
+                   mask=None, edit_features={k: t[k] for k in ("x_rec", "adain_rec") if k in t})
 
 
 @dataclass
@@ -116,8 +169,201 @@ def _to_uint8_batch(images: ImageInput) -> list[Image.Image]:
     return out
 
 
-class GOAEPipeline(DiffusionPipeline):
-    """GOAE inversion pipeline. `GOAEPipeline.from_pretrained(repo_or_dir)` / `save_pretrained(dir)`."""
+def _photo_list(image: Any) -> list:
+    """The photos of one call as a list: a list or tuple, a [B,...] array or tensor, or one photo."""
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise ValueError("no images given (an empty list)")
+        return list(image)
+    if isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 4:
+        if image.shape[0] == 0:
+            raise ValueError("no images given (a batch of 0)")
+        return list(image)
+    return [image]
+
+
+_PHOTO_TYPES = (Image.Image, np.ndarray, torch.Tensor, str, os.PathLike, bytes)
+
+
+def _check_photo(photo: Any, where: str) -> Any:
+    """One photo as the aligner reads it: a tensor [3,H,W] (uint8, or float in [-1, 1] as everywhere in the
+    pipeline) becomes an HxWx3 uint8 array; every other accepted type goes as it is."""
+    if not isinstance(photo, _PHOTO_TYPES):
+        raise TypeError(f"{where}is of type {type(photo).__name__}: pass a PIL image, a numpy array (HxWx3), a torch "
+                        "tensor ([3,H,W] or [B,3,H,W], uint8 or float in [-1, 1]), a file path, or a list of these")
+    if not isinstance(photo, torch.Tensor):
+        return photo
+    if photo.ndim != 3 or photo.shape[0] != 3:
+        raise ValueError(f"{where}is a tensor of shape {tuple(photo.shape)}: image tensors are [3,H,W] or [B,3,H,W]")
+    if photo.is_floating_point():
+        lo, hi = float(photo.min()), float(photo.max())
+        if not (-1.001 <= lo and hi <= 1.001):  # NaN fails too
+            raise ValueError(f"{where}is a float tensor with values in [{lo:.4g}, {hi:.4g}]: float images are in "
+                             "[-1, 1] here (uint8 tensors are read as 0..255)")
+        photo = ((photo.float() + 1) * 127.5).round().clamp(0, 255)
+    elif photo.dtype != torch.uint8:
+        raise TypeError(f"{where}is a {photo.dtype} tensor: pass uint8 (0..255) or float in [-1, 1]")
+    return photo.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _in_batch(error: ValueError, i: int, n: int) -> ValueError:
+    """The same error, saying which photo of a batch it is about."""
+    try:
+        return type(error)(f"photo {i + 1} of {n}: {error}")
+    except TypeError:  # an error type that needs more than a message
+        return error
+
+
+class _StageReport:
+    """Reports the stages of one call, as each starts, to `progress(fraction, description)` and to the
+    pipeline's progress bar (diffusers' `progress_bar`, off unless `set_progress_bar_config(disable=False)`)."""
+
+    def __init__(self, pipe: "GOAEPipeline", names: Sequence[str], progress: Progress | None):
+        self.stages = [s for s in STAGES if s[0] in names]
+        self.progress, self.started = progress, 0
+        self.bar = pipe.progress_bar(total=len(self.stages))
+
+    def __call__(self, name: str) -> None:
+        names = [s[0] for s in self.stages]
+        i = names.index(name)
+        if self.started:
+            self.bar.update(1)
+        self.started += 1
+        done = sum(s[2] for s in self.stages[:i]) / sum(s[2] for s in self.stages)
+        self.bar.set_description(self.stages[i][1], refresh=False)
+        if self.progress is not None:
+            self.progress(done, self.stages[i][1])
+
+    def close(self) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.bar.close()
+
+
+class _ReportingGOAE(GOAE):
+    """The GOAE forward, reporting each step as it starts. GOAE.forward calls these public steps in this order
+    (encode, synthesize + first render, refine, fuse, final render); the computation is GOAE's own."""
+
+    def __init__(self, report: Callable[[str], None], *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.report = report
+
+    def encode(self, *args, **kwargs):
+        self.report("encode")
+        return super().encode(*args, **kwargs)
+
+    def synthesize(self, *args, **kwargs):
+        self.report("render_w")
+        return super().synthesize(*args, **kwargs)
+
+    def refine(self, *args, **kwargs):
+        self.report("refine")
+        return super().refine(*args, **kwargs)
+
+    def fuse(self, *args, **kwargs):
+        self.report("fuse")
+        out = super().fuse(*args, **kwargs)
+        self.report("render")  # what forward does after fusing
+        return out
+
+
+# diffusers' DiffusionPipeline methods that cannot work on GOAE: each is replaced by one line saying why, so that
+# help(GOAEPipeline) shows goae's interface rather than pages about UNets and offloading.
+_NO_ATTENTION_SLICING = "GOAE has no UNet attention to slice (the Swin-V2 encoder attends within small windows)"
+_NO_XFORMERS = "GOAE's Swin-V2 window attention does not use xformers; for speed see enable_fast_path"
+_NO_OFFLOAD = ("the generator runs through methods other than forward, which diffusers' offload hooks "
+               "(model_cpu_offload_seq) do not follow; keep the pipeline on one device with pipe.to(device)")
+NOT_IN_GOAE = {
+    "enable_attention_slicing": _NO_ATTENTION_SLICING, "disable_attention_slicing": _NO_ATTENTION_SLICING,
+    "set_attention_slice": _NO_ATTENTION_SLICING, "enable_xformers_memory_efficient_attention": _NO_XFORMERS,
+    "disable_xformers_memory_efficient_attention": _NO_XFORMERS, "set_use_memory_efficient_attention_xformers": _NO_XFORMERS,
+    "enable_model_cpu_offload": _NO_OFFLOAD, "enable_sequential_cpu_offload": _NO_OFFLOAD,
+    "enable_group_offload": _NO_OFFLOAD,
+    "from_pipe": "goae has one pipeline class: build another with GOAEPipeline(generator=..., encoder=..., afa=...)",
+    "download": ("use GOAEPipeline.from_pretrained(repo_id), which checks the folder before building anything "
+                 "(or `hf download repo_id` to fetch it)"),
+    "register_for_auto_class": "goae pipelines load with their own code (GOAEPipeline.from_pretrained), not remote code",
+}
+
+
+def _not_in_goae(name: str, why: str):
+    def method(*args, **kwargs):
+        raise NotImplementedError(f"GOAEPipeline.{name} is not available: {why}.")
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"Not in goae: {why}."
+    return method
+
+
+class HubUnavailableError(ConnectionError):
+    """The Hugging Face Hub could not be reached or refused a call; the message says what to do."""
+
+
+@contextlib.contextmanager
+def _hub_errors(what: str, repo_id: str):
+    """Network failures and Hub refusals of a Hub call -> one HubUnavailableError line (not a traceback of
+    httpx internals)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    later = (f"or save it now with pipe.save_pretrained(folder) and upload it later with "
+             f"`hf upload {repo_id} folder`")
+    # huggingface_hub's HTTP client is httpx (or its successor httpx2); requests' errors are OSErrors.
+    transport = tuple(m.TransportError for m in (sys.modules.get("httpx"), sys.modules.get("httpx2")) if m)
+    try:
+        yield
+    except OfflineModeIsEnabled:
+        raise HubUnavailableError(f"{what}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it, "
+                                  + later) from None
+    except HfHubHTTPError as e:  # an OSError too: before the network errors
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            why = f"the Hub refused the token (HTTP {status}); log in with `hf auth login` or pass token=, then try again"
+        else:
+            why = f"the Hub at {constants.ENDPOINT} answered HTTP {status}; try again later"
+        raise HubUnavailableError(f"{what}: {why}, {later}") from None
+    except (*transport, OSError) as e:
+        if isinstance(e, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)):
+            raise  # local files, not the network
+        raise HubUnavailableError(f"{what}: the Hugging Face Hub at {constants.ENDPOINT} cannot be reached "
+                                  f"({type(e).__name__}); check the network (or HF_ENDPOINT), then try again, "
+                                  + later) from None
+
+
+class DiffusersBase(DiffusionPipeline):
+    """diffusers' DiffusionPipeline as goae uses it (loading, saving, devices, configs); its methods that
+    cannot work on GOAE raise NotImplementedError with one line that says why."""
+
+    def __dir__(self):
+        return [n for n in super().__dir__() if n not in NOT_IN_GOAE]
+
+
+for _name, _why in NOT_IN_GOAE.items():
+    setattr(DiffusersBase, _name, _not_in_goae(_name, _why))
+
+
+class GOAEPipeline(DiffusersBase):
+    """GOAE inversion pipeline: a photo -> its 3D head (refined EG3D tri-planes), renderable from any view.
+
+        pipe = GOAEPipeline.from_pretrained(folder_or_repo_id)     # or from_preset('ffhq'), load_pipeline(...)
+        out = pipe(Image.open("examples/astronaut.png"))           # aligns, estimates the camera, inverts
+        out.images[0], out.aligned[0], out.yaw_pitch[0], out.face_box[0]
+        pipe.render_view(out, pipe.view_camera(30, 0)).images[0]   # another view from the kept tri-planes
+
+    goae's interface:
+      __call__(image, camera=None, ...)   invert photos (aligned here) or prepared crops with their cameras;
+                                          progress=callable(fraction, description) reports each stage
+      render_view / preview_view          render the kept tri-planes at other cameras (full / fast preview)
+      edit(result, offset)                a W+ edit, refined the way the paper does (goae.edit for directions)
+      view_camera, orbit_cameras          EG3D camera labels of views around the head (`orbit_pivot`)
+      domain                              what the weights invert (goae.domains: human / cat) and its aligner
+      enable_fast_path / disable_fast_path / to(dtype)   bf16 / fp16 / compiled inference
+      from_pretrained, from_preset, from_random, save_pretrained, push_to_hub   weights and folders
+      preprocess, camera_tensor, encode, method          the steps, for training and inspection
+    GOAEOutput.to_cache() / GOAEOutput.from_cache(entry) keep a result and bring it back.
+    Inherited diffusers methods that cannot work here (attention slicing, xformers, offloading, from_pipe,
+    download) raise NotImplementedError saying why.
+    """
 
     # No model_cpu_offload_seq: the generator runs through methods other than forward, so diffusers'
     # offload hooks would not move it (enable_model_cpu_offload says so and stops).
@@ -136,6 +382,7 @@ class GOAEPipeline(DiffusionPipeline):
         # cameras and the edit directions that belong to it (goae.domains).
         self.register_to_config(afa_resolution=afa_resolution, mask_blur_sigma=mask_blur_sigma,
                                 mask_threshold=mask_threshold, deterministic=deterministic, domain=domain)
+        self.set_progress_bar_config(disable=True)  # quiet unless asked: set_progress_bar_config(disable=False)
 
     @classmethod
     def from_random(cls, seed: int = 0, generator: EG3DGenerator | None = None, encoder: GOAEncoder | None = None,
@@ -272,15 +519,17 @@ class GOAEPipeline(DiffusionPipeline):
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None,
                     token: str | None = None, create_pr: bool = False, **kwargs):
-        """Upload the saved folder (weights, model card, directions) to a Hub model repo."""
+        """Upload the saved folder (weights, model card, directions) to a Hub model repo. Without a network
+        (or with the Hub refusing) raises HubUnavailableError, one line saying what to do."""
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory(prefix="goae-push-") as tmp:
-            folder = self.save_pretrained(Path(tmp) / "pipeline", repo_hint=repo_id)
-            return api.upload_folder(repo_id=repo_id, folder_path=str(folder), create_pr=create_pr,
-                                     commit_message=commit_message or "Upload goae pipeline", **kwargs)
+        with _hub_errors(f"push_to_hub({repo_id!r})", repo_id):
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            with tempfile.TemporaryDirectory(prefix="goae-push-") as tmp:
+                folder = self.save_pretrained(Path(tmp) / "pipeline", repo_hint=repo_id)
+                return api.upload_folder(repo_id=repo_id, folder_path=str(folder), create_pr=create_pr,
+                                         commit_message=commit_message or "Upload goae pipeline", **kwargs)
 
     # ----------------------------------------------------------------------------- fast paths
     @property
@@ -355,7 +604,8 @@ class GOAEPipeline(DiffusionPipeline):
         pil = _to_uint8_batch(images)
         for im in pil:
             if im.size != (512, 512):
-                raise ValueError(f"GOAE expects aligned 512x512 crops (use pipe.domain.align(photo) first), got {im.size}")
+                raise ValueError(f"with camera= the images are aligned 512x512 crops, got {im.size}: leave camera "
+                                 "out and pipe(photo) aligns the photo and estimates its camera")
         u8_512 = np.stack([np.asarray(im) for im in pil])
         u8_enc = np.stack([np.asarray(im.resize((r, r), Image.BICUBIC)) for im in pil])
         to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div(127.5).sub(1)
@@ -363,7 +613,17 @@ class GOAEPipeline(DiffusionPipeline):
 
     def camera_tensor(self, camera: Any, batch: int) -> torch.Tensor:
         """EG3D camera label(s) ([25], [1,25] or [batch,25], array or tensor) -> [batch, 25] on the device."""
-        c = torch.as_tensor(np.asarray(camera, dtype=np.float32)) if not isinstance(camera, torch.Tensor) else camera
+        what = ("camera= takes EG3D camera labels, 25 numbers per image ([25], [1,25] or [B,25]: cam2world 4x4 + "
+                "normalised intrinsics 3x3, e.g. pipe.domain.input_camera(yaw, pitch)); leave it out to align the "
+                "photo and estimate its camera")
+        try:
+            c = camera if isinstance(camera, torch.Tensor) else torch.as_tensor(np.asarray(camera, dtype=np.float32))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}; got {type(camera).__name__} ({e})") from None
+        if c.numel() == 0 or c.numel() % 25 or (c.ndim > 1 and c.shape[-1] != 25):
+            raise ValueError(f"{what}; got shape {tuple(c.shape)}")
+        if not torch.isfinite(c).all():
+            raise ValueError(f"{what}; got non-finite values")
         c = c.float().reshape(-1, 25).to(self.device)
         if c.shape[0] == 1 and batch > 1:
             c = c.expand(batch, 25)
@@ -374,11 +634,14 @@ class GOAEPipeline(DiffusionPipeline):
     @property
     def method(self) -> GOAE:
         """The GOAE forward (goae.models.goae) over this pipeline's components, at its precision."""
+        return self._method(GOAE)
+
+    def _method(self, cls, *args) -> GOAE:
         cfg = self.config
-        return GOAE(self.generator, self.encoder, self.afa, afa_resolution=cfg.afa_resolution,
-                    mask_blur_sigma=cfg.mask_blur_sigma, mask_threshold=cfg.mask_threshold,
-                    deterministic=cfg.deterministic, autocast=self._autocast,
-                    backbone_autocast=self._backbone_autocast)
+        return cls(*args, self.generator, self.encoder, self.afa, afa_resolution=cfg.afa_resolution,
+                   mask_blur_sigma=cfg.mask_blur_sigma, mask_threshold=cfg.mask_threshold,
+                   deterministic=cfg.deterministic, autocast=self._autocast,
+                   backbone_autocast=self._backbone_autocast)
 
     # ----------------------------------------------------------------------------- domain and cameras
     @property
@@ -406,31 +669,113 @@ class GOAEPipeline(DiffusionPipeline):
         return self.method.encode(x_enc)[0]
 
     @torch.no_grad()
-    def __call__(self, image: ImageInput, camera: Any, return_intermediates: bool = False,
-                 output_type: str | None = "pil", return_dict: bool = True) -> GOAEOutput | tuple:
-        """Invert aligned 512x512 portrait(s) taken with EG3D camera label(s) `camera` ([B,25] or [25]).
+    def __call__(self, image: ImageInput, camera: Any = None, *, aligned: bool | None = None,
+                 face_index: int | Sequence[int | None] | None = None, box: Sequence[float] | None = None,
+                 yaw: float | None = None, pitch: float | None = None, progress: Progress | None = None,
+                 return_intermediates: bool = False, output_type: str | None = "pil",
+                 return_dict: bool = True) -> GOAEOutput | tuple:
+        """Invert photo(s): a PIL image, a numpy array, a torch tensor ([3,H,W] / [B,3,H,W], float in [-1, 1] or
+        uint8), a file path, or a list of these (a batch).
 
+        Without `camera`, each photo is aligned with the pipeline's domain (`pipe.domain.align`: the face is
+        found and cropped, its camera estimated; the AFHQ camera for cats) and the result also holds
+        `aligned`, `face_box` and `alignment`. face_index picks a face (0-based, left to right; one per photo
+        in a list); None takes the largest, as the CLI and the app do. box / yaw / pitch: for cats (the head's
+        box in source pixels when the detector misses; the camera in degrees, not estimated for cats).
+        With `camera` (EG3D labels, [25] or [B,25]), the images are taken as aligned 512x512 crops
+        (prepared crops and datasets); aligned=True says so too and needs the camera.
+
+        progress: called as each stage starts with (fraction of the call done, description): a
+        gradio.Progress fits as it is; stage names and shares are goae.pipeline.STAGES. The pipeline's
+        progress bar (`set_progress_bar_config(disable=False)`) shows the same stages.
         `images` holds the reconstructions as output_type ('pil', 'np', 'pt' in [0, 1], or None);
         `image` etc. are the [-1, 1] tensors. return_dict=False: (images, ws, planes), the cache that
         `render_view(None, camera, ws=ws, planes=planes)` renders. With `return_intermediates`,
         `intermediates` holds every boundary of the method (W tri-planes and render, AFA output, F
         tri-planes, the mask stages) for inspection and parity tests.
         """
-        x_enc, x_512 = self.preprocess(image)
-        c = self.camera_tensor(camera, x_enc.shape[0])
-        with self._tf32():
-            fwd = self.method(x_512, x_enc, c, intermediates=return_intermediates)
+        if output_type not in OUTPUT_TYPES:  # before any work
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if aligned is None:
+            aligned = camera is not None
+        if aligned and camera is None:
+            raise ValueError("aligned=True: give the crops' camera too (camera=[B,25] EG3D labels, e.g. "
+                             "pipe.domain.input_camera(yaw, pitch)), or leave aligned out to align the photo and "
+                             "estimate its camera")
+        if not aligned and camera is not None:
+            raise ValueError("aligned=False with a camera: camera= is for aligned crops; leave camera out to align "
+                             "the photo and estimate its camera")
+        given = [n for n, v in (("face_index", face_index), ("box", box), ("yaw", yaw), ("pitch", pitch))
+                 if v is not None]
+        if aligned and given:
+            raise ValueError(f"{', '.join(given)}: only when the pipeline aligns the photo; with camera= the "
+                             "images are already aligned crops")
+        stages = [s[0] for s in STAGES if aligned is False or s[0] != "align"]
+        report = _StageReport(self, stages, progress)
+        try:
+            alignment = None
+            if aligned:
+                x_enc, x_512 = self.preprocess(image if isinstance(image, torch.Tensor) else self._crops(image))
+            else:
+                report("align")
+                alignment = self._align(image, face_index, box=box, yaw=yaw, pitch=pitch)
+                x_enc, x_512 = self.preprocess([a.image for a in alignment])
+                camera = np.stack([np.asarray(a.camera, dtype=np.float32) for a in alignment])
+            c = self.camera_tensor(camera, x_enc.shape[0])
+            with self._tf32():
+                fwd = self._method(_ReportingGOAE, report)(x_512, x_enc, c, intermediates=return_intermediates)
+        finally:
+            report.close()
         inter = None
         if return_intermediates:
             inter = {"x_enc": x_enc, "img_rec": fwd.img_rec, "planes_w": fwd.planes_w, "planes_f": fwd.planes_f,
                      "gamma": fwd.afa["gamma"], "beta": fwd.afa["beta"], "afa_features": fwd.afa["features"],
                      **{f"render_w.{k}": v for k, v in fwd.render_w.items()},
                      **{f"mask.{k}": v for k, v in fwd.mask.items()}}
+        yaw_r, pitch_r = yaw_pitch_from_label(c.detach().cpu(), lookat=self.domain.label_lookat)
         out = GOAEOutput(ws=fwd.ws, planes=fwd.planes, image=fwd.final.image, image_raw=fwd.final.image_raw,
                          image_depth=fwd.final.image_depth, camera=c, mask=fwd.mask["mask"],
                          edit_features={"x_rec": fwd.x_rec, "adain_rec": fwd.afa["feature_map_adain"]},
-                         intermediates=inter, images=to_output_type(fwd.final.image, output_type))
+                         intermediates=inter, images=to_output_type(fwd.final.image, output_type),
+                         yaw_pitch=[(float(np.degrees(y)), float(np.degrees(p))) for y, p in zip(yaw_r, pitch_r)],
+                         aligned=None if alignment is None else [a.image for a in alignment],
+                         face_box=None if alignment is None else [tuple(float(v) for v in a.box) for a in alignment],
+                         alignment=alignment)
         return out if return_dict else (out.images, out.ws, out.planes)
+
+    def _crops(self, image: ImageInput) -> list:
+        """Aligned crops given as photos: each as preprocess reads it (paths decoded and checked)."""
+        from goae.align import load_image
+
+        photos = _photo_list(image)
+        out = []
+        for i, im in enumerate(photos):
+            im = _check_photo(im, f"image {i + 1} of {len(photos)} " if len(photos) > 1 else "the image ")
+            out.append(load_image(im) if isinstance(im, (str, os.PathLike, bytes)) else im)
+        return out
+
+    def _align(self, image: ImageInput, face_index, **options) -> list:
+        """Each photo aligned by the domain's aligner (its errors say what is wrong and what to do)."""
+        photos = _photo_list(image)
+        n = len(photos)
+        if isinstance(face_index, (list, tuple)):
+            if len(face_index) != n:
+                raise ValueError(f"face_index has {len(face_index)} entries for {n} photos: give one per photo "
+                                 "(None for the largest face) or a single index")
+            indices = list(face_index)
+        else:
+            indices = [face_index] * n
+        options = {k: v for k, v in options.items() if v is not None}
+        out = []
+        for i, (photo, index) in enumerate(zip(photos, indices)):
+            try:
+                photo = _check_photo(photo, f"photo {i + 1} of {n} " if n > 1 else "the photo ")
+                out.append(self.domain.align(photo, face_index=index, **options))
+            except ValueError as e:  # AlignError, DomainError, a bad box: all ValueErrors
+                if n == 1:
+                    raise
+                raise _in_batch(e, i, n) from e
+        return out
 
     @torch.no_grad()
     def render_view(self, result: GOAEOutput | None, camera: Any, ws: torch.Tensor | None = None,
@@ -487,7 +832,10 @@ class GOAEPipeline(DiffusionPipeline):
         The AFA features of the original inversion are kept and shifted by the change the edit makes
         to the generator features; the occlusion-aware mix then uses the edited W tri-planes.
         """
-        f = result.edit_features
+        f = result.edit_features or {}
+        if "x_rec" not in f or "adain_rec" not in f:
+            raise ValueError("this result has no edit features (a cache entry made with to_cache(edit_features="
+                             "False)): edit the result of pipe(...), or keep its entry with the features")
         with self._tf32():
             fwd = self.method.edit(result.ws, offset.to(result.ws.device, result.ws.dtype), result.camera,
                                    f["x_rec"], f["adain_rec"])
