@@ -446,6 +446,22 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class QuickHead:
+    """ASGI middleware: `HEAD /` answers 200 at once instead of rendering the page and dropping it. Gradio's
+    launch checks its own page with HEAD requests that time out after 3 s, and exits when one does (issue #31):
+    on a busy machine, with visitors already loading the page, rendering can take longer than that."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "HEAD" and scope["path"] in ("", "/"):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/html; charset=utf-8")]})
+            return await send({"type": "http.response.body", "body": b""})
+        return await self.app(scope, receive, send)
+
+
 # ------------------------------------------------------------------------------------------ callbacks
 class GOAEApp:
     """The app's callbacks. Each takes the session and returns the new session plus component values.
@@ -867,7 +883,9 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
     app = apps.default  # the settings the pipelines share (resolutions, frames, folders, cache)
     has_cat = "cat" in apps.apps
     with gr.Blocks(title="GOAE: 3D GAN inversion", delete_cache=(3600, 3600)) as demo:
-        session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=app.end_session)
+        def end_state(s):  # a plain function: Gradio deep-copies the page config (and a bound method's app) per page
+            app.end_session(s)
+        session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=end_state)
         what = "a portrait or a cat" if has_cat and len(apps.apps) > 1 else ("a cat" if has_cat else "a portrait")
         gr.Markdown(f"# GOAE: one photo of {what} → 3D head\nUpload a photo (or use the webcam, or click an "
                     "example): the app finds the face and inverts it. Then turn the head, make a turntable video, a "
@@ -1266,7 +1284,8 @@ def launch(demo: gr.Blocks, app: GOAEApp, host: str | None = None, port: int | N
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=f"{MAX_UPLOAD_MB}mb",
                        allowed_paths=allowed, show_error=False, footer_links=["api", "gradio", "settings"],
                        mcp_server=mcp_available(),
-                       app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=body_limit)]})
+                       app_kwargs={"middleware": [Middleware(QuickHead),
+                                                  Middleware(RequestSizeLimit, max_bytes=body_limit)]})
 
 
 if __name__ == "__main__":
