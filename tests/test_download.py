@@ -1,6 +1,8 @@
 """`python -m goae.download`: against a real local HTTP server (http.server in a thread, with Range and
 If-Range support written here) serving official-format files under the official names: the tiny
-official-format EG3D pickle from ../shared, and encoder/AFA .pt state dicts made like test_convert's."""
+official-format EG3D pickle from ../shared, encoder/AFA .pt state dicts made like test_convert's, and the
+official edit directions (../shared/examples/goae/ws_edit, whose sha256 goae knows).
+Slow, redirecting and disk-filling cases are at the end."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import re
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -42,7 +45,8 @@ class FileServer:
         self.drop_skip: dict[str, int] = {}  # name -> requests served whole before the drop
         self.html: set[str] = set()  # names answered as text/html (a quota / login page)
         self.requests: list[tuple[str, str | None, str | None]] = []  # (path, Range, If-Range)
-        self.routes: dict[str, callable] = {}  # extra paths (the Drive simulation)
+        self.routes: dict[str, callable] = {}  # extra paths (the Drive simulation, slow answers, redirects)
+        self.stopped = threading.Event()  # ends the slow answers
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -112,6 +116,7 @@ class FileServer:
         return [r for r in self.requests if r[0] == f"/{name}"]
 
     def close(self) -> None:
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -134,9 +139,16 @@ def official(parity_dir) -> dict[str, bytes]:
     return out
 
 
+@pytest.fixture(scope="module")
+def directions(examples_dir) -> dict[str, bytes]:
+    """The official edit direction files as the GOAE repository holds them, under their mirror names."""
+    return {f"{dl.DIRECTIONS_DIR}/{name}": (examples_dir / "goae" / "ws_edit" / name).read_bytes()
+            for name in dl.DIRECTION_SHA256}
+
+
 @pytest.fixture
-def server(official):
-    s = FileServer(official)
+def server(official, directions):
+    s = FileServer({**official, **directions})
     yield s
     s.close()
 
@@ -180,9 +192,10 @@ def leftovers(root: Path) -> list[str]:
 # ----------------------------------------------------------------------------- cases
 
 
-def test_full_download_and_conversion(home, server, official, run, monkeypatch):
+def test_full_download_and_conversion(home, server, official, directions, run, monkeypatch):
     from safetensors.torch import load_file
 
+    from goae.edit import directions_for, load_direction
     from goae.pipeline import GOAEPipeline
 
     assert dl.default_weights_folder() is None
@@ -194,7 +207,8 @@ def test_full_download_and_conversion(home, server, official, run, monkeypatch):
     assert out.splitlines()[0] == f"goae weights ready: {folder}"
     assert "NVIDIA Source Code License" in err and "no LICENSE file" in err
     # Every file fetched once, whole, under its official name; SHA256SUMS checked and recorded.
-    assert sorted(r[0] for r in server.requests) == sorted(["/" + SUMS_NAME, *(f"/{n}" for n in official)])
+    assert sorted(r[0] for r in server.requests) == sorted(["/" + SUMS_NAME, *(f"/{n}" for n in official),
+                                                           *(f"/{n}" for n in directions)])
     downloads = home / "downloads"
     sums = dl.read_sums(downloads / SUMS_NAME)
     assert sums == {n: hashlib.sha256(b).hexdigest() for n, b in official.items()}
@@ -210,6 +224,17 @@ def test_full_download_and_conversion(home, server, official, run, monkeypatch):
     afa = load_file(folder / "afa" / "diffusion_pytorch_model.safetensors")
     ref = torch.load(io.BytesIO(official[AFA_FILE]), weights_only=True)
     assert all(torch.equal(afa[k], ref[k]) for k in ref)
+    # The official edit directions: all five verified in downloads/ws_edit, the human ones in the pipeline
+    # (which the library then loads by itself), their source and sha256 in the model card.
+    for name, data in directions.items():
+        assert (downloads / name).read_bytes() == data
+    dirs, notes = directions_for(pipe, None)
+    assert sorted(dirs) == ["age", "anger", "glass"] and notes == []
+    for name, d in dirs.items():
+        assert torch.equal(d.tensor, load_direction(downloads / "ws_edit" / f"{name}.npy").tensor)
+    card = (folder / "README.md").read_text()
+    assert dl.DIRECTIONS_PAGE in card and dl.DIRECTION_SHA256["glass.npy"] in card
+    assert "cat_black, cat_smalleyes (for the cat model) are kept in" in err
     # A second run does nothing (no request at all).
     n = len(server.requests)
     code, out, err = run("--accept-licences")
@@ -296,7 +321,8 @@ def test_corrupted_file(home, server, official, run, how):
         n = len(server.requests)
         code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
         assert code == 0, err
-        assert [r[0] for r in server.requests[n:]] == ["/" + SUMS_NAME, "/" + AFA_FILE]
+        dirs = [f"/{dl.DIRECTIONS_DIR}/{name}" for name in dl.DIRECTION_SHA256]  # not reached by the first run
+        assert [r[0] for r in server.requests[n:]] == ["/" + SUMS_NAME, "/" + AFA_FILE, *dirs]
         assert dl.default_weights_folder() is not None
 
 
@@ -317,6 +343,9 @@ def test_bad_file_put_there_by_hand(home, official, run):
     code, out, err = run("--mirror", "http://127.0.0.1:9/never-used")
     assert code == 0, err
     assert dl.default_weights_folder() == home / "weights" / "goae-ffhq"
+    # Without --accept-licences nothing is fetched: the edit directions are left out, and the line says how to add them.
+    assert "official edit directions were not fetched (their terms were not accepted)" in err
+    assert not (home / "weights" / "goae-ffhq" / "directions").exists()
 
 
 def test_licence_not_accepted(home, server, run):
@@ -456,3 +485,206 @@ def test_non_interactive_session_refuses(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert "error: the licences of the weights were not accepted" in r.stderr and "--accept-licences" in r.stderr
     assert not (tmp_path / "home").exists()
+
+
+# ----------------------------------------------------------------------------- the edit directions
+
+
+def test_directions_added_to_an_existing_pipeline(home, server, official, directions, run):
+    # A folder converted without them (--no-directions, or before goae fetched them): the next run adds them,
+    # fetching only the direction files; a damaged one is a warning, and the run after the fix adds it.
+    code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0", "--no-directions")
+    assert code == 0, err
+    folder = home / "weights" / "goae-ffhq"
+    assert not (folder / "directions").exists() and not any(r[0].startswith("/ws_edit/") for r in server.requests)
+    glass = f"{dl.DIRECTIONS_DIR}/glass.npy"
+    server.files[glass] = _corrupt(directions[glass])
+    n = len(server.requests)
+    code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
+    assert code == 0, err
+    assert sorted(r[0] for r in server.requests[n:]) == sorted(f"/{name}" for name in directions)  # no weights again
+    assert "1 official edit direction(s) left out: glass.npy" in err and "has sha256" in err
+    assert sorted(p.name for p in (folder / "directions").iterdir()) == ["age.safetensors", "anger.safetensors"]
+    assert not (home / "downloads" / glass).exists() and leftovers(home) == []
+    server.files[glass] = directions[glass]
+    code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
+    assert code == 0, err
+    assert sorted(p.stem for p in (folder / "directions").iterdir()) == ["age", "anger", "glass"]
+    n = len(server.requests)
+    code, out, err = run("--accept-licences", "--mirror", server.url)
+    assert code == 0 and "already converted" in err and len(server.requests) == n
+
+
+def test_directions_from_the_official_repository_by_default(home, server, directions, monkeypatch, tmp_path):
+    # Without a mirror the files come from the GOAE repository's raw URLs at the pinned commit.
+    assert dl.DIRECTIONS_URL.format(commit=dl.GOAE_COMMIT, name="age.npy") == (
+        "https://raw.githubusercontent.com/jiangyzy/GOAE/ba7ef3d652aef73e7995d29a0261e5d08df406e2/example/ws_edit/age.npy")
+    monkeypatch.setattr(dl, "DIRECTIONS_URL", server.url + "/ws_edit/{name}?commit={commit}")
+    got = dl._get_directions(dl.DIRECTION_FILES, dl.DIRECTION_FILES, True, tmp_path, None,
+                             dict(retries=0, timeout=10, min_rate=dl.MIN_RATE, log=lambda m: None))
+    assert sorted(got) == sorted(directions) and all((tmp_path / n).read_bytes() == b for n, b in directions.items())
+    assert {urllib.parse.urlsplit(r[0]).query for r in server.requests} == {f"commit={dl.GOAE_COMMIT}"}
+
+
+# ----------------------------------------------------------------------------- slow servers
+
+
+def _trickle(server: FileServer, path: str, data: bytes, every: float, headers_too: bool = False) -> None:
+    """A route that sends `data` one byte every `every` seconds (the headers too, with headers_too)."""
+    def route(h):
+        head = (f"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n"
+                f"ETag: \"{hashlib.sha256(data).hexdigest()}\"\r\n\r\n").encode()
+        if not headers_too:
+            h.wfile.write(head)
+            h.wfile.flush()
+        for b in (head if headers_too else b"") + data:
+            if server.stopped.is_set():
+                return
+            h.wfile.write(bytes([b]))
+            h.wfile.flush()
+            time.sleep(every)
+    server.routes[path] = route
+
+
+def _finishes(fn, limit: float = 120.0):
+    """fn() in a thread; its result, or a failure if it is still running after `limit` seconds (it would hang
+    forever without the fix; the expected time is a few seconds)."""
+    box = {}
+
+    def target():
+        try:
+            box["r"] = fn()
+        except BaseException as e:  # re-raised in the test's thread
+            box["e"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(limit)
+    assert not t.is_alive(), f"still running after {limit} s"
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
+
+
+def test_trickling_server_stops_and_resumes(home, server, official, run):
+    # 4 bytes/s with --timeout 2: before, the transfer went on for as long as the server liked.
+    _trickle(server, "/" + AFA_FILE, official[AFA_FILE], every=0.25)
+    code, out, err = _finishes(lambda: run("--accept-licences", "--mirror", server.url, "--retries", "0",
+                                           "--timeout", "2"))
+    assert code == 1
+    line = error_line(err)
+    assert f"the download of {AFA_FILE} stopped at" in line and "slower than 1.0 KB/s" in line
+    assert "run the command again to resume" in line
+    part = home / "downloads" / (AFA_FILE + ".part")
+    kept = part.read_bytes()
+    assert 0 < len(kept) < 100 and official[AFA_FILE].startswith(kept)  # the progress so far, on disk
+    server.stopped.set()
+    del server.routes["/" + AFA_FILE]  # the server is healthy again: the next run resumes where it stopped
+    code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0", "--timeout", "2")
+    assert code == 0, err
+    assert server.file_requests(AFA_FILE)[-1][1] == f"bytes={len(kept)}-"
+    assert (home / "downloads" / AFA_FILE).read_bytes() == official[AFA_FILE]
+
+
+def test_trickled_headers_time_out(server, official, tmp_path):
+    _trickle(server, "/slow", official[AFA_FILE], every=0.25, headers_too=True)
+    with pytest.raises(dl.DownloadError, match=r"timed out \(no answer within 1 s\)"):
+        _finishes(lambda: dl.download_file(f"{server.url}/slow", tmp_path / AFA_FILE, retries=0, timeout=1,
+                                           log=lambda m: None))
+    assert not (tmp_path / (AFA_FILE + ".part")).exists()
+
+
+# ----------------------------------------------------------------------------- redirects
+
+
+def test_redirect_policy(server, official, tmp_path):
+    other = FileServer({AFA_FILE: official[AFA_FILE]})
+    try:
+        def redirect(to):
+            def route(h):
+                h.send_response(302)
+                h.send_header("Location", to)
+                h.send_header("Content-Length", "0")
+                h.end_headers()
+            return route
+        server.routes.update({"/same": redirect(f"/{AFA_FILE}"), "/port": redirect(f"{other.url}/{AFA_FILE}"),
+                              "/ftp": redirect(f"ftp://127.0.0.1/{AFA_FILE}"), "/file": redirect("file:///etc/passwd")})
+        got = dl.download_file(f"{server.url}/same", tmp_path / "a", retries=0, log=lambda m: None)
+        assert got.read_bytes() == official[AFA_FILE]  # the same origin: followed
+        for path, target in (("/port", f"{other.url}/{AFA_FILE}"), ("/ftp", f"ftp://127.0.0.1/{AFA_FILE}"),
+                             ("/file", "file:///etc/passwd")):
+            with pytest.raises(dl.DownloadError) as e:
+                dl.download_file(f"{server.url}{path}", tmp_path / "b", retries=2, log=lambda m: None)
+            assert str(e.value) == (f"{server.url}{path} redirects to {target}: not followed (goae follows a redirect "
+                                    "only to the same scheme, host and port, or to an https URL); check the URL or the mirror")
+            assert not (tmp_path / "b.part").exists()
+        assert other.requests == [] and server.requests.count(("/port", None, None)) == 1  # refused, not retried
+    finally:
+        other.close()
+    # The rule itself: https anywhere (NGC's signed storage URLs, drive.usercontent.google.com); else one origin.
+    ok = dl.redirect_allowed
+    assert ok("https://drive.google.com/uc?id=1", "https://drive.usercontent.google.com/download?id=1")
+    assert ok("http://mirror.example/a", "https://cdn.example:8443/a") and ok("http://h:80/a", "http://H/b")
+    assert not ok("https://mirror.example/a", "http://mirror.example/a")  # no downgrade
+    assert not ok("http://h:8000/a", "http://h:8001/a") and not ok("http://h/a", "http://other/a")
+    assert not ok("https://h/a", "ftp://h/a") and not ok("http://h/a", "file:///etc/passwd")
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+def test_file_size_limit_removes_the_part(server, official, tmp_path):
+    # A real write failure: a child process whose file-size limit (RLIMIT_FSIZE) is 256 KB gets EFBIG while
+    # writing the 1.3 MB file, as a full disk gives ENOSPC. The .part is removed, the error says so.
+    import subprocess
+
+    script = f"""
+import json, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG from write() instead of the signal
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+from goae import download as dl
+try:
+    dl.download_file({server.url + '/' + AFA_FILE!r}, {str(tmp_path / AFA_FILE)!r}, retries=2, log=lambda m: None)
+except dl.DownloadError as e:
+    print(json.dumps([type(e).__name__, str(e)]))
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "PYTHONPATH": str(root)}, cwd=tmp_path)
+    kind, message = json.loads(r.stdout.strip().splitlines()[-1])
+    assert kind == "DownloadError" and f"cannot write {AFA_FILE} in {tmp_path}: File too large" in message
+    assert "the partial download (256.0 KB) was removed so that it does not keep the disk full" in message
+    assert "(the file is 1.3 MB)" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert len(server.file_requests(AFA_FILE)) == 1  # not retried: the disk does not empty itself
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 512 KB file system (tmpfs), where this process may mount one (root on Linux)."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (test_file_size_limit_removes_the_part covers the write failure)")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk(server, official, small_disk):
+    # The size is declared: refused before a byte is written.
+    with pytest.raises(dl.DownloadError, match=rf"{AFA_FILE} needs 1.3 MB more, but {small_disk} has .* free; nothing was written"):
+        dl.download_file(f"{server.url}/{AFA_FILE}", small_disk / AFA_FILE, retries=0, log=lambda m: None)
+    assert list(small_disk.iterdir()) == []
+
+    def undeclared(h):  # no Content-Length (HTTP/1.0, the end of the body is the end of the connection)
+        h.send_response(200)
+        h.send_header("Content-Type", "application/octet-stream")
+        h.end_headers()
+        h.wfile.write(official[AFA_FILE])
+    server.routes["/undeclared"] = undeclared
+    with pytest.raises(dl.DownloadError, match=r"No space left on device; the partial download \(.*\) was removed"):
+        dl.download_file(f"{server.url}/undeclared", small_disk / AFA_FILE, retries=0, log=lambda m: None)
+    assert list(small_disk.iterdir()) == []
