@@ -28,6 +28,9 @@ AFHQ cats (the official `ws_edit` holds `cat_black`, `cat_smalleyes`), all other
 Folders for a model (`load_direction_folder`, what the app and the command line use): every file of the
 model's domain that fits its W+ shape; on random weights, files of another width are projected with
 `fit_direction` so that the edit controls can be tried. Each file left out or projected gets a note.
+A pipeline folder carries its own directions in `directions/` (`add_directions` puts them there; the
+converter's --directions and `goae download` do); `directions_for(pipe, None)` uses those. Where none are
+loaded, `how_to_get_directions(domain)` is the one line that says where the official ones come from.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_direction_name, get_
 from goae.io import atomic_write_bytes
 
 NUM_WS = 14  # EG3D backbone at 256^2 tri-planes: b4..b256 -> 14 W+ rows
+DIRECTIONS_FOLDER = "directions"  # inside a pipeline folder (goae.pipeline reads it from there)
 DIRECTION_KEY = "direction"
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -57,7 +61,10 @@ ALIASES = {"glasses": "glass", "eyeglasses": "glass"}  # the official file is gl
 
 __all__ = ["DirectionError", "EditDirection", "load_direction", "load_directions", "load_direction_folder",
            "combine", "save_direction", "validate_direction", "fit_direction", "random_weights", "directions_for",
-           "resolve_names", "edit_offset"]
+           "resolve_names", "edit_offset", "add_directions", "how_to_get_directions", "OFFICIAL_DIRECTIONS"]
+
+# The official files (GOAE repository, example/ws_edit) by domain; `goae download` fetches them.
+OFFICIAL_DIRECTIONS = {"human": ("age", "anger", "glass"), "cat": ("cat_black", "cat_smalleyes")}
 
 
 class DirectionError(ValueError):
@@ -209,13 +216,19 @@ def load_direction_folder(folder: str | os.PathLike, num_ws: int = NUM_WS, w_dim
     """The directions in `folder` that a `domain` model with W+ [num_ws, w_dim] can use, and one note per file
     left out (unreadable, another shape, another domain) or changed (`project`: another width, through
     `fit_direction`; for random weights only). A missing folder gives no directions and one note."""
-    want = get_domain(domain)
     folder = Path(folder)
     if not folder.is_dir():
         return {}, [f"edit directions folder `{folder}` not found"]
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DIRECTION_SUFFIXES)
+    return _usable(files, num_ws, w_dim, project, domain)
+
+
+def _usable(files, num_ws: int, w_dim: int | None, project: bool, domain: str) -> tuple[dict[str, EditDirection], list[str]]:
+    want = get_domain(domain)
     out: dict[str, EditDirection] = {}
     notes: list[str] = []
-    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in DIRECTION_SUFFIXES):
+    for f in files:
+        f = Path(f)
         if f.stem in out:
             notes.append(f"skipped `{f.name}`: another file is already named {f.stem!r}")
             continue
@@ -238,9 +251,40 @@ def load_direction_folder(folder: str | os.PathLike, num_ws: int = NUM_WS, w_dim
     return out, notes
 
 
+def add_directions(pipeline_folder: str | os.PathLike, files) -> tuple[list[str], list[str]]:
+    """Put the direction files that fit a pipeline folder (its domain and W+ shape, read from the folder) into
+    its `directions/` as .safetensors tagged with the domain, each written atomically (files already there
+    stay; one of the same name is replaced). Returns (names added, one note per file left out)."""
+    from goae.hub import check_pipeline_folder
+
+    folder = Path(pipeline_folder)
+    info = check_pipeline_folder(folder)
+    found, notes = _usable(sorted(Path(f) for f in files), info.num_ws, info.w_dim, False, info.domain)
+    for name, d in found.items():
+        save_direction(folder / DIRECTIONS_FOLDER / f"{name}.safetensors", d.tensor, num_ws=info.num_ws, domain=d.domain)
+    return list(found), notes
+
+
+def how_to_get_directions(domain: str = DEFAULT_DOMAIN) -> str:
+    """One line for a user who has no edit directions (the app's Edit tab, the command line): where the
+    official ones come from, and how to load others."""
+    from goae.download import DIRECTIONS_DIR, downloads_folder
+
+    d = get_domain(domain)
+    names = ", ".join(OFFICIAL_DIRECTIONS.get(d.name, ()))
+    other = "set GOAE_DIRECTIONS (or --directions) to a folder of direction files (.npy, .safetensors)"
+    if d.name == DEFAULT_DOMAIN:
+        return (f"No edit directions loaded. `goae download --accept-licences` adds the official ones ({names}; "
+                f"from the GOAE repository, the authors' non-commercial terms) to the downloaded weights; or {other}.")
+    return (f"No {d.title.lower()} edit directions loaded. The official ones ({names}) come with `goae download "
+            f"--accept-licences`, into {downloads_folder() / DIRECTIONS_DIR}: convert the {d.dataset} weights with "
+            f"`--domain {d.name} --directions` that folder, or {other}.")
+
+
 def directions_for(pipe, folder: str | os.PathLike | None) -> tuple[dict[str, EditDirection], list[str]]:
     """`load_direction_folder` for this pipeline's domain and W+ shape (projecting other widths on random
-    weights only)."""
+    weights only). No folder: the directions that came with the weights (`pipe.directions_dir`), if any."""
+    folder = folder or getattr(pipe, "directions_dir", None)
     if not folder:
         return {}, []
     g = pipe.generator

@@ -6,7 +6,9 @@ not cached), including the commands that fetch or convert them.
 
 `check_pipeline_folder` / `check_component_folder` validate a folder before anything is built from
 it (config bounds, safetensors keys and shapes from the header, parts that fit together), and
-`check_finite` refuses NaN/Inf weights once loaded; all raise `WeightsFolderError`.
+`check_finite` refuses NaN/Inf weights once loaded; all raise `WeightsFolderError`. A folder whose recorded
+domain contradicts its generator's camera pivot loads with a `DomainMismatchWarning` (the converter's rule:
+a domain given against the pivot is kept, with a warning).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 import re
 import stat
 import threading
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -184,6 +188,19 @@ class WeightsFolderError(ValueError):
     """A weights folder (config or safetensors file) is not one goae can load."""
 
 
+class DomainMismatchWarning(UserWarning):
+    """A pipeline folder's domain (model_index.json) is not the one its generator's camera pivot implies."""
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What `check_pipeline_folder` read: the folder's domain and its W+ shape."""
+
+    domain: str
+    num_ws: int
+    w_dim: int
+
+
 def _preview(items: Sequence[str], n: int = 5) -> str:
     items = list(items)
     return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
@@ -341,10 +358,11 @@ def check_component_folder(folder: str | os.PathLike, component: str):
     return model
 
 
-def check_pipeline_folder(folder: str | os.PathLike) -> None:
+def check_pipeline_folder(folder: str | os.PathLike) -> PipelineInfo:
     """Validate a GOAEPipeline folder before any module is constructed: model_index.json names
     exactly goae's components, every config is within BOUNDS, every safetensors header has the keys
-    and shapes its config implies, and the components fit together. Raises WeightsFolderError."""
+    and shapes its config implies, and the components fit together. Raises WeightsFolderError.
+    Warns (DomainMismatchWarning) when the domain, or its absence, contradicts the generator's pivot."""
     folder = Path(folder)
     index = _read_json(folder / "model_index.json")
     if index.get("_class_name") != "GOAEPipeline":
@@ -358,12 +376,14 @@ def check_pipeline_folder(folder: str | os.PathLike) -> None:
         if list(index.get(name) or []) != list(entry):
             raise WeightsFolderError(f"{folder / 'model_index.json'}: {name!r} must be {list(entry)}, got {_short(index.get(name))}")
     check_config("pipeline", index, where=str(folder / "model_index.json"))
-    from goae.domains import DOMAINS
+    from goae.domains import DEFAULT_DOMAIN, DOMAINS
 
-    if index.get("domain", "human") not in DOMAINS:
+    domain = index.get("domain", DEFAULT_DOMAIN)
+    if not isinstance(domain, str) or domain not in DOMAINS:  # a list or a dict is no name either
         raise WeightsFolderError(f"{folder / 'model_index.json'}: domain must be one of {sorted(DOMAINS)}, "
                                  f"got {_short(index.get('domain'))}")
     g, e, a = (check_component_folder(folder / name, name) for name in COMPONENTS)
+    _check_domain_pivot(folder, domain, "domain" in index, g)
     res = index.get("afa_resolution", 32)
     width = g.feature_channels(res) if res in g.feature_levels else None
     problems = [
@@ -377,6 +397,24 @@ def check_pipeline_folder(folder: str | os.PathLike) -> None:
     problems = [p for p in problems if p]
     if problems:
         raise WeightsFolderError(f"{folder}: the components do not fit together: {'; '.join(problems)}")
+    return PipelineInfo(domain, g.num_ws, g.w_dim)
+
+
+def _check_domain_pivot(folder: Path, domain: str, recorded: bool, generator) -> None:
+    """The converter keeps a domain given against the generator's pivot, with a warning: a folder it wrote so
+    loads, with the same warning. (A folder without a domain predates cats: it stays human, and says so.)"""
+    from goae.domains import domain_of_pivot, get_domain
+
+    pivot = (getattr(generator, "rendering_kwargs", None) or {}).get("avg_camera_pivot")
+    implied = domain_of_pivot(pivot)
+    if implied is None or implied.name == domain:
+        return
+    said = f"says domain '{domain}'" if recorded else f"records no domain, so it loads as '{domain}'"
+    warnings.warn(DomainMismatchWarning(
+        f"{folder}: model_index.json {said}, but its generator has the avg_camera_pivot {list(pivot)} of EG3D's "
+        f"{implied.dataset} model ({implied.generator_file}): photos will be aligned and framed as "
+        f"{get_domain(domain).title.lower()}s. If the weights are for {implied.title.lower()}s, set "
+        f"\"domain\": \"{implied.name}\" in model_index.json"), stacklevel=3)
 
 
 def nonfinite_keys(state_dict: Mapping[str, Any]) -> list[str]:
