@@ -12,6 +12,7 @@ _LAZY = {
     "EG3DGenerator": "goae.models.eg3d",
     "GOAEPipeline": "goae.pipeline",
     "GOAEOutput": "goae.pipeline",
+    "HubUnavailableError": "goae.pipeline",
     "align_face": "goae.align",
     "AlignedFace": "goae.align",
 }

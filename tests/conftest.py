@@ -16,7 +16,7 @@ REQUIRE_FIXTURES = os.environ.get("GOAE_REQUIRE_FIXTURES", "") not in ("", "0")
 
 
 def _fixture_dir(path: Path, what: str, variable: str) -> Path:
-    if not path.is_dir():
+    if not path.is_dir() or not any(path.iterdir()):  # an empty folder (a placeholder) is as good as none
         msg = f"{what} not found at {path} (the shared/ folder beside the checkout; set {variable})"
         if REQUIRE_FIXTURES:
             pytest.fail(msg + " and GOAE_REQUIRE_FIXTURES=1 forbids skipping")
@@ -32,6 +32,14 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     return _fixture_dir(EXAMPLES_DIR, "example photos", "GOAE_EXAMPLES_DIR")
+
+
+@pytest.fixture(scope="session")
+def repo_examples() -> Path:
+    """The photos the repository ships in examples/ (sources in examples/SOURCES.md): astronaut.png, a
+    public-domain portrait; chelsea.png, a CC0 cat; coffee.png, a CC0 photo with no face. Tests that need a
+    face, a cat or no face, and no label or golden, use these: every checkout has them."""
+    return ROOT / "examples"
 
 
 @pytest.fixture(scope="session")

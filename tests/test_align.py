@@ -52,11 +52,11 @@ def test_landmarker_search_order(tmp_path, monkeypatch):
     assert find_landmarker() == cache_path()
 
 
-def test_align_without_model_says_how_to_get_it(tmp_path, monkeypatch, examples_dir):
+def test_align_without_model_says_how_to_get_it(tmp_path, monkeypatch, repo_examples):
     monkeypatch.delenv("GOAE_LANDMARKER", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(LandmarkerModelMissing, match="python -m goae.landmarker"):
-        align_face(examples_dir / "wild" / "astronaut.png")
+        align_face(repo_examples / "astronaut.png")
 
 
 
@@ -168,9 +168,9 @@ def test_several_faces_choose_by_index(landmarker, parity_dir, examples_dir):
 
 
 @pytest.mark.parametrize("name", ["coffee.png", "chelsea.png"])
-def test_no_human_face(landmarker, examples_dir, name):
+def test_no_human_face(landmarker, repo_examples, name):
     with pytest.raises(NoFaceError, match="No face found"):
-        align_face(examples_dir / "wild" / name)
+        align_face(repo_examples / name)
 
 
 def test_small_faces_found_by_tiles(landmarker, examples_dir):
@@ -200,12 +200,12 @@ def _png(im: Image.Image, **kw) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def obama(examples_dir):
-    return Image.open(examples_dir / "wild" / "obama.jpg").convert("RGB")
+def portrait(repo_examples):
+    return Image.open(repo_examples / "astronaut.png").convert("RGB")
 
 
-def test_bad_bytes_and_files(tmp_path, examples_dir):
-    data = (examples_dir / "wild" / "obama.jpg").read_bytes()
+def test_bad_bytes_and_files(tmp_path, repo_examples):
+    data = (repo_examples / "astronaut.png").read_bytes()
     with pytest.raises(InvalidImageError, match="corrupt or truncated"):
         load_image(data[: len(data) // 3])
     with pytest.raises(InvalidImageError, match="not an image"):
@@ -235,61 +235,61 @@ def test_decompression_bomb(side):
         load_image(bomb)
 
 
-def test_modes_convert_to_rgb(obama):
-    gray = load_image(_png(obama.convert("L")))
-    assert gray.mode == "RGB" and np.array_equal(np.asarray(gray)[..., 0], np.asarray(obama.convert("L")))
-    a16 = np.asarray(obama.convert("L")).astype(np.uint16) * 257
+def test_modes_convert_to_rgb(portrait):
+    gray = load_image(_png(portrait.convert("L")))
+    assert gray.mode == "RGB" and np.array_equal(np.asarray(gray)[..., 0], np.asarray(portrait.convert("L")))
+    a16 = np.asarray(portrait.convert("L")).astype(np.uint16) * 257
     for im16 in (Image.fromarray(a16), Image.open(io.BytesIO(_png(Image.fromarray(a16))))):
         assert im16.mode.startswith("I")
-        np.testing.assert_array_equal(np.asarray(load_image(im16))[..., 0], np.asarray(obama.convert("L")))
-    np.testing.assert_array_equal(np.asarray(load_image(a16))[..., 0], np.asarray(obama.convert("L")))
-    rgba = obama.copy()
-    alpha = Image.new("L", obama.size, 255)
+        np.testing.assert_array_equal(np.asarray(load_image(im16))[..., 0], np.asarray(portrait.convert("L")))
+    np.testing.assert_array_equal(np.asarray(load_image(a16))[..., 0], np.asarray(portrait.convert("L")))
+    rgba = portrait.copy()
+    alpha = Image.new("L", portrait.size, 255)
     alpha.paste(0, (0, 0, 50, 50))                                  # transparent corner -> white
     rgba.putalpha(alpha)
     out = np.asarray(load_image(_png(rgba)))
-    assert (out[:50, :50] == 255).all() and np.array_equal(out[60:], np.asarray(obama)[60:])
-    cmyk = load_image(obama.convert("CMYK"))
-    assert cmyk.mode == "RGB" and np.abs(np.asarray(cmyk, float) - np.asarray(obama, float)).mean() < 1
-    pal = load_image(_png(obama.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)))
-    assert pal.mode == "RGB" and np.abs(np.asarray(pal, float) - np.asarray(obama, float)).mean() < 6
-    f = load_image(np.asarray(obama, np.float32) / 255)
-    np.testing.assert_array_equal(np.asarray(f), np.asarray(obama))
+    assert (out[:50, :50] == 255).all() and np.array_equal(out[60:], np.asarray(portrait)[60:])
+    cmyk = load_image(portrait.convert("CMYK"))
+    assert cmyk.mode == "RGB" and np.abs(np.asarray(cmyk, float) - np.asarray(portrait, float)).mean() < 1
+    pal = load_image(_png(portrait.convert("P", palette=Image.Palette.ADAPTIVE, colors=256)))
+    assert pal.mode == "RGB" and np.abs(np.asarray(pal, float) - np.asarray(portrait, float)).mean() < 6
+    f = load_image(np.asarray(portrait, np.float32) / 255)
+    np.testing.assert_array_equal(np.asarray(f), np.asarray(portrait))
 
 
-def test_converted_photos_align(landmarker, obama):
-    ref = align_face(obama)
+def test_converted_photos_align(landmarker, portrait):
+    ref = align_face(portrait)
     variants = {
-        "L": obama.convert("L"),
-        "I;16": Image.fromarray(np.asarray(obama.convert("L")).astype(np.uint16) * 257),
-        "RGBA": Image.open(io.BytesIO(_png(obama.convert("RGBA")))),
-        "CMYK": obama.convert("CMYK"),
-        "P": obama.convert("P", palette=Image.Palette.ADAPTIVE, colors=256),
-        "numpy": np.asarray(obama),
-        "bytes": _png(obama),
+        "L": portrait.convert("L"),
+        "I;16": Image.fromarray(np.asarray(portrait.convert("L")).astype(np.uint16) * 257),
+        "RGBA": Image.open(io.BytesIO(_png(portrait.convert("RGBA")))),
+        "CMYK": portrait.convert("CMYK"),
+        "P": portrait.convert("P", palette=Image.Palette.ADAPTIVE, colors=256),
+        "numpy": np.asarray(portrait),
+        "bytes": _png(portrait),
     }
     for name, photo in variants.items():
         a = align_face(photo)
-        assert len(a.faces) == 1 and a.source_size == obama.size, name
+        assert len(a.faces) == 1 and a.source_size == portrait.size, name
         assert _iou(a.box, ref.box) > 0.95, name
 
 
-def test_exif_orientation_is_applied(landmarker, obama):
-    ref = align_face(obama)
+def test_exif_orientation_is_applied(landmarker, portrait):
+    ref = align_face(portrait)
     exif = Image.Exif()
     exif[0x0112] = 6                                 # "rotate 90 CW to display"
-    stored = obama.transpose(Image.Transpose.ROTATE_90)
+    stored = portrait.transpose(Image.Transpose.ROTATE_90)
     a = align_face(_png(stored, exif=exif))
-    assert a.source_size == obama.size
+    assert a.source_size == portrait.size
     np.testing.assert_allclose(a.box, ref.box, atol=1e-3)
     np.testing.assert_array_equal(np.asarray(a.image), np.asarray(ref.image))
 
 
-def test_threads_share_one_landmarker(landmarker, obama):
+def test_threads_share_one_landmarker(landmarker, portrait):
     from concurrent.futures import ThreadPoolExecutor
-    ref = align_face(obama)
+    ref = align_face(portrait)
     with ThreadPoolExecutor(4) as pool:
-        out = list(pool.map(lambda _: align_face(obama), range(6)))
+        out = list(pool.map(lambda _: align_face(portrait), range(6)))
     for a in out:
         np.testing.assert_array_equal(a.landmarks, ref.landmarks)
         np.testing.assert_array_equal(a.camera, ref.camera)

@@ -1,6 +1,6 @@
 """align_cat: OpenCV cat-face cascades or a user box -> AFHQ-style 512 crop + the AFHQ camera, real photos.
 
-The cat is skimage's chelsea.png (CC0, in ../shared/examples/wild). Scenes with several cats are made here, in
+The cat is skimage's chelsea.png (CC0, in the repository's examples/). Scenes with several cats are made here, in
 memory, by pasting it into coffee.png. Box bounds are generous (tens of px): the cascades run on the same bytes
 on every CPU (PIL preprocessing), but a different OpenCV build may move a box by a few px.
 """
@@ -28,8 +28,8 @@ CHELSEA_HEAD = (40, -60, 440, 330)          # a user's box around the head, ears
 
 
 @pytest.fixture(scope="module")
-def wild(examples_dir):
-    return examples_dir / "wild"
+def wild(repo_examples):
+    return repo_examples  # chelsea.png, coffee.png, astronaut.png; obama.jpg is only in ../shared
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_user_box(chelsea):
     assert a.box == cat_crop_box(CHELSEA_HEAD, given=True)
 
 
-def test_user_box_needs_no_opencv(examples_dir):
+def test_user_box_needs_no_opencv(wild):
     """With cv2 unimportable, a box still aligns, and detection says which package to install."""
     code = textwrap.dedent("""
         import sys
@@ -145,7 +145,7 @@ def test_user_box_needs_no_opencv(examples_dir):
         except ModuleNotFoundError as e:
             print("detect:", e)
     """)
-    res = subprocess.run([sys.executable, "-c", code, str(examples_dir / "wild" / "chelsea.png")], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-c", code, str(wild / "chelsea.png")], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "box: (512, 512) user box" in res.stdout
@@ -250,16 +250,18 @@ def test_no_cat_in_coffee(wild):
 
 
 @pytest.mark.parametrize("name,aligned", [("obama.jpg", None), ("astronaut.png", None), ("astronaut.png", False)])
-def test_human_portrait_gets_the_human_hint(landmarker, wild, name, aligned):
+def test_human_portrait_gets_the_human_hint(landmarker, wild, name, aligned, request):
     # obama.jpg: the cat cascades fire on his face (vetoed); astronaut.png is 512x512 (not taken as an AFHQ crop)
+    folder = request.getfixturevalue("examples_dir") / "wild" if name == "obama.jpg" else wild
     with pytest.raises(NoCatError, match="looks like a human portrait. Use the human domain"):
-        align_cat(wild / name, aligned=aligned)
+        align_cat(folder / name, aligned=aligned)
 
 
-def test_cascades_fire_on_human_faces_without_the_veto(landmarker, wild):
+def test_cascades_fire_on_human_faces_without_the_veto(landmarker, examples_dir):
     # why the veto exists: the raw cascades find a "cat" on obama.jpg's face, mediapipe's face box holds it
-    raw = cat.merge_boxes(cat.cascade_boxes(Image.open(wild / "obama.jpg").convert("RGB")))
-    assert len(raw) == 1 and detect_cats(wild / "obama.jpg") == []
+    obama = examples_dir / "wild" / "obama.jpg"
+    raw = cat.merge_boxes(cat.cascade_boxes(Image.open(obama).convert("RGB")))
+    assert len(raw) == 1 and detect_cats(obama) == []
 
 
 # --------------------------------------------------------------------------------------------- several cats
@@ -300,7 +302,7 @@ def _error(fn, photo):
 
 
 def test_bad_inputs_give_the_same_errors_as_align_face(tmp_path, wild):
-    data = (wild / "obama.jpg").read_bytes()
+    data = (wild / "astronaut.png").read_bytes()
     text = tmp_path / "notes.txt"
     text.write_text("this is not a photo\n")
     empty = tmp_path / "empty.jpg"

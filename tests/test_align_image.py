@@ -21,8 +21,8 @@ EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n%%EndComments\n"
 
 
 @pytest.fixture(scope="module")
-def obama(examples_dir):
-    return Image.open(examples_dir / "wild" / "obama.jpg").convert("RGB").resize((240, 300))
+def portrait(repo_examples):
+    return Image.open(repo_examples / "astronaut.png").convert("RGB").resize((240, 300))
 
 
 def _save(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -92,59 +92,59 @@ def test_other_formats_are_refused_by_name(tmp_path, name, data, named):
         assert "JPEG, PNG" in msg
 
 
-def test_opened_pil_image_of_another_format_is_refused(obama):
-    ppm = Image.open(io.BytesIO(_save(obama, "PPM")))
+def test_opened_pil_image_of_another_format_is_refused(portrait):
+    ppm = Image.open(io.BytesIO(_save(portrait, "PPM")))
     with pytest.raises(InvalidImageError, match="PPM"):
         load_image(ppm)
-    assert load_image(Image.open(io.BytesIO(_save(obama, "PNG")))).size == obama.size   # allowed format
-    assert load_image(obama.copy()).size == obama.size                                  # no format: made in memory
+    assert load_image(Image.open(io.BytesIO(_save(portrait, "PNG")))).size == portrait.size   # allowed format
+    assert load_image(portrait.copy()).size == portrait.size                                  # no format: made in memory
 
 
-def test_allowed_formats_decode(obama):
+def test_allowed_formats_decode(portrait):
     assert {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"} <= set(image.readable_formats())
-    ref = np.asarray(obama, np.float64)
+    ref = np.asarray(portrait, np.float64)
     cases = {"PNG": ({}, 0), "BMP": ({}, 0), "TIFF": ({}, 0), "WEBP": ({"lossless": True}, 0),
-             "JPEG": ({"quality": 95}, 3), "MPO": ({"save_all": True, "append_images": [obama]}, 4),
+             "JPEG": ({"quality": 95}, 3), "MPO": ({"save_all": True, "append_images": [portrait]}, 4),
              "GIF": ({}, 12)}
     if "AVIF" in image.readable_formats():
         cases["AVIF"] = ({"quality": 90}, 6)
     for fmt, (kw, tol) in cases.items():
-        out = load_image(_save(obama, fmt, **kw))
-        assert out.mode == "RGB" and out.size == obama.size, fmt
+        out = load_image(_save(portrait, fmt, **kw))
+        assert out.mode == "RGB" and out.size == portrait.size, fmt
         assert np.abs(np.asarray(out, np.float64) - ref).mean() <= tol, fmt
-    assert Image.open(io.BytesIO(_save(obama, "MPO", save_all=True, append_images=[obama]))).format == "MPO"
+    assert Image.open(io.BytesIO(_save(portrait, "MPO", save_all=True, append_images=[portrait]))).format == "MPO"
 
 
-def test_open_image_is_public_and_restricted(obama):
-    assert open_image(_save(obama, "PNG")).format == "PNG"
+def test_open_image_is_public_and_restricted(portrait):
+    assert open_image(_save(portrait, "PNG")).format == "PNG"
     with pytest.raises(InvalidImageError, match="EPS"):
         open_image(EPS, "training image x.eps")
 
 
 # ------------------------------------------------------------------------------------------- siblings
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
-def test_animated_images_give_their_first_frame(obama, fmt):
-    red, green = Image.new("RGB", obama.size, (255, 0, 0)), Image.new("RGB", obama.size, (0, 255, 0))
+def test_animated_images_give_their_first_frame(portrait, fmt):
+    red, green = Image.new("RGB", portrait.size, (255, 0, 0)), Image.new("RGB", portrait.size, (0, 255, 0))
     kw = {"lossless": True} if fmt == "WEBP" else {}
-    data = _save(red, fmt, save_all=True, append_images=[green, obama], duration=100, **kw)
+    data = _save(red, fmt, save_all=True, append_images=[green, portrait], duration=100, **kw)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
     out = np.asarray(load_image(data))
     assert (out == [255, 0, 0]).all()
 
 
-def test_cmyk_jpeg_and_16_bit_inputs(obama):
-    cmyk = load_image(_save(obama.convert("CMYK"), "JPEG", quality=95))
-    assert cmyk.mode == "RGB" and np.abs(np.asarray(cmyk, np.float64) - np.asarray(obama, np.float64)).mean() < 3
-    rgb16 = np.asarray(obama).astype(np.uint16) * 257
-    np.testing.assert_array_equal(np.asarray(load_image(_png16_rgb(rgb16))), np.asarray(obama))
-    grey16 = Image.fromarray(np.asarray(obama.convert("L")).astype(np.uint16) * 257)
+def test_cmyk_jpeg_and_16_bit_inputs(portrait):
+    cmyk = load_image(_save(portrait.convert("CMYK"), "JPEG", quality=95))
+    assert cmyk.mode == "RGB" and np.abs(np.asarray(cmyk, np.float64) - np.asarray(portrait, np.float64)).mean() < 3
+    rgb16 = np.asarray(portrait).astype(np.uint16) * 257
+    np.testing.assert_array_equal(np.asarray(load_image(_png16_rgb(rgb16))), np.asarray(portrait))
+    grey16 = Image.fromarray(np.asarray(portrait.convert("L")).astype(np.uint16) * 257)
     out = load_image(_save(grey16, "TIFF"))
-    np.testing.assert_array_equal(np.asarray(out)[..., 0], np.asarray(obama.convert("L")))
+    np.testing.assert_array_equal(np.asarray(out)[..., 0], np.asarray(portrait.convert("L")))
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "TIFF", "BMP"])
-def test_truncated_files(obama, fmt):
-    data = _save(obama, fmt)
+def test_truncated_files(portrait, fmt):
+    data = _save(portrait, fmt)
     with pytest.raises(InvalidImageError, match="corrupt or truncated"):
         load_image(data[: len(data) // 2])
 
