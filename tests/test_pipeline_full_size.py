@@ -1,5 +1,6 @@
 """The released architecture (random weights) on the real aligned example photos with their
-ground-truth cameras: shapes, finiteness, determinism, batch == single."""
+ground-truth cameras: shapes, finiteness, determinism, batch == single; and from a raw photo of the
+repository's examples/ (aligned by the pipeline)."""
 from __future__ import annotations
 
 import json
@@ -63,3 +64,18 @@ def test_full_size_fast_paths_against_fp32(examples_dir, monkeypatch):
         psnr = 10 * torch.log10(4 / err.square().mean()).item()  # images in [-1, 1]: peak-to-peak 2
         assert psnr >= 30 and err.max() <= 0.25, (psnr, err.max().item())
     assert not torch.equal(fast.image, ref.image)  # bf16 really ran
+
+
+@pytest.mark.slow
+def test_full_size_pipeline_from_a_raw_photo(repo_examples, landmarker):
+    """pipe(photo) at the released sizes: the photo aligned (its crop and camera those of align_face), inverted."""
+    from goae.align import align_face
+
+    photo = repo_examples / "astronaut.png"
+    face = align_face(photo)
+    pipe = GOAEPipeline.from_random(seed=0)
+    out = pipe(photo, output_type="np")
+    assert out.images.shape == (1, 512, 512, 3) and out.planes.shape == (1, 96, 256, 256)
+    assert out.face_box == [tuple(face.box)] and torch.equal(out.camera, torch.as_tensor(face.camera)[None])
+    for k in ("ws", "planes", "image", "image_depth", "mask"):
+        assert torch.isfinite(getattr(out, k)).all(), k
