@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -133,3 +134,20 @@ def _move_into_place(tmp: Path, out_dir: Path, overwrite: bool) -> None:
         os.rename(old, out_dir)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+class NotARegularFile(ValueError):
+    """An input path that is a FIFO, socket, device or folder: reading it could block forever or never end."""
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "input") -> Path:
+    """`path` if it is a regular file (or a link to one); NotARegularFile otherwise, FileNotFoundError when it
+    does not exist. stat() never blocks, unlike open() on a FIFO with no writer."""
+    path = Path(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a special file")
+        raise NotARegularFile(f"{path} is {kind}, not a regular file; only regular files are read as {what}s")
+    return path

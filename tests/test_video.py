@@ -32,6 +32,7 @@ class StubPipeline:
     weights_label = "stub"
     fast_path = None
     domain = HUMAN
+    generator = SimpleNamespace(img_resolution=512)   # the size of what it renders (the frame cache checks it)
 
     @staticmethod
     def orbit_cameras(n_frames, **kwargs):
@@ -334,3 +335,157 @@ def test_small_random_model_end_to_end(clip_mp4, tmp_path):
     assert meta["frame_count"] == 3 and meta["weights"] == "random-small (seed 0)" and meta["precision"] == "fp32"
     recon = _decode(folder / "reconstruction.mp4")
     assert recon.shape == (3, 512, 512, 3) and recon.std() > 1
+
+
+# ------------------------------------------------------------------------- hostile and damaged clips (#29)
+class GuardedStub(StubPipeline):
+    """A StubPipeline that refuses to be asked for an orbit larger than the bound (a bomb would allocate it)."""
+    def orbit_cameras(self, n_frames, **kwargs):
+        from goae.video.invert import MAX_ORBIT_STEPS
+        assert n_frames <= MAX_ORBIT_STEPS, n_frames
+        return super().orbit_cameras(n_frames, **kwargs)
+
+
+def _rate_bomb(path, rate: float, n: int = 4):
+    """A tiny clip (n flat 64x64 frames, ~1.5 kB) whose declared frame rate and time base are `rate`."""
+    import av
+    from fractions import Fraction
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(int(rate)))
+        s.width = s.height = 64
+        s.pix_fmt, s.options = "yuv420p", {"bf": "0"}
+        for i in range(n):
+            f = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 40 * i, np.uint8), format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("rate", [4e8, 1e9, 5000])
+def test_declared_frame_rate_is_bounded(tmp_path, rate):
+    """#29.1: a 10 KB MP4 declaring 4e8 frames/s made the orbit allocate 12.8 GB before a frame was read."""
+    from goae.video import VideoError
+    bomb = _rate_bomb(tmp_path / "bomb.mp4", rate)
+    with pytest.raises(VideoError, match="frame rate"):
+        probe(bomb)
+    with pytest.raises(VideoError, match="frame rate"):
+        invert_video(GuardedStub(), bomb, tmp_path / "out", VideoOptions(max_frames=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.mp4"]
+
+
+def test_orbit_and_times_are_bounded(tmp_path):
+    """A legal but high rate (1000 frames/s, 1 h orbits) asks for at most MAX_ORBIT_STEPS cameras; frames whose
+    time stamps collapse (a 1 ms clock holding 2.5 us steps) are placed 1/fps apart and counted."""
+    from goae.video.invert import MAX_ORBIT_STEPS, VideoOptions as VO, _orbit_frames
+    from goae.video.media import decode_frames
+    assert _orbit_frames(VO(orbit_seconds=3600), 1000.0) == MAX_ORBIT_STEPS
+    frames = list(decode_frames(_rate_bomb(tmp_path / "stamps.mkv", 4e5, n=5)))   # MKV keeps milliseconds
+    assert [f.time for f in frames] == pytest.approx([0, 0.001, 0.002, 0.003, 0.004])
+    assert [f.retimed for f in frames] == [False, True, True, True, True]
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_truncated_clip_is_a_clear_error(source, tmp_path, suffix):
+    """#29.9: a truncated MKV/WebM said "No face found in any of the 0 frames"."""
+    from goae.video import VideoError
+    clip = _clip(source, n_frames=4, covered=(), out_of_frame=())
+    data = write_clip(clip, tmp_path / f"full{suffix}").read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[:len(data) // 20])
+    with pytest.raises(VideoError, match="damaged or truncated"):
+        invert_video(StubPipeline(), cut, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _unblock(fifo):
+    """Open the FIFO for writing and close it, so that a reader blocked on it (the bug) gets EOF and returns."""
+    import os
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:   # no reader waiting: nothing to unblock
+        pass
+
+
+def _returns_within(fn, seconds=60.0):
+    """fn() in a thread: (finished, exception)."""
+    import threading
+    box = {}
+
+    def run():
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 (handed back to the test)
+            box["e"] = e
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), box.get("e")
+
+
+def test_a_fifo_is_never_opened(tmp_path):
+    """#29.2: a FIFO named x.mp4 blocked the video opener forever."""
+    import os
+    from goae.video import VideoError
+    fifo = tmp_path / "x.mp4"
+    os.mkfifo(fifo)
+    try:
+        for call in (lambda: probe(fifo), lambda: list(iter_frames(fifo)),
+                     lambda: invert_video(StubPipeline(), fifo, tmp_path / "out")):
+            done, e = _returns_within(call)
+            assert done, "blocked on a FIFO"
+            assert isinstance(e, VideoError) and "FIFO" in str(e), e
+    finally:
+        _unblock(fifo)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mp4"]
+
+
+def test_variable_frame_rate_keeps_the_source_timing(source, tmp_path):
+    """#29.6: frames at 0, 0.1, 0.2, 2.0 and 4.0 s with 4.5 s of audio came out as a 0.5 s video with 0.5 s of
+    audio. Every output keeps the frame times; the audio runs to the end of the last frame."""
+    import av
+    times = [0.0, 0.1, 0.2, 2.0, 4.0]
+    clip = _clip(source, n_frames=5, covered=(), out_of_frame=())
+    path = write_clip(clip, tmp_path / "vfr.mp4", times=times, audio_seconds=4.5)
+    folder = invert_video(StubPipeline(), path, tmp_path / "out", VideoOptions(side_by_side=True))
+    meta = json.loads((folder / "result.json").read_text())
+    assert [r["time"] for r in meta["per_frame"]] == times and meta["frames_retimed"] == 0
+    assert 4.0 < meta["duration_seconds"] <= 4.5
+    for name in meta["files"].values():
+        with av.open(str(folder / name)) as c:
+            got = [round(float(f.time), 3) for f in c.decode(video=0)]
+            duration = float(c.streams.video[0].duration * c.streams.video[0].time_base)
+        assert got == times and abs(duration - meta["duration_seconds"]) < 0.01, (name, got, duration)
+        s = _streams(folder / name)
+        assert s["audio"] == ["aac"] and s["audio_seconds"] > 4.0, s
+
+
+def test_a_damaged_cache_entry_is_inverted_again(clip_mp4, tmp_path):
+    """#29.4: one damaged frame-cache file (BadZipFile; a cached frame of the wrong shape) failed the clip on
+    every resume. Now each is inverted again, reported once, and counted."""
+    options = VideoOptions(batch_size=3, max_frames=8)
+
+    def stop_at(n):
+        def progress(p):
+            if p.done >= n:
+                raise KeyboardInterrupt
+        return progress
+
+    with pytest.raises(KeyboardInterrupt):
+        invert_video(StubPipeline(), clip_mp4, tmp_path / "clip", options, progress=stop_at(7))
+    cache = default_cache_dir(tmp_path / "clip")
+    entries = sorted(cache.glob("frame_*.npz"))
+    assert len(entries) >= 4
+    entries[0].write_bytes(entries[0].read_bytes()[:100])                     # cut short: BadZipFile
+    with np.load(entries[1]) as z:                                             # frames of another size
+        np.savez(entries[1], reconstruction=np.zeros((64, 64, 3), np.uint8), view=np.zeros((64, 64, 3), np.uint8),
+                 camera=z["camera"], box=z["box"])
+    np.savez(entries[2], reconstruction=np.zeros(3, object), view=np.zeros(3), camera=np.zeros(25), box=np.zeros(4))
+    warnings, pipe = [], StubPipeline()
+    folder = invert_video(pipe, clip_mp4, tmp_path / "clip", options, warn=warnings.append)
+    meta = json.loads((folder / "result.json").read_text())
+    assert meta["damaged_cache_entries_recomputed"] == 3 and meta["frames_from_cache"] == len(entries) - 3
+    assert pipe.inverted == 7 - len(entries) + 3          # frames 0-7 less the covered frame 5
+    damaged = [w for w in warnings if "damaged frame-cache" in w]
+    assert len(damaged) == 1 and entries[0].name in damaged[0], warnings
+    assert _decode(folder / "reconstruction.mp4").shape == (8, 512, 512, 3)

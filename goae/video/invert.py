@@ -9,9 +9,10 @@
   result.json          the settings, the audio and one entry per frame: time, status ("ok" / "no_face"),
                        face box (source px), camera label and its yaw/pitch, notes
 
-Every video has the clip's frame rate and frame count and, when the clip has audio, its audio (copied, or
-re-encoded to AAC where MP4 cannot hold the codec; goae.video.media). A frame with no face gets a note and
-holds the last good inversion (its reconstruction, view and input crop); frames before the first face hold
+Every video has the clip's frame count and timing (each frame at its source time stamp, so a variable frame
+rate is kept; unusable time stamps are replaced and counted: goae.video.media) and, when the clip has audio,
+its audio (copied, or re-encoded to AAC where MP4 cannot hold the codec). The orbit follows the clip's time.
+A frame with no face gets a note and holds the last good inversion (its reconstruction, view and input crop); frames before the first face hold
 the first one. A clip with no face at all fails with NoFaceError.
 
 Resume. Every inverted frame is cached as soon as it is done, one file per frame written atomically
@@ -19,7 +20,9 @@ Resume. Every inverted frame is cached as soon as it is done, one file per frame
 they were made with). A killed run, started again with the same settings, re-tracks the clip (detection is
 cheap and deterministic) and inverts only the frames the cache does not hold; the cache records the
 settings that change the pictures (source file, weights, precision, smoothing, face, view) and is discarded
-when they differ. The cache is removed once the folder is complete (keep_cache=True keeps it).
+when they differ. A damaged entry (unreadable, or arrays of another shape or type: checked from the file's
+headers before anything is read) is inverted again and reported once. The cache is removed once the folder
+is complete (keep_cache=True keeps it).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import io
 import json
 import os
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -41,10 +46,12 @@ from goae.export.errors import finite, whole
 from goae.export.views import to_uint8
 from goae.io import atomic_dir, atomic_write_bytes, check_output_dir
 from goae.video.filters import SmoothingOptions
-from goae.video.media import VideoEncoder, VideoError, add_audio, iter_frames, probe
+from goae.video.media import VideoEncoder, VideoError, add_audio, decode_frames, probe
 from goae.video.track import OK, FaceTracker, TrackedFrame
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2           # 2: the orbit follows the clip time, bounded steps
+MAX_ORBIT_STEPS = 3600        # orbit cameras computed per turn (0.1 degree of phase): bounded whatever the fps
+MAX_CACHED_SIDE = 4096        # a cache entry's images are refused (before reading) above this size
 
 
 @dataclass(frozen=True)
@@ -119,15 +126,20 @@ def _fingerprint(pipe, source: Path, options: VideoOptions, fps: float) -> dict:
 
 
 def _orbit_frames(options: VideoOptions, fps: float) -> int:
-    return max(1, int(round(options.orbit_seconds * fps)))
+    """Cameras per orbit turn: one per frame at the clip's rate, at most MAX_ORBIT_STEPS."""
+    return max(1, min(MAX_ORBIT_STEPS, int(round(options.orbit_seconds * fps))))
 
 
 class FrameCache:
     """One atomic .npz per inverted frame (see module docstring). Only files it names are ever deleted."""
 
-    def __init__(self, folder: Path, fingerprint: dict, warn: Callable[[str], None] | None = None):
+    def __init__(self, folder: Path, fingerprint: dict, warn: Callable[[str], None] | None = None,
+                 image_size: tuple[int, int] | None = None):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
+        self.image_size = image_size      # (H, W) of the rendered frames when the pipeline says; else the first seen
+        self.damaged = 0
+        self._warn = warn
         meta = self.folder / "cache.json"
         if self.folder.is_dir():
             try:
@@ -148,18 +160,62 @@ class FrameCache:
         return sum(1 for _ in self.folder.glob("frame_*.npz"))
 
     def get(self, frame: TrackedFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached (reconstruction, view) of this frame made with its camera and box; None when there is
+        none, or when the entry is damaged (then it is deleted, and the first one is reported)."""
         path = self._path(frame.index)
         if not path.is_file():
             return None
         try:
-            with np.load(path) as z:
-                same = (np.allclose(z["camera"], frame.face.camera, rtol=0, atol=1e-5)
-                        and np.allclose(z["box"], frame.face.box, rtol=0, atol=1e-3))
-                return (z["reconstruction"], z["view"]) if same else None
-        except (OSError, ValueError, KeyError):   # a damaged file: invert the frame again
+            z = self._read(path)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            self.damaged += 1
+            if self.damaged == 1 and self._warn is not None:
+                self._warn(f"warning: a damaged frame-cache entry is inverted again ({path.name}: "
+                           f"{' '.join(str(e).split()) or type(e).__name__}); any others are counted in result.json")
+            path.unlink(missing_ok=True)
             return None
+        same = (np.allclose(z["camera"], frame.face.camera, rtol=0, atol=1e-5)
+                and np.allclose(z["box"], frame.face.box, rtol=0, atol=1e-3))
+        if not same:
+            return None
+        self.image_size = self.image_size or z["reconstruction"].shape[:2]
+        return z["reconstruction"], z["view"]
+
+    def _read(self, path: Path) -> dict[str, np.ndarray]:
+        """The entry's arrays, each checked from its .npy header (shape, type) before its data is read, so a
+        damaged or hostile file can neither size an allocation nor hold objects."""
+        size = self.image_size
+        expect = {"reconstruction": ((np.uint8,), 3), "view": ((np.uint8,), 3),
+                  "camera": ((np.float32,), (25,)), "box": ((np.float32, np.float64), (4,))}
+        out = {}
+        with zipfile.ZipFile(path) as zf:
+            for name, (dtypes, shape_rule) in expect.items():
+                with zf.open(f"{name}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = header(f)
+                    if dtype.type not in dtypes or fortran:
+                        raise ValueError(f"{name} is {dtype}, expected {dtypes[0].__name__}")
+                    if shape_rule == 3:
+                        ok = (len(shape) == 3 and shape[2] == 3 and 0 < shape[0] <= MAX_CACHED_SIDE
+                              and 0 < shape[1] <= MAX_CACHED_SIDE and (size is None or tuple(shape[:2]) == tuple(size)))
+                    else:
+                        ok = tuple(shape) == shape_rule
+                    if not ok:
+                        frames = f", the frames are {size[0]}x{size[1]}" if size and shape_rule == 3 else ""
+                        raise ValueError(f"{name} has shape {tuple(shape)}{frames}")
+                    n = int(np.prod(shape)) * dtype.itemsize
+                    data = f.read(n)
+                    if len(data) != n:
+                        raise ValueError(f"{name} is cut short")
+                    out[name] = np.frombuffer(data, dtype).reshape(shape)
+        if out["reconstruction"].shape != out["view"].shape:
+            raise ValueError("its reconstruction and view differ in size")
+        return out
 
     def put(self, frame: TrackedFrame, reconstruction: np.ndarray, view: np.ndarray) -> None:
+        self.image_size = self.image_size or reconstruction.shape[:2]
         buf = io.BytesIO()
         np.savez_compressed(buf, reconstruction=reconstruction, view=view,
                             camera=np.asarray(frame.face.camera, np.float32), box=np.asarray(frame.face.box))
@@ -191,15 +247,15 @@ class _Writers:
             self.names["side_by_side"] = "side_by_side.mp4"
         self.encoders = {k: VideoEncoder(tmp / f".{v}.video.mp4", fps, crf=options.crf) for k, v in self.names.items()}
 
-    def write(self, aligned: np.ndarray, recon: np.ndarray, view: np.ndarray) -> None:
-        self.encoders["reconstruction"].write(recon)
-        self.encoders["view"].write(view)
+    def write(self, aligned: np.ndarray, recon: np.ndarray, view: np.ndarray, time: float) -> None:
+        self.encoders["reconstruction"].write(recon, time)
+        self.encoders["view"].write(view, time)
         if "side_by_side" in self.encoders:
-            self.encoders["side_by_side"].write(np.concatenate([aligned, recon, view], axis=1))
+            self.encoders["side_by_side"].write(np.concatenate([aligned, recon, view], axis=1), time)
 
-    def close(self, ok: bool) -> None:
+    def close(self, ok: bool, end: float | None = None) -> None:
         for e in self.encoders.values():
-            e.close(ok=ok)
+            e.close(ok=ok, end=end)
 
 
 def _replaceable(folder: Path, overwrite: bool) -> None:
@@ -224,15 +280,18 @@ def invert_video(pipe, source: str | os.PathLike, folder: str | os.PathLike, opt
     fps = info.fps
     total = info.frames if options.max_frames is None else min(info.frames or options.max_frames, options.max_frames)
     tracker = FaceTracker(options.face_index, options.smoothing, landmarker_model=landmarker_model)
+    side = getattr(getattr(pipe, "generator", None), "img_resolution", None)
     cache = FrameCache(Path(cache_dir) if cache_dir else default_cache_dir(folder),
-                       _fingerprint(pipe, source, options, float(fps)), warn)
-    if options.view is None:
-        orbit = pipe.orbit_cameras(_orbit_frames(options, float(fps)))
-        view_camera = lambda i: orbit[i % orbit.shape[0]]  # noqa: E731
+                       _fingerprint(pipe, source, options, float(fps)), warn,
+                       image_size=(side, side) if isinstance(side, int) else None)
+    if options.view is None:   # the orbit's phase follows the clip's time (variable frame rates too)
+        steps = _orbit_frames(options, float(fps))
+        orbit = pipe.orbit_cameras(steps)
+        view_camera = lambda t: orbit[int(round(t / options.orbit_seconds * steps)) % steps]  # noqa: E731
     else:
         fixed = pipe.view_camera(*options.view)[0]
-        view_camera = lambda i: fixed  # noqa: E731
-    state = {"inverted": 0, "cached": 0, "done": 0, "t0": time.perf_counter()}
+        view_camera = lambda t: fixed  # noqa: E731
+    state = {"inverted": 0, "cached": 0, "done": 0, "retimed": 0, "end": None, "t0": time.perf_counter()}
     records: list[dict] = []
 
     with atomic_dir(folder, overwrite=overwrite) as tmp:
@@ -241,12 +300,20 @@ def invert_video(pipe, source: str | os.PathLike, folder: str | os.PathLike, opt
         try:
             _run(pipe, source, options, tracker, cache, writers, view_camera, records, state, total, progress)
             ok = True
+            declared = info.frames if options.max_frames is None else None
+            if declared and len(records) < declared - max(2, declared // 20) and warn is not None:
+                warn(f"warning: only {len(records)} of the {info.frames} frames the file declares could be decoded "
+                     "(a truncated or damaged clip?)")
+            if state["retimed"] and warn is not None:
+                warn(f"warning: {state['retimed']} frame(s) had unusable time stamps (missing, repeated, going "
+                     "back or out of range) and were placed 1/fps after the frame before (result.json: "
+                     "frames_retimed)")
         except BaseException:
             if not len(cache):      # nothing to resume from: leave no empty cache behind
                 cache.clear()
             raise
         finally:
-            writers.close(ok)
+            writers.close(ok, end=state["end"])
         files = {}
         audio = None
         for key, name in writers.names.items():
@@ -261,7 +328,9 @@ def invert_video(pipe, source: str | os.PathLike, folder: str | os.PathLike, opt
         n_ok = sum(r["status"] == OK for r in records)
         fast = getattr(pipe, "fast_path", None)
         meta = {"video": str(source), "files": files, "fps": float(fps), "fps_fraction": str(fps),
-                "frame_count": len(records), "frames_with_face": n_ok, "frames_without_face": len(records) - n_ok,
+                "frame_count": len(records), "duration_seconds": round(state["end"], 6),
+                "declared_frame_count": info.frames, "timing": "source time stamps", "frames_retimed": state["retimed"],
+                "frames_with_face": n_ok, "frames_without_face": len(records) - n_ok,
                 "source_size": [info.width, info.height], "audio": audio if audio else (
                     None if not info.audio_codec else "not copied"),
                 "source_audio_codec": info.audio_codec,
@@ -271,6 +340,7 @@ def invert_video(pipe, source: str | os.PathLike, folder: str | os.PathLike, opt
                 "face_index": options.face_index, "batch_size": options.batch_size,
                 "weights": getattr(pipe, "weights_label", None), "precision": fast.precision if fast else "fp32",
                 "frames_inverted_this_run": state["inverted"], "frames_from_cache": state["cached"],
+                "damaged_cache_entries_recomputed": cache.damaged,
                 "seconds": round(time.perf_counter() - t_start, 3), "per_frame": records}
         atomic_write_bytes(tmp / RESULT_FILE, json.dumps(meta, indent=1).encode("utf-8"))
     if not keep_cache:
@@ -302,7 +372,7 @@ def _run(pipe, source, options, tracker, cache, writers, view_camera, records, s
             return
         out = pipe([f.face.image for f in batch], np.stack([f.face.camera for f in batch]), output_type=None)
         check_finite(out)
-        cams = torch.stack([torch.as_tensor(view_camera(f.index)) for f in batch])
+        cams = torch.stack([torch.as_tensor(view_camera(f.time)) for f in batch])
         views = to_uint8(pipe.render_view(out, cams, output_type=None)["image"])
         recons = to_uint8(out.image)
         for f, r, v in zip(batch, recons, views):
@@ -315,19 +385,19 @@ def _run(pipe, source, options, tracker, cache, writers, view_camera, records, s
         if frame.status == OK:
             recon, view = images.pop(frame.index)
             trio = (np.asarray(frame.face.image), recon, view)
-            for lead in held["lead"]:            # frames before the first face hold the first one
+            for lead, t in held["lead"]:         # frames before the first face hold the first one
                 lead["held_frame"] = frame.index
-                writers.write(*trio)
+                writers.write(*trio, t)
             held["lead"] = []
             held["last"] = (frame.index, trio)
-            writers.write(*trio)
+            writers.write(*trio, frame.time)
         elif held["last"] is None:
-            held["lead"].append(rec)
+            held["lead"].append((rec, frame.time))
             rec["note"] = f"{frame.note}; holding the first frame with a face"
         else:
             rec["held_frame"] = held["last"][0]
             rec["note"] = f"{frame.note}; holding frame {held['last'][0]}"
-            writers.write(*held["last"][1])
+            writers.write(*held["last"][1], frame.time)
         records.append(rec)
         state["done"] += 1
         if progress is not None:
@@ -344,8 +414,10 @@ def _run(pipe, source, options, tracker, cache, writers, view_camera, records, s
             emit(f)
         pending.clear()
 
-    for index, t, rgb in iter_frames(source, options.max_frames):
-        frame = tracker.update(rgb, t)
+    for decoded in decode_frames(source, options.max_frames):
+        frame = tracker.update(decoded.image, decoded.time)
+        state["end"] = decoded.time + decoded.duration
+        state["retimed"] += decoded.retimed
         pending.append(frame)
         if frame.status == OK:
             hit = cache.get(frame)

@@ -115,10 +115,12 @@ def handheld_clip(photo: Image.Image | np.ndarray, center: tuple[float, float], 
 
 def write_clip(clip: SyntheticClip, path: str | os.PathLike, audio_hz: float | None = 440.0,
                codec: str | None = None, audio_codec: str | None = None, crf: int = 18,
-               noise: float = 0.0, seed: int = 0) -> Path:
+               noise: float = 0.0, seed: int = 0, times=None, audio_seconds: float | None = None) -> Path:
     """Encode the clip (with a sine tone as its audio when audio_hz is set). The container follows the suffix:
     .mp4/.mov (H.264 + AAC; audio_codec='pcm_s16le' for a MOV with PCM), .webm (VP9 + Opus). `noise` adds
-    Gaussian sensor noise (std in 8-bit levels, fresh every frame) before encoding at `crf`."""
+    Gaussian sensor noise (std in 8-bit levels, fresh every frame) before encoding at `crf`. `times` (seconds,
+    increasing) places each frame, for a variable frame rate; `audio_seconds`: the tone's length (default: the
+    clip's length at its fps)."""
     import av
 
     path = Path(path)
@@ -132,19 +134,25 @@ def write_clip(clip: SyntheticClip, path: str | os.PathLike, audio_hz: float | N
         v.pix_fmt = "yuv420p"
         v.options = {"crf": str(crf)} if codec == "libx264" else {"crf": str(crf + 2), "b": "0",
                                                                   "deadline": "realtime", "cpu-used": "8"}
+        if times is not None:       # own time stamps (90 kHz clock); no B-frames, whose decode times assume CFR
+            v.codec_context.time_base = Fraction(1, 90000)
+            v.options = {**v.options, "bf": "0"}
         a = None
         if audio_hz:
             sr = 48000
             a = c.add_stream(audio_codec, rate=sr)
             a.layout = "mono"
         rng = np.random.default_rng(seed)
-        for f in clip.frames:
+        for i, f in enumerate(clip.frames):
             if noise:
                 f = np.clip(f + rng.normal(0, noise, f.shape), 0, 255).round().astype(np.uint8)
-            c.mux(v.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")))
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            if times is not None:
+                vf.pts, vf.time_base = round(times[i] * 90000), Fraction(1, 90000)
+            c.mux(v.encode(vf))
         c.mux(v.encode(None))
         if a is not None:
-            n = int(round(len(clip.frames) / clip.fps * sr))
+            n = int(round((audio_seconds if audio_seconds is not None else len(clip.frames) / clip.fps) * sr))
             tone = (0.3 * np.sin(2 * math.pi * audio_hz * np.arange(n) / sr)).astype(np.float32)
             fmt = a.codec_context.format.name if a.codec_context.format else "fltp"
             chunk = a.codec_context.frame_size or 1024
