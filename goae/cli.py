@@ -1,10 +1,17 @@
 """`goae invert INPUT... --out DIR` (also `python -m goae`): a thin face over the library.
 
 Inputs are photos, clips (goae.video: MP4, MOV, WebM, ... by file suffix), folders (searched recursively,
-hidden files and --out itself skipped) and globs (`'shots/**/*.jpg'`). Each input gets its own folder, written
-atomically by `goae.export.save_inversion` or `goae.video.invert_video` and named by
-`goae.export.output_folder` over the whole input list (never outside --out or --out itself; `face.avif` and
-`face.webp` get `face` and `face-2`), so every process of a `torchrun` job names it alike.
+hidden files and --out itself skipped) and globs (`'shots/**/*.jpg'`); only regular files are read (a FIFO
+would block the batch forever). Each input gets its own folder, written atomically by
+`goae.export.save_inversion` or `goae.video.invert_video`, named by `input_folders`: after the input's path
+relative to the folder or glob it came from (`shots/a/1.jpg` -> `a-1`), made safe, and stable when inputs are
+added or reordered (module function's docstring), so `--resume` finds it again and every process of a
+`torchrun` job names it alike.
+
+One run at a time per --out: a lock (`.goae-invert.lock`, flock) refuses a second one, which would otherwise
+report every input as failed in the manifest while the first completes them. Holding it, the run removes the
+partial `.<name>.tmp-*` entries that a killed run left in --out. File names are printed with control
+characters escaped (a newline in a name cannot forge an "ok ->" line).
 
 Under torchrun (RANK / WORLD_SIZE set) each process takes every WORLD_SIZE-th input and the processes meet
 once at the end (gloo, on any device) to merge their records. Every run writes `--out/manifest.jsonl`: one
@@ -21,14 +28,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
+import hashlib
 import io
 import json
 import os
 import re
 import sys
+import stat
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -41,6 +52,26 @@ from goae.export.errors import ExportError, finite, whole
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp",
                   ".tif", ".tiff", ".mpo")
 MANIFEST = "manifest.jsonl"
+LOCK_FILE = ".goae-invert.lock"
+RESERVED_NAMES = (MANIFEST, LOCK_FILE)   # no input's folder takes these names
+_STALE_TMP = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}(\.[^./]+)?$")   # goae.io's temporaries (mkstemp/mkdtemp names)
+
+
+def shown(text) -> str:
+    """`text` for a terminal line: control, format and line-separator characters escaped (\\n, \\x1b,
+    \\u202e), so a file name cannot start a new line or move the cursor."""
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(ch.encode("unicode_escape").decode("ascii") if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def say(line: str) -> None:
+    """One line on stderr (above any progress bar), escaped by `shown`."""
+    tqdm.write(shown(line), file=sys.stderr)
 
 
 def _number(what: str, low=None, high=None, integer: bool = False):
@@ -221,8 +252,7 @@ def _setup(args, device=None):
         raise SetupError(f"--box and --camera are for cat photos; these weights invert {domain.title.lower()}s, whose "
                          "crop and camera come from the face landmarks")
     if random_weights(pipe):
-        print("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces or cats.",
-              file=sys.stderr)
+        say("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces or cats.")
     directions, edits = {}, {}
     if args.edit:
         folder = args.directions or os.environ.get("GOAE_DIRECTIONS")
@@ -251,7 +281,7 @@ def invert_one(pipe, photo: Path, folder: Path, options, directions, face_index=
 
     yaw, pitch = camera if camera is not None else (None, None)
     face = pipe.domain.align(photo, face_index=face_index, box=box, yaw=yaw, pitch=pitch)
-    warn = lambda msg: tqdm.write(f"{photo}: {msg}", file=sys.stderr)  # noqa: E731
+    warn = lambda msg: say(f"{photo}: {msg}")  # noqa: E731
     return save_inversion(pipe, face, folder, options, directions=directions, overwrite=overwrite,
                           source=str(photo), warn=warn)
 
@@ -267,7 +297,7 @@ def invert_clip(pipe, clip: Path, folder: Path, args, rank_label: str = "") -> d
     """Invert one clip (goae.video.invert_video) with a progress bar (frames/s, ETA). -> extra manifest fields."""
     from goae.video import invert_video
 
-    bar = tqdm(total=None, desc=f"{rank_label}{clip.name}", unit="frame", file=sys.stderr, leave=False,
+    bar = tqdm(total=None, desc=shown(f"{rank_label}{clip.name}"), unit="frame", file=sys.stderr, leave=False,
                bar_format="{desc}: {n_fmt}/{total_fmt} frames [{elapsed}{postfix}]")
 
     def progress(p):
@@ -278,7 +308,7 @@ def invert_clip(pipe, clip: Path, folder: Path, args, rank_label: str = "") -> d
         eta = time.strftime("%H:%M:%S", time.gmtime(p.eta_s)) if p.eta_s is not None else "--"
         bar.set_postfix_str(f"{rate}, ETA {eta}" + (f", {p.cached} cached" if p.cached else ""), refresh=True)
 
-    warn = lambda msg: tqdm.write(f"{clip}: {msg}", file=sys.stderr)  # noqa: E731
+    warn = lambda msg: say(f"{clip}: {msg}")  # noqa: E731
     try:
         invert_video(pipe, clip, folder, video_options(args), overwrite=args.overwrite, keep_cache=args.keep_cache,
                      progress=progress, warn=warn)
@@ -292,13 +322,15 @@ def invert_clip(pipe, clip: Path, folder: Path, args, rank_label: str = "") -> d
 # ------------------------------------------------------------------------------------------------- inputs
 @dataclass
 class Item:
-    """One input: `path` (None when an argument matched nothing), its kind, its folder, or why it failed."""
+    """One input: `path` (None when an argument matched nothing), its kind, the folder or glob root it was found
+    under (its own folder for a file given by name), its output folder, or why it failed."""
     index: int
     arg: str
     path: Path | None
     kind: str | None           # "photo" / "video"
     folder: Path | None = None
     error: str | None = None
+    root: Path | None = None
 
 
 def _kind(path: Path) -> str:
@@ -314,8 +346,17 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _regular(path: Path) -> bool:
+    """A regular file, or a link to one (stat never blocks; open() on a FIFO would)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _folder_files(folder: Path, out_root: Path) -> list[Path]:
-    """Photos and clips under `folder`, recursively, sorted; hidden entries and --out skipped."""
+    """Photos and clips under `folder`, recursively, sorted; hidden entries, --out and anything that is not a
+    regular file (FIFOs, sockets, devices named like photos) skipped."""
     from goae.video import is_video_path
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
@@ -323,23 +364,36 @@ def _folder_files(folder: Path, out_root: Path) -> list[Path]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not _inside(here / d, out_root))
         for name in sorted(filenames):
             p = here / name
-            if not name.startswith(".") and (p.suffix.lower() in PHOTO_SUFFIXES or is_video_path(p)):
+            if (not name.startswith(".") and (p.suffix.lower() in PHOTO_SUFFIXES or is_video_path(p))
+                    and _regular(p)):
                 found.append(p)
     return found
 
 
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard ('shots/**/*.jpg' -> 'shots')."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
 def expand_inputs(args: Sequence[str], out_root: Path) -> list[Item]:
     """Files as given; folders searched recursively; globs (with * ? [) expanded, recursively with **. Each file
-    once (the first time it appears). An argument that gives nothing is kept as a failed input."""
+    once (the first time it appears). An argument that gives nothing is kept as a failed input, and so is a
+    file given by name that is not a regular file (it is never opened)."""
     out_resolved = out_root.resolve()
     items: list[Item] = []
     seen: set[Path] = set()
 
-    def add(arg: str, path: Path) -> None:
+    def add(arg: str, path: Path, root: Path, error: str | None = None) -> None:
         key = path.resolve()
         if key not in seen:
             seen.add(key)
-            items.append(Item(len(items), arg, path, _kind(path)))
+            items.append(Item(len(items), arg, path, _kind(path), error=error, root=root))
 
     for arg in args:
         p = Path(arg)
@@ -348,17 +402,158 @@ def expand_inputs(args: Sequence[str], out_root: Path) -> list[Item]:
             if not files:
                 items.append(Item(len(items), arg, None, None, error="no photos or clips in this folder"))
             for f in files:
-                add(arg, f)
+                add(arg, f, p)
         elif not p.exists() and glob.has_magic(arg):
             files = sorted(Path(f) for f in glob.glob(arg, recursive=True)
-                           if Path(f).is_file() and not _inside(Path(f), out_resolved))
+                           if _regular(Path(f)) and not _inside(Path(f), out_resolved))
             if not files:
                 items.append(Item(len(items), arg, None, None, error="no files match this pattern"))
             for f in files:
-                add(arg, f)
+                add(arg, f, _glob_root(arg))
+        elif p.exists() and not _regular(p):
+            from goae.io import NotARegularFile, check_regular_file
+            try:
+                check_regular_file(p)
+                add(arg, p, p.parent)
+            except (NotARegularFile, OSError) as e:
+                add(arg, p, p.parent, error=one_line(e))
         else:
-            add(arg, p)   # a missing file fails later, with its own message
+            add(arg, p, p.parent)   # a missing file fails later, with its own message
     return items
+
+
+def _base_name(item: Item) -> str:
+    """The input's path relative to its root, without the suffix, as one safe name ('a/1.jpg' -> 'a-1')."""
+    from goae.export import safe_name
+    try:
+        rel = item.path.relative_to(item.root) if item.root is not None else Path(item.path.name)
+    except ValueError:
+        rel = Path(item.path.name)
+    parts = [*rel.parts[:-1], rel.stem if rel.suffix else rel.name]
+    return safe_name("-".join(safe_name(x, "") for x in parts if safe_name(x, "")) or "photo")
+
+
+def _made_from(folder: Path) -> Path | None:
+    """The input a goae result folder says it was made from (resolved), or None."""
+    try:
+        meta = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+        src = meta.get("photo", meta.get("video")) if isinstance(meta, dict) else None
+        return Path(src).resolve() if isinstance(src, str) else None
+    except (OSError, ValueError):
+        return None
+
+
+def input_folders(items: Sequence[Item], out_root: Path) -> None:
+    """Set each input's output folder: out_root / its base name (`_base_name`). Names are compared
+    case-insensitively. When several inputs share one, the plain name goes to the input whose result it
+    already holds (its result.json), else, when it holds none, to the first of them by path; the others get
+    the name plus 8 hex digits of a hash of their resolved path. So a name depends on the input and what
+    --out holds, never on the input's position: adding inputs does not rename earlier results (`--resume`),
+    and a result is never replaced by another input's (`--overwrite`). `manifest.jsonl` and the lock file are
+    never input folders. Every process of a torchrun job computes the same names."""
+    groups: dict[str, list[tuple[Item, str]]] = {}
+    for item in items:
+        if item.path is not None and item.error is None:
+            base = _base_name(item)
+            groups.setdefault(base.casefold(), []).append((item, base))
+    reserved = {n.casefold() for n in RESERVED_NAMES}
+    used: set[str] = set()
+    for key, group in groups.items():
+        resolved = {id(it): it.path.resolve() for it, _ in group}
+        owner = None
+        if key not in reserved:
+            holders = {_made_from(out_root / base) for _, base in group}
+            owner = next((it for it, _ in group if resolved[id(it)] in holders), None)
+            if owner is None and holders == {None}:       # nobody's result there (yet)
+                owner = min((it for it, _ in group), key=lambda it: str(resolved[id(it)]))
+        for it, base in group:
+            if it is owner:
+                name = base
+            else:
+                digest = hashlib.sha256(str(resolved[id(it)]).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+                name = f"{base.encode('utf-8')[:90].decode('utf-8', 'ignore')}-{digest}"
+            if name.casefold() in used:      # a hash name that meets another base name: refuse, never share
+                it.error = f"no unique output folder name for this input ({name!r} is taken)"
+                continue
+            used.add(name.casefold())
+            it.folder = out_root / name
+    for item in items:
+        if item.folder is not None and (item.folder.parent != out_root or item.folder.name in ("", ".", "..")):
+            raise ExportError(f"unsafe output folder {item.folder} for {item.path}")   # cannot happen
+
+
+# --------------------------------------------------------------------------------------------- --out lock
+class OutputLocked(Exception):
+    """Another goae run holds the --out folder's lock."""
+
+
+class OutputLock:
+    """An exclusive flock on `--out/.goae-invert.lock`, released when the process ends however it ends
+    (SIGKILL too). The file is removed on release; a process that opened it meanwhile sees that the path no
+    longer names its file and takes the lock again on a new one."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        """True when held; False when this filesystem cannot lock (then the run goes on unlocked);
+        OutputLocked when another run holds it."""
+        try:
+            import fcntl
+        except ImportError:   # not POSIX
+            return False
+        for _ in range(50):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = ""
+                with contextlib.suppress(OSError):
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise OutputLocked(f"another goae run ({holder or 'unknown process'}) is writing to "
+                                       f"{self.path.parent}; wait for it to finish or choose another --out") from None
+                return False
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+                self.fd = fd
+                return True
+            os.close(fd)          # the holder removed the file after we opened it: lock the new one
+        return False
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self.fd)
+        self.fd = None
+
+
+def remove_stale_temporaries(out_root: Path) -> list[str]:
+    """Remove what killed runs left directly in --out: goae.io's `.<name>.tmp-XXXXXXXX[.ext]` files and folders,
+    and the same inside the clips' `.<name>.goae-frames` caches. Call only while holding the OutputLock: no
+    other goae run writes there then. -> the names removed."""
+    import shutil
+    removed = []
+    places = [out_root] + [d for d in out_root.glob(".*.goae-frames") if d.is_dir() and not d.is_symlink()]
+    for place in places:
+        for entry in place.iterdir():
+            if not _STALE_TMP.match(entry.name):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(str(entry.relative_to(out_root)))
+    return removed
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -473,7 +668,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _invert(args) -> int:
-    from goae.export import output_folder
     from goae.export.bundle import result_complete
 
     rank, world, local_rank = _world()
@@ -484,25 +678,51 @@ def _invert(args) -> int:
     try:
         pipe, directions, options = _setup(args, device)
     except SetupError as e:
-        print(f"goae: error: {e}", file=sys.stderr)
+        say(f"goae: error: {e}")
         return 2
     out_root = Path(args.out)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"goae: error: cannot create --out: {one_line(e)}", file=sys.stderr)
+        say(f"goae: error: cannot create --out: {one_line(e)}")
         return 2
     try:
         dist = _init_distributed(world)
     except Exception as e:
-        print(f"goae: error: cannot join the torchrun processes: {one_line(e)}", file=sys.stderr)
+        say(f"goae: error: cannot join the torchrun processes: {one_line(e)}")
         return 2
 
+    lock = OutputLock(out_root)
+    problem = None
+    if rank == 0:     # one lock per run: torchrun's processes share it through rank 0
+        try:
+            if lock.acquire():
+                removed = remove_stale_temporaries(out_root)
+                if removed:
+                    say(f"goae: removed {len(removed)} partial result(s) left by a killed run: {', '.join(removed)}")
+            else:
+                say(f"goae: warning: cannot lock {out_root} (its filesystem has no locks); do not run two goae "
+                    "processes on it at once")
+        except (OutputLocked, OSError) as e:
+            problem = one_line(e) if isinstance(e, OSError) else str(e)
+    if dist is not None:
+        box = [problem]
+        dist.broadcast_object_list(box, src=0)
+        problem = box[0]
+    if problem is not None:
+        say(f"goae: error: {problem}")
+        if dist is not None:
+            dist.destroy_process_group()
+        return 2
+    try:
+        return _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, result_complete)
+    finally:
+        lock.release()
+
+
+def _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, result_complete) -> int:
     items = expand_inputs(args.photos, out_root)
-    taken: set[str] = set()
-    for item in items:   # names over the whole list, in order: the same in every process
-        if item.path is not None:
-            item.folder = output_folder(out_root, item.path, taken)
+    input_folders(items, out_root)   # over the whole list: the same in every process
     mine = [it for it in items if it.index % world == rank]
     label = f"[rank {rank}] " if world > 1 else ""
     records = []
@@ -520,10 +740,9 @@ def _invert(args) -> int:
         try:
             atomic_write_bytes(manifest, lines.encode("utf-8"))
         except OSError as e:
-            print(f"goae: error: cannot write {manifest}: {one_line(e)}", file=sys.stderr)
+            say(f"goae: error: cannot write {manifest}: {one_line(e)}")
             failed += 1
-        print(f"{ok} succeeded, {failed} failed" + (f", {skipped} skipped (already complete)" if skipped else ""),
-              file=sys.stderr)
+        say(f"{ok} succeeded, {failed} failed" + (f", {skipped} skipped (already complete)" if skipped else ""))
         if args.json:
             summary = {"goae": goae.__version__, "out": str(out_root), "manifest": str(manifest),
                        "processes": world, "inputs": len(records), "succeeded": ok, "failed": failed,
@@ -540,15 +759,15 @@ def _process(item: Item, pipe, options, directions, args, label: str, result_com
     rank = _world()[0]
     rec = {"index": item.index, "input": str(item.path) if item.path is not None else item.arg, "kind": item.kind,
            "status": "failed", "output": str(item.folder) if item.folder is not None else None, "rank": rank}
-    if item.path is None:
+    if item.error is not None:
         rec["error"] = item.error
-        tqdm.write(f"{item.arg}: error: {item.error}", file=sys.stderr)
+        say(f"{label}{rec['input']}: error: {item.error}")
         return rec
     t0 = time.perf_counter()
     try:
         if args.resume and result_complete(item.folder, item.path):
             rec["status"] = "skipped"
-            tqdm.write(f"{label}{item.path}: skipped (complete) -> {item.folder}", file=sys.stderr)
+            say(f"{label}{item.path}: skipped (complete) -> {item.folder}")
             return rec
         if item.kind == "video":
             rec.update(invert_clip(pipe, item.path, item.folder, args, label))
@@ -556,10 +775,10 @@ def _process(item: Item, pipe, options, directions, args, label: str, result_com
             invert_one(pipe, item.path, item.folder, options, directions, args.face_index, args.overwrite,
                        box=args.box, camera=args.camera)
         rec["status"] = "ok"
-        tqdm.write(f"{label}{item.path}: ok -> {item.folder}", file=sys.stderr)
+        say(f"{label}{item.path}: ok -> {item.folder}")
     except Exception as e:  # one bad input costs its own result, never the batch (Ctrl-C still stops it)
         rec["error"] = one_line(e)
-        tqdm.write(f"{label}{item.path}: error: {rec['error']}", file=sys.stderr)
+        say(f"{label}{item.path}: error: {rec['error']}")
     rec["seconds"] = round(time.perf_counter() - t0, 3)
     return rec
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from goae import cli
+from test_cli_safety import _hashed
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -49,25 +50,29 @@ def test_folders_globs_json_and_resume(landmarker, examples_dir, tmp_path, capsy
     assert (summary["inputs"], summary["succeeded"], summary["failed"], summary["skipped"]) == (5, 3, 2, 0)
     got = [(Path(x["input"]).relative_to(tmp_path).as_posix(), x["status"],
             x["output"] and Path(x["output"]).name) for x in summary["results"]]
-    assert got == [("in/a/face.jpg", "ok", "face"), ("in/b/face.jpg", "ok", "face-2"),
+    face2 = _hashed("face", tree / "b" / "face.jpg")      # one name, two inputs: the second by path is hashed
+    assert got == [("in/a/face.jpg", "ok", "face"), ("in/b/face.jpg", "ok", face2),
                    ("in/glob/astronaut.png", "ok", "astronaut"), ("in/glob/coffee.png", "failed", "coffee"),
                    ("none/*.jpg", "failed", None)]
     assert "No face found" in summary["results"][3]["error"] and "no files match" in summary["results"][4]["error"]
     assert _records(out) == summary["results"]
-    assert sorted(p.name for p in out.iterdir()) == ["astronaut", "face", "face-2", "manifest.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut", "face", face2, "manifest.jsonl"]
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/result.json")}
 
     assert cli.main(args + ["--resume"]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert [x["status"] for x in summary["results"]] == ["skipped", "skipped", "skipped", "failed", "failed"]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/result.json")} == stamps   # nothing redone
-    # a folder whose result.json names another photo is not "complete" for this one
+    # a folder whose result.json names another photo is not this one's: it gets its own name, and the other
+    # photo's result stays (even with --overwrite)
     meta = json.loads((out / "face" / "result.json").read_text())
     meta["photo"] = str(tree / "elsewhere.jpg")
     (out / "face" / "result.json").write_text(json.dumps(meta))
     assert cli.main(args + ["--resume", "--overwrite"]) == 1
     summary = json.loads(capsys.readouterr().out)
     assert [x["status"] for x in summary["results"]][:3] == ["ok", "skipped", "skipped"]
+    assert Path(summary["results"][0]["output"]).name == _hashed("face", tree / "a" / "face.jpg")
+    assert json.loads((out / "face" / "result.json").read_text())["photo"] == str(tree / "elsewhere.jpg")
 
 
 def test_two_torchrun_processes_write_what_one_writes(landmarker, examples_dir, tmp_path):
