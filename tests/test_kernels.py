@@ -1,8 +1,20 @@
 """The fused C++ render kernel (goae/models/kernels.py) against the renderer's PyTorch fast path.
 
 The kernel is built on first use (once per machine, cached); where it cannot be built the renderer
-must silently keep the PyTorch path, which the fallback tests check without a compiler."""
+must keep the PyTorch path with one warning, which the fallback tests check without a compiler. The
+build tests run real builds in subprocesses with fresh TORCH_EXTENSIONS_DIRs: killed mid-build, two at
+once, a compiler that never returns, a lock that is never released."""
+import contextlib
+import fcntl
+import json
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,3 +178,166 @@ def test_kernel_refuses_other_devices_and_dtypes():
     bad[7] = bad[7][:, :5]  # depths for fewer rays than the origins
     with pytest.raises(RuntimeError, match="rays must be"):
         torch.ops.goae_kernels.triplane_decode(*bad)
+
+
+# ----------------------------------------------------------------------------------- building: no hang, ever
+ROOT = Path(__file__).resolve().parents[1]
+# A process that renders would do this on first use: build (or find) the kernel, load it, say whether it runs.
+PROBE = ("import json, torch; from goae.models import kernels; ok = kernels.available(); "
+         "print(json.dumps([ok, hasattr(torch.ops.goae_kernels, 'triplane_decode')]))")
+needs_tools = pytest.mark.skipif(not (shutil.which("c++") and shutil.which("ninja")), reason="no c++ or ninja here")
+
+
+def build_env(ext_dir: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "GOAE_NO_KERNELS"}
+    env.update(TORCH_EXTENSIONS_DIR=str(ext_dir), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def run_probe(env: dict, code: str = PROBE) -> subprocess.CompletedProcess:
+    # Generous: a hang fails here instead of stalling the suite; a real build takes ~30 s (minutes if loaded).
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+def warning_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "fused CPU render kernel" in line]
+
+
+def wait_for(condition, what: str, proc: subprocess.Popen, limit: float = 300) -> None:
+    end = time.monotonic() + limit
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the first process exited before {what}: {proc.communicate()}")
+        if time.monotonic() > end:
+            pytest.fail(f"no {what} after {limit} s")
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # after the state
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [p for p, parent in parents.items() if parent == pid]
+        found += kids
+        todo += kids
+    return found
+
+
+@pytest.mark.slow
+@needs_tools
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("killed", ["caller", "caller and build"])
+def test_killed_build_never_makes_the_next_process_hang(tmp_path, killed):
+    """`kill -9` of a process while it builds (the issue's reproduction), and of its whole build (an OOM
+    kill, a container restart: torch's lock file stays behind): the next process finishes with the kernel."""
+    env = build_env(tmp_path)
+    first = subprocess.Popen([sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    baton = lambda: list(tmp_path.glob("goae_kernels_*/lock"))   # torch's lock: the build is under way
+    try:
+        wait_for(lambda: baton(), "build under way", first)
+        builders = descendants(first.pid)   # the build child, ninja, the compiler
+        first.kill()
+        if killed == "caller and build":
+            for pid in builders:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        first.wait(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.communicate()
+    if killed == "caller and build":
+        assert builders and baton(), "the build should have been killed while torch's lock file existed"
+    second = run_probe(env)
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout.splitlines()[-1]) == [True, True], second.stderr
+    assert not warning_lines(second.stderr)
+    assert not baton() and list(tmp_path.glob("goae_kernels_*/goae-build.ok"))
+
+
+@pytest.mark.slow
+@needs_tools
+def test_two_processes_building_at_once_both_finish(tmp_path):
+    """One builds; the other waits on the lock and loads what the first built (nothing is built twice)."""
+    code = ("import json; from goae.models import kernels; r = kernels.build(); "
+            "print(json.dumps([r.built, kernels.available()]))")
+    env = build_env(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = sorted(json.loads(out.splitlines()[-1]) for out, _ in outs)
+    assert results == [[False, True], [True, True]], outs
+    assert len(list(tmp_path.glob("goae_kernels_*/*.so"))) == 1
+
+
+@needs_tools
+def test_a_lock_that_is_never_released_falls_back_with_one_warning(tmp_path, monkeypatch, caplog):
+    """Another builder holds the lock past the limit: this process renders with the PyTorch path, one warning."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("GOAE_KERNEL_BUILD_TIMEOUT", "1")
+    monkeypatch.delenv("GOAE_NO_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_state", {"loaded": False, "ok": False})
+    folder = kernels.build_folder()
+    folder.mkdir(parents=True)
+    with open(folder / "goae-build.lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)   # a separate open file: it excludes this process's own attempt too
+        decoder = make_decoder()
+        planes, ray_origins, ray_directions = make_scene(1)
+        want = render(FusedImportanceRenderer(kernels=False), planes, decoder, ray_origins, ray_directions)
+        _forbid_kernel(monkeypatch)
+        with caplog.at_level(logging.WARNING, logger="goae.models.kernels"):
+            got = render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
+            render(FusedImportanceRenderer(), planes, decoder, ray_origins, ray_directions)
+    warnings = [r.getMessage() for r in caplog.records if "fused CPU render kernel" in r.getMessage()]
+    assert len(warnings) == 1 and "another process is still building it" in warnings[0], warnings
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert not list(folder.glob("*.so"))
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.delenv("GOAE_NO_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "_state", {"loaded": False, "ok": False})
+    with caplog.at_level(logging.WARNING, logger="goae.models.kernels"):
+        assert not kernels.available() and not kernels.available()
+    warnings = [r.getMessage() for r in caplog.records if "fused CPU render kernel" in r.getMessage()]
+    assert len(warnings) == 1 and "no C++ compiler" in warnings[0], warnings
+
+
+@needs_tools
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_a_build_that_never_ends_is_stopped_with_everything_it_started(tmp_path):
+    """A compiler that never returns: the process falls back after GOAE_KERNEL_BUILD_TIMEOUT with one warning
+    line, and the compiler it started is gone (the child's whole process group is killed)."""
+    pid_file = tmp_path / "compiler.pid"
+    compiler = tmp_path / "hanging-c++"
+    compiler.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
+    compiler.chmod(0o755)
+    env = build_env(tmp_path / "ext", CXX=str(compiler), TORCH_DONT_CHECK_COMPILER_ABI="1",
+                    GOAE_KERNEL_BUILD_TIMEOUT="15")   # the child's torch import must fit in it, even when loaded
+    proc = run_probe(env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == [False, False]
+    lines = warning_lines(proc.stderr)
+    assert len(lines) == 1 and "took longer than" in lines[0], proc.stderr
+    assert pid_file.exists(), "the hanging compiler never ran"
+    assert not Path(f"/proc/{int(pid_file.read_text())}").exists(), "the compiler outlived the build"
+
+
+def test_main_reports_and_fails_without_a_compiler(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+    monkeypatch.delenv("GOAE_NO_KERNELS", raising=False)
+    assert kernels.main([]) == 1
+    err = capsys.readouterr().err
+    assert "could not build" in err and "no C++ compiler" in err and "PyTorch path" in err
+    monkeypatch.setenv("GOAE_NO_KERNELS", "1")
+    assert kernels.main([]) == 0 and "disabled" in capsys.readouterr().out

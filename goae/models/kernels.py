@@ -3,36 +3,96 @@
 `goae/csrc/triplane_decode.cpp` does, per tile of 16 points, what `FusedImportanceRenderer._decode`
 does with ~20 PyTorch ops per chunk: points o + t*d, the bilinear taps of the three planes (summed),
 the OSGDecoder MLP (32 -> 64, softplus, -> 1 + 32) and the widened sigmoid, without the
-intermediate [points, 64] / [points, 12] tensors. It is built with torch.utils.cpp_extension on first
-use (about half a minute, once: cached under $TORCH_EXTENSIONS_DIR or ~/.cache/goae/torch_extensions)
-and used only for CPU float32 inference without autocast; autograd, CUDA and bf16 keep the PyTorch
-path. A failed build (no compiler, ...) logs one warning and falls back. GOAE_NO_KERNELS=1 disables it.
+intermediate [points, 64] / [points, 12] tensors. It is used only for CPU float32 inference without
+autocast; autograd, CUDA and bf16 keep the PyTorch path. GOAE_NO_KERNELS=1 disables it.
+
+Building: `python -m goae.models.kernels` (setup.sh runs it) or, failing that, the first render of a
+process, compiles it with torch.utils.cpp_extension (about half a minute, once) into
+$TORCH_EXTENSIONS_DIR or <goae cache>/torch_extensions, in a folder named by a hash of everything the
+binary depends on (source, flags, CPU, torch and Python), so two environments never rebuild or load
+each other's copy. Nothing here can wait forever:
+- the build runs in a child process, under an fcntl.flock lock that the operating system drops when
+  its holders die (torch's own lock file is left behind by a killed build; under the flock it is
+  known to be stale and removed); the child inherits the lock, so a build whose caller was killed
+  still finishes for the next process instead of being redone beside it;
+- waiting for the lock and the build share one limit, $GOAE_KERNEL_BUILD_TIMEOUT seconds (300); the
+  child kills its own process group (ninja, the compiler) when the limit passes;
+- anything that goes wrong (no compiler, the limit, a read-only cache, ...) logs one warning line and
+  the PyTorch path is used; a later process tries again.
+A finished build leaves a stamp file; later processes load the library directly (no ninja, no lock).
 
 Compiled with -O3 -march=native (x86-64; AVX-512 here, AVX2 elsewhere): the build runs on the machine
-that uses it, and the extension's name carries a hash of the CPU's flags, so a cache shared with a
-different CPU builds its own copy instead of loading code with instructions that CPU lacks.
+that uses it, and the folder's hash covers the CPU's flags, so a cache shared with a different CPU
+builds its own copy instead of loading code with instructions that CPU lacks.
 The op is registered for CPU only and checks its inputs' devices and dtypes itself; a fake (meta)
 implementation lets torch.compile trace through it. Outputs are within ~1e-6 of the PyTorch path.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import errno
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "decode_rays"]
+__all__ = ["available", "build", "decode_rays", "main", "BuildResult"]
 
 logger = logging.getLogger(__name__)
 _SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "triplane_decode.cpp"
 _state: dict = {"loaded": False, "ok": False}
+_fake_registered: list = []
+_state_lock = threading.Lock()   # the app renders from several threads; one of them builds and loads
+TIMEOUT_ENV = "GOAE_KERNEL_BUILD_TIMEOUT"
+DEFAULT_TIMEOUT = 300.0
+_LOCK = "goae-build.lock"     # fcntl.flock'ed, never deleted (deleting a flock file lets two holders in)
+_STAMP = "goae-build.ok"      # written by the child after the library loaded and registered the op
+_TORCH_BATON = "lock"         # torch's FileBaton: an O_EXCL file, left behind when its owner is killed
+
+# The build child: bounded by SIGALRM, which stops its whole process group (it leads it). Ninja runs
+# each compiler in a group of its own and stops them on SIGTERM, so TERM goes first, then KILL. The child
+# checks that it builds against the parent's torch, loads the result and only then writes the stamp.
+_CHILD = r"""
+import json, os, signal, sys, time
+a = json.loads(sys.argv[1])
+def stop(*_):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGTERM)
+    time.sleep(2)
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGALRM, stop)
+signal.alarm(max(1, int(a["limit"])))
+import torch
+from torch.utils import cpp_extension
+if os.path.dirname(torch.__file__) != a["torch"]:
+    sys.exit("the build would use the torch in %s, not %s" % (os.path.dirname(torch.__file__), a["torch"]))
+cpp_extension.load(name=a["name"], sources=[a["source"]], extra_cflags=a["flags"], build_directory=a["dir"],
+                   is_python_module=False, verbose=False)
+if not hasattr(torch.ops.goae_kernels, "triplane_decode"):
+    sys.exit("the built library does not register goae_kernels::triplane_decode")
+with open(a["stamp"] + ".tmp", "w") as f:
+    f.write(a["name"] + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+os.replace(a["stamp"] + ".tmp", a["stamp"])
+"""
 
 
-def _cpu_tag() -> str:
-    """Hash of the CPU model and flags (the -march=native build is only valid on such a CPU)."""
+def _cpu_info() -> str:
+    """The CPU model and flags (the -march=native build is only valid on such a CPU)."""
     info = platform.machine() + platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -43,23 +103,162 @@ def _cpu_tag() -> str:
                     break  # the first CPU is enough
     except OSError:
         pass
-    return hashlib.sha1(info.encode()).hexdigest()[:10]
+    return info
 
 
-def _build() -> bool:
-    from torch.utils import cpp_extension
-    build_root = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "goae" / "torch_extensions")
-    name = f"goae_kernels_{_cpu_tag()}"
-    directory = Path(build_root) / name
-    directory.mkdir(parents=True, exist_ok=True)
+def _flags() -> list[str]:
     flags = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
     if platform.machine() in ("x86_64", "AMD64"):
         flags += ["-march=native", "-mprefer-vector-width=512"]
-    cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=flags, build_directory=str(directory),
-                       is_python_module=False, verbose=False)
+    return flags
+
+
+def build_root() -> Path:
+    """$TORCH_EXTENSIONS_DIR, else <goae cache>/torch_extensions ($GOAE_HOME or ~/.cache/goae)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        return Path(root).expanduser()
+    from goae.download import cache_root
+    return cache_root() / "torch_extensions"
+
+
+def build_folder() -> Path:
+    """This environment's build folder: its name hashes the source, the flags, the CPU, torch and Python."""
+    key = hashlib.sha1()
+    for part in (_SOURCE.read_bytes(), " ".join(_flags()).encode(), _cpu_info().encode(), torch.__version__.encode(),
+                 os.path.dirname(torch.__file__).encode(), sys.version.encode()):
+        key.update(part + b"\0")
+    return build_root() / f"goae_kernels_{key.hexdigest()[:12]}"
+
+
+def _timeout() -> float:
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_TIMEOUT
+    except ValueError:
+        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise RuntimeError(f"{TIMEOUT_ENV}={raw!r} must be positive")
+    return value
+
+
+@dataclasses.dataclass
+class BuildResult:
+    library: Path        # the built shared library
+    built: bool          # compiled by this call (False: found, built earlier or by another process)
+    seconds: float       # time spent here, waiting included
+
+
+def _check_tools() -> None:
+    """The quick refusals, before any lock or child: no C++ compiler, no ninja."""
+    cxx = os.environ.get("CXX", "c++")
+    if not shutil.which(shlex.split(cxx)[0] if cxx.strip() else "c++"):
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found; install g++ or set CXX)")
+    if not shutil.which("ninja", path=_child_path()):
+        raise RuntimeError("ninja not found (pip install ninja)")
+
+
+def _child_path() -> str:
+    # A virtual environment used without activation has pip's ninja beside its python, not on PATH.
+    path = os.environ.get("PATH", os.defpath)
+    return os.pathsep.join([str(Path(sys.executable).parent), path])
+
+
+def _take_lock(fd: int, deadline: float, lock_path: Path, limit: float) -> None:
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"another process is still building it after {limit:.0f} s (lock {lock_path}; "
+                               f"{TIMEOUT_ENV} sets the limit)")
+        time.sleep(0.2)
+
+
+def _run_child(folder: Path, name: str, lock_fd: int, deadline: float) -> None:
+    limit = deadline - time.monotonic()
+    if limit < 1:
+        raise TimeoutError(f"no time left for the build ({TIMEOUT_ENV} sets the limit)")
+    args = dict(name=name, source=str(_SOURCE), flags=_flags(), dir=str(folder), stamp=str(folder / _STAMP),
+                torch=os.path.dirname(torch.__file__), limit=limit)
+    log_path = folder / "goae-build.log"
+    # Output to a file, not a pipe: a child whose parent was killed keeps building (and must not die of
+    # SIGPIPE); the inherited lock descriptor keeps other builders out until it exits.
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], stdin=subprocess.DEVNULL,
+                                 stdout=log, stderr=subprocess.STDOUT, pass_fds=(lock_fd,), process_group=0,
+                                 env={**os.environ, "PATH": _child_path()})
+        try:
+            rc = child.wait(timeout=limit + 10)   # the child's own alarm fires first; this is the backstop
+        except subprocess.TimeoutExpired:
+            _kill_group(child)
+            raise TimeoutError(f"the build took longer than {limit:.0f} s ({TIMEOUT_ENV} sets the limit)") from None
+        except BaseException:   # Ctrl-C while waiting: nothing of the build outlives this call
+            _kill_group(child)
+            raise
+    if rc == -signal.SIGKILL and time.monotonic() >= deadline - 2:   # the child's alarm
+        raise TimeoutError(f"the build took longer than {limit:.0f} s ({TIMEOUT_ENV} sets the limit)")
+    if rc != 0 or not (folder / _STAMP).exists():
+        if rc < 0:
+            raise RuntimeError(f"the build was killed by signal {-rc} (log: {log_path})")
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        errors = [ln for ln in lines if "error" in ln.lower()]
+        raise RuntimeError((errors or lines or [f"the build exited with status {rc}"])[-1][:300]
+                           + f" (log: {log_path})")
+
+
+def _kill_group(child: subprocess.Popen) -> None:
+    """Stop the build child's process group (it and ninja; ninja stops its compilers on SIGTERM), reap it."""
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        time.sleep(2)
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+def build(timeout: float | None = None) -> BuildResult:
+    """Build the kernel for this environment unless it is built already; raise on failure or timeout
+    (RuntimeError / TimeoutError with a one-line reason). Does not load it into this process."""
+    start = time.monotonic()
+    folder = build_folder()
+    name = folder.name
+    library = folder / f"{name}.so"
+    if (folder / _STAMP).exists() and library.exists():
+        return BuildResult(library, False, time.monotonic() - start)
+    _check_tools()
+    limit = timeout if timeout is not None else _timeout()
+    deadline = start + limit
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / _LOCK
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _take_lock(fd, deadline, lock_path, limit)
+        if (folder / _STAMP).exists() and library.exists():   # built by the process we waited for
+            return BuildResult(library, False, time.monotonic() - start)
+        # Every builder holds the flock while torch's lock file exists: one found here is a killed build's.
+        (folder / _TORCH_BATON).unlink(missing_ok=True)
+        logger.info("goae: building the fused CPU render kernel in %s (once; about half a minute)", folder)
+        _run_child(folder, name, fd, deadline)
+        return BuildResult(library, True, time.monotonic() - start)
+    finally:
+        os.close(fd)   # releases the flock (the child has exited or been killed by now)
+
+
+def _build() -> bool:
+    """Build if needed, load into this process and register the fake kernel."""
+    result = build()
+    if not hasattr(torch.ops.goae_kernels, "triplane_decode"):
+        torch.ops.load_library(str(result.library))
     if not hasattr(torch.ops.goae_kernels, "triplane_decode"):
         return False
-    torch.library.register_fake("goae_kernels::triplane_decode")(_triplane_decode_fake)
+    if not _fake_registered:   # once per process (a test may reset _state and load again)
+        torch.library.register_fake("goae_kernels::triplane_decode")(_triplane_decode_fake)
+        _fake_registered.append(True)
     return True
 
 
@@ -75,18 +274,26 @@ def _triplane_decode_fake(table, n_rows, n_cols, A, b, origins, directions, dept
 
 
 def available() -> bool:
-    """True when the kernel is enabled (GOAE_NO_KERNELS unset) and built; builds it on first call."""
+    """True when the kernel is enabled (GOAE_NO_KERNELS unset) and built; builds it on first call (bounded:
+    on any failure, one warning line and False)."""
     if os.environ.get("GOAE_NO_KERNELS", "0") not in ("", "0"):
         return False
     if not _state["loaded"]:
-        _state["loaded"] = True
-        try:
-            _state["ok"] = _build()
-        except Exception as e:  # no compiler, no ninja, read-only cache, ...: the PyTorch path still works
-            logger.warning("goae: could not build the fused CPU render kernel, using the PyTorch path (%s: %s)",
-                           type(e).__name__, str(e).strip().splitlines()[-1][:300] if str(e).strip() else "")
-            _state["ok"] = False
+        with _state_lock:
+            if not _state["loaded"]:
+                _state["ok"] = _load_or_warn()
+                _state["loaded"] = True
     return _state["ok"]
+
+
+def _load_or_warn() -> bool:
+    try:
+        return _build()
+    except Exception as e:  # no compiler, no ninja, the time limit, read-only cache, ...: PyTorch still works
+        text = str(e).strip()
+        logger.warning("goae: could not build the fused CPU render kernel, using the PyTorch path (%s: %s)",
+                       type(e).__name__, text.splitlines()[-1][:300] if text else "")
+        return False
 
 
 def applicable(taps, decoder) -> bool:
@@ -123,3 +330,33 @@ def decode_rays(taps, decoder, ray_origins: torch.Tensor, ray_directions: torch.
         taps.table, H, W, taps.A.contiguous(), taps.b.contiguous(), ray_origins.float(), ray_directions.float(),
         depths.float(), w0, b0, w2[0].contiguous(), w2[1:].t().contiguous(), b2, features)
     return out[0], (out[1] if features else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m goae.models.kernels`: build the kernel for this environment now (set-up, a Space's start)
+    and say where it is; exit status 1 where it cannot be built (goae then uses the PyTorch path)."""
+    parser = argparse.ArgumentParser(prog="python -m goae.models.kernels",
+                                     description="Build goae's fused CPU render kernel for this environment.")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help=f"seconds to wait for the lock and the build (default ${TIMEOUT_ENV} or {DEFAULT_TIMEOUT:.0f})")
+    args = parser.parse_args(argv)
+    if args.timeout is not None and not args.timeout > 0:
+        parser.error("--timeout must be positive")
+    if os.environ.get("GOAE_NO_KERNELS", "0") not in ("", "0"):
+        print("goae: the fused CPU render kernel is disabled (GOAE_NO_KERNELS is set)")
+        return 0
+    try:
+        result = build(args.timeout)
+    except Exception as e:
+        text = str(e).strip()
+        print(f"goae: could not build the fused CPU render kernel ({type(e).__name__}: "
+              f"{text.splitlines()[-1] if text else ''}); goae renders with the PyTorch path instead",
+              file=sys.stderr)
+        return 1
+    how = f"built in {result.seconds:.0f} s" if result.built else "already built"
+    print(f"goae: fused CPU render kernel {how}: {result.library}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
