@@ -238,3 +238,37 @@ def test_no_large_allocation(small_folder, tmp_path):
     assert all(f"'{key}' must be" in res for key, res in zip(list(cases)[:3], results[1:4]))
     assert "does not match its config.json" in results[4]  # z_dim 1024 is allowed, but not what the file holds
     assert out["peak_mb"] < 1500, out  # torch ~300 MB; from_pretrained took 3.5 GB for w_dim 16000
+
+
+# ----------------------------------------------------------------------------- the domain
+
+
+@pytest.mark.parametrize("value", [["cat"], {"name": "cat"}, 1, None, "dog"])
+def test_domain_that_is_not_a_name(folder, value):
+    # ["cat"] used to be a raw TypeError (unhashable list) from the membership test.
+    _edit_json(folder / "model_index.json", domain=value)
+    with pytest.raises(WeightsFolderError, match=r"model_index.json: domain must be one of \['cat', 'human'\], got ") as e:
+        check_pipeline_folder(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_domain_against_the_generators_pivot(folder, small_folder, recwarn):
+    """The converter's rule (goae.domains.domain_of_pivot): a domain given against the generator's pivot is kept,
+    with a warning; loading such a folder warns the same way (it used to load silently)."""
+    import warnings
+
+    from goae.hub import DomainMismatchWarning, PipelineInfo
+    from goae.pipeline import GOAEPipeline
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DomainMismatchWarning)  # a folder that agrees with its pivot: no warning
+        assert check_pipeline_folder(small_folder) == PipelineInfo("human", 14, 32)  # the small preset's W+
+    _edit_json(folder / "model_index.json", domain="cat")  # the small human generator (pivot 0, 0, 0.2)
+    with pytest.warns(DomainMismatchWarning) as w:
+        pipe = GOAEPipeline.from_pretrained(folder)
+    assert pipe.domain.name == "cat" and len(w) == 1
+    msg = str(w[0].message)
+    assert msg == (f"{folder}: model_index.json says domain 'cat', but its generator has the avg_camera_pivot "
+                   "[0, 0, 0.2] of EG3D's FFHQ model (ffhqrebalanced512-128.pkl): photos will be aligned and "
+                   "framed as cat faces. If the weights are for human portraits, set \"domain\": \"human\" in "
+                   "model_index.json")
