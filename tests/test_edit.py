@@ -194,3 +194,38 @@ def test_direction_folder_for_a_model(ws_edit_dir, tmp_path):
     (tmp_path / "broken.npy").write_bytes(b"\x93NUMPY garbage")
     dirs, notes = load_direction_folder(tmp_path, 14, 512)
     assert sorted(dirs) == ["smile"] and any("broken.npy" in n for n in notes) and any("smile.pt" in n for n in notes)
+
+
+# ----------------------------------------------------------------------------------------- directions with the weights
+def test_directions_travel_with_the_weights(tmp_path, monkeypatch):
+    """add_directions puts the files that fit a pipeline folder into its directions/ (what `goae download` and
+    the converter do); a pipeline loaded from the folder then uses them with no --directions / GOAE_DIRECTIONS."""
+    from goae.edit import add_directions, directions_for, how_to_get_directions
+
+    folder = GOAEPipeline.from_preset("small", 0).save_pretrained(tmp_path / "pipe")  # human, W+ 14 x 32
+    src = tmp_path / "src"
+    src.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for name in ("smile", "cat_whiskers"):
+        np.save(src / f"{name}.npy", torch.randn(1, 14, 32, generator=g).numpy())
+    np.save(src / "wide.npy", np.zeros((1, 14, 512), np.float32))
+    names, notes = add_directions(folder, sorted(src.iterdir()))
+    assert names == ["smile"] and len(notes) == 2
+    assert any("cat_whiskers.npy" in n and "another model" in n for n in notes) and any("width 512" in n for n in notes)
+    assert sorted(p.name for p in (folder / "directions").iterdir()) == ["smile.safetensors"]
+
+    pipe = GOAEPipeline.from_pretrained(folder)
+    dirs, notes = directions_for(pipe, None)
+    assert sorted(dirs) == ["smile"] and notes == []
+    np.testing.assert_array_equal(dirs["smile"].tensor.numpy(), np.load(src / "smile.npy")[0])
+    assert directions_for(pipe, src)[0].keys() == {"smile"}  # a folder given wins over the weights' own
+    assert directions_for(GOAEPipeline.from_preset("small", 0), None) == ({}, [])
+
+    # Where none are loaded: one line that says where the official ones come from.
+    monkeypatch.setenv("GOAE_HOME", str(tmp_path / "home"))
+    human = how_to_get_directions()
+    assert human.startswith("No edit directions loaded.") and "`goae download --accept-licences`" in human
+    assert "age, anger, glass" in human and "GOAE_DIRECTIONS" in human and "\n" not in human
+    cat = how_to_get_directions("cat")
+    assert "cat_black, cat_smalleyes" in cat and str(tmp_path / "home" / "downloads" / "ws_edit") in cat
+    assert "--domain cat --directions" in cat
