@@ -240,33 +240,6 @@ class _StageReport:
         self.bar.close()
 
 
-class _ReportingGOAE(GOAE):
-    """The GOAE forward, reporting each step as it starts. GOAE.forward calls these public steps in this order
-    (encode, synthesize + first render, refine, fuse, final render); the computation is GOAE's own."""
-
-    def __init__(self, report: Callable[[str], None], *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.report = report
-
-    def encode(self, *args, **kwargs):
-        self.report("encode")
-        return super().encode(*args, **kwargs)
-
-    def synthesize(self, *args, **kwargs):
-        self.report("render_w")
-        return super().synthesize(*args, **kwargs)
-
-    def refine(self, *args, **kwargs):
-        self.report("refine")
-        return super().refine(*args, **kwargs)
-
-    def fuse(self, *args, **kwargs):
-        self.report("fuse")
-        out = super().fuse(*args, **kwargs)
-        self.report("render")  # what forward does after fusing
-        return out
-
-
 # diffusers' DiffusionPipeline methods that cannot work on GOAE: each is replaced by one line saying why, so that
 # help(GOAEPipeline) shows goae's interface rather than pages about UNets and offloading.
 _NO_ATTENTION_SLICING = "GOAE has no UNet attention to slice (the Swin-V2 encoder attends within small windows)"
@@ -634,14 +607,11 @@ class GOAEPipeline(DiffusersBase):
     @property
     def method(self) -> GOAE:
         """The GOAE forward (goae.models.goae) over this pipeline's components, at its precision."""
-        return self._method(GOAE)
-
-    def _method(self, cls, *args) -> GOAE:
         cfg = self.config
-        return cls(*args, self.generator, self.encoder, self.afa, afa_resolution=cfg.afa_resolution,
-                   mask_blur_sigma=cfg.mask_blur_sigma, mask_threshold=cfg.mask_threshold,
-                   deterministic=cfg.deterministic, autocast=self._autocast,
-                   backbone_autocast=self._backbone_autocast)
+        return GOAE(self.generator, self.encoder, self.afa, afa_resolution=cfg.afa_resolution,
+                    mask_blur_sigma=cfg.mask_blur_sigma, mask_threshold=cfg.mask_threshold,
+                    deterministic=cfg.deterministic, autocast=self._autocast,
+                    backbone_autocast=self._backbone_autocast)
 
     # ----------------------------------------------------------------------------- domain and cameras
     @property
@@ -723,7 +693,7 @@ class GOAEPipeline(DiffusersBase):
                 camera = np.stack([np.asarray(a.camera, dtype=np.float32) for a in alignment])
             c = self.camera_tensor(camera, x_enc.shape[0])
             with self._tf32():
-                fwd = self._method(_ReportingGOAE, report)(x_512, x_enc, c, intermediates=return_intermediates)
+                fwd = self.method(x_512, x_enc, c, intermediates=return_intermediates, on_stage=report)
         finally:
             report.close()
         inter = None

@@ -158,20 +158,29 @@ class GOAE:
     # ------------------------------------------------------------------------------------ the method
     def forward(self, x: torch.Tensor, x_enc: torch.Tensor, c: torch.Tensor, stage: str = "fine",
                 superresolution: bool = True, afa_image_resolution: int | None = None,
-                blur_sigma: float | None = None, intermediates: bool = True) -> GOAEForward:
+                blur_sigma: float | None = None, intermediates: bool = True,
+                on_stage: Callable[[str], None] | None = None) -> GOAEForward:
         """Invert x [B,3,H,W] (encoder input x_enc) taken with cameras c [B,25].
 
         superresolution=False compares and refines on the neural rendering (cheaper training).
-        intermediates=False keeps only what the result needs (inference memory)."""
+        intermediates=False keeps only what the result needs (inference memory).
+        on_stage(name) is called as each stage starts, for progress reports: "encode", "render_w" (the
+        first reconstruction), "refine" (AFA), "fuse" (occlusion-aware mix), "render" (the final render)."""
+        report = on_stage or (lambda name: None)
+        report("encode")
         ws, delta = self.encode(x_enc, stage)
+        report("render_w")
         x_rec, img_rec, planes_w = self.synthesize(ws)
         render_w = self.render(planes_w, ws, c, superresolution=superresolution)
         rec = render_w.image if superresolution else render_w.image_raw
+        report("refine")
         afa = self.refine(x, rec, x_rec, afa_image_resolution)
+        report("fuse")
         planes, mask, planes_f = self.fuse(ws, afa["feature_map_adain"], img_rec, c, planes_w, blur_sigma=blur_sigma)
         if not intermediates:  # free the large intermediates before the final render
             planes_w = planes_f = render_w = None
             afa = {"feature_map_adain": afa["feature_map_adain"]}
+        report("render")
         final = self.render(planes, ws, c, superresolution=superresolution)
         return GOAEForward(ws=ws, delta=delta, planes=planes, final=final, render_w=render_w, planes_w=planes_w,
                            planes_f=planes_f, x_rec=x_rec, img_rec=img_rec, afa=afa, mask=mask)
