@@ -1,0 +1,5 @@
+import sys
+
+from goae.eval.cli import main
+
+sys.exit(main())
