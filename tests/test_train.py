@@ -231,3 +231,20 @@ def test_ranger_lookahead_and_checkpoint_files(tmp_path):
     (tmp_path / "checkpoints" / "step_0000009.pt").write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="step_0000009.pt"):
         load_checkpoint(find_latest(tmp_path))
+
+
+@pytest.mark.parametrize("config,preset", [("goae_ffhq.yaml", "small"), ("goae_afhqcats.yaml", "small-cat")])
+def test_shipped_configs_start_on_every_documented_gpu_count(config, preset):
+    """The README's `torchrun --nproc_per_node=8` (and 1, 2, 4 processes): real photos and synthetic samples
+    of a global batch split evenly over the processes (the check train/run.py makes before anything loads)."""
+    from train.config import ConfigError, check_partition, load_config
+
+    cfg = load_config(ROOT / "train" / "configs" / config, [f"model.preset={preset}"])
+    assert cfg["data"]["synthetic_per_batch"] > 0
+    for world in (1, 2, 4, 8):
+        check_partition(cfg, world)
+    with pytest.raises(ConfigError, match=r"data.synthetic_per_batch=8 must be divisible by .* = 3 x 1 = 3"):
+        check_partition(load_config(ROOT / "train" / "configs" / config,
+                                    [f"model.preset={preset}", "train.batch_size=12"]), 3)
+    with pytest.raises(ConfigError, match="synthetic_per_batch must be an integer >= 0"):
+        load_config(ROOT / "train" / "configs" / config, [f"model.preset={preset}", "data.synthetic_per_batch=-1"])

@@ -134,13 +134,25 @@ def validate(config: dict) -> None:
         raise ConfigError(f"model.domain must be one of {sorted(DOMAINS)} or null (the generator's), "
                           f"got {config['model']['domain']!r}")
     for name in ("train.batch_size", "train.accum_steps", "encoder_stage.max_steps", "afa_stage.max_steps",
-                 "log.every", "log.ckpt_every", "log.keep", "data.workers"):
-        low = 0 if name.endswith(("max_steps", "workers")) else 1
+                 "log.every", "log.ckpt_every", "log.keep", "data.workers", "data.synthetic_per_batch"):
+        low = 0 if name.endswith(("max_steps", "workers", "synthetic_per_batch")) else 1
         if not isinstance(get(config, name), int) or isinstance(get(config, name), bool) or get(config, name) < low:
             raise ConfigError(f"{name} must be an integer >= {low}, got {get(config, name)!r}")
     sig = config["afa_stage"]["mask_blur_sigma"]
     if not (isinstance(sig, list) and len(sig) == 2 and 0 < sig[0] <= sig[1]):
         raise ConfigError(f"afa_stage.mask_blur_sigma must be [low, high] with 0 < low <= high, got {sig!r}")
+
+
+def check_partition(config: dict, world: int) -> None:
+    """Each global batch (real photos and synthetic samples) splits evenly over processes x accumulation
+    steps: every rank runs the same micro-batch sizes, so the run is the same at any world size."""
+    accum = config["train"]["accum_steps"]
+    n_parts = world * accum
+    for name in ("train.batch_size", "data.synthetic_per_batch"):
+        count = get(config, name)
+        if count % n_parts:
+            raise ConfigError(f"{name}={count} must be divisible by processes x accum_steps = {world} x {accum} = "
+                              f"{n_parts}: set it to a multiple of {n_parts} (--set {name}=...) or change accum_steps")
 
 
 def get(config: dict, name: str) -> Any:

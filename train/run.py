@@ -63,9 +63,9 @@ from goae.io import atomic_dir, atomic_path, atomic_write_bytes  # noqa: E402
 from train import data as D  # noqa: E402
 from train.checkpoint import (CheckpointError, candidates, load_latest, remove_stale_temps, rng_state,  # noqa: E402
                               save_checkpoint, set_rng_state, warn)
-from train.config import ConfigError, check_domain, load_config, resolve_domain  # noqa: E402
+from train.config import ConfigError, check_domain, check_partition, load_config, resolve_domain  # noqa: E402
 from train.optim import make_optimizer, make_scheduler  # noqa: E402
-from train.stages import STAGES, resize  # noqa: E402
+from train.stages import STAGES, HeldOutEval, resize  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -175,10 +175,7 @@ class Trainer:
         self.cfg, self.run_dir, self.final_dir, self.dist = cfg, run_dir, final_dir, dist_
         self.scfg, t, dev = cfg[f"{stage}_stage"], cfg["train"], dist_.device
         self.device = dev
-        n_parts = dist_.world * t["accum_steps"]
-        for name, count in (("train.batch_size", t["batch_size"]), ("data.synthetic_per_batch", cfg["data"]["synthetic_per_batch"])):
-            if count % n_parts:
-                raise ConfigError(f"{name}={count} must be divisible by processes x accum_steps = {n_parts}")
+        check_partition(cfg, dist_.world)
         if t["precision"] == "fp16" and dev.type != "cuda":
             raise ConfigError("train.precision=fp16 needs CUDA (use bf16 on CPU)")
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t["precision"]]
@@ -199,6 +196,7 @@ class Trainer:
             self.ddp = DDP(self.stage, device_ids=[dev] if dev.type == "cuda" else None, broadcast_buffers=False,
                            find_unused_parameters=self.stage.find_unused_parameters)
         self.step, self.position = 0, 0
+        self.held_out = HeldOutEval(cfg, dev) if HeldOutEval.wanted(cfg) and dist_.main else None  # eval section
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -306,7 +304,8 @@ class Trainer:
         pipe = self.pipeline()
         pipe.provenance = Provenance(command=current_command(), note=f"trained by train/run.py, stage {self.stage.name}, "
                                      f"{self.step} steps, generator {self.cfg['model']['generator'] or self.cfg['model']['preset']}, "
-                                     f"domain {self.domain}", domain=self.domain)
+                                     f"domain {self.domain}", domain=self.domain,
+                                     evaluation=self.held_out.last if self.held_out else None)
         with atomic_dir(self.final_dir, overwrite=True) as tmp:
             pipe.save_pretrained(str(tmp), repo_hint=str(self.final_dir))  # with its model card (usage: the real path)
 
@@ -362,10 +361,14 @@ class Trainer:
     def outputs_due(self) -> dict[str, bool]:
         """Which of rank 0's outputs this step writes (log.* says)."""
         log_cfg, step, last = self.cfg["log"], self.step, self.step == self.scfg["max_steps"]
-        return {"log": step % log_cfg["every"] == 0 or last, "ckpt": step % log_cfg["ckpt_every"] == 0 or last,
-                "sample": bool(log_cfg["sample_every"]) and step % log_cfg["sample_every"] == 0}
+        ev = self.held_out is not None and self.held_out.due(step, last)  # metrics go into that step's log line
+        return {"log": step % log_cfg["every"] == 0 or last or ev, "ckpt": step % log_cfg["ckpt_every"] == 0 or last,
+                "sample": bool(log_cfg["sample_every"]) and step % log_cfg["sample_every"] == 0, "eval": ev}
 
     def write_outputs(self, due: dict[str, bool], log_file: Path, parts: dict[str, float], dt: float) -> None:
+        if due.get("eval"):
+            parts = {**parts, **self.held_out.run(self.pipeline(), (self.encoder, self.afa), self.step)}
+            self.held_out.keep_best(self.run_dir, self.state)
         if due["log"]:
             rec = {"step": self.step, "stage": self.stage.name, "epoch": round(self.position / len(self.dataset), 3),
                    "lr": self.opt.param_groups[0]["lr"], "sec_per_step": round(dt, 4), **parts}
