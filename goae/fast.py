@@ -42,23 +42,28 @@ def _cpu_flags() -> set[str]:
 
 
 def has_fast_bf16(device: torch.device | str) -> bool:
-    """True where bf16 matmuls/convolutions are native: CUDA with bf16 support (Ampere+), or a CPU
-    with AVX512-BF16 or AMX (elsewhere torch emulates bf16 and it is slower than fp32)."""
+    """True where bf16 matmuls/convolutions are native: a CUDA GPU of compute capability 8.0 or more
+    (Ampere+; `torch.cuda.is_bf16_supported()` is also True on T4 / V100, where bf16 is emulated and its
+    convolutions take slow fallbacks), or a CPU with AVX512-BF16 or AMX (elsewhere torch emulates bf16
+    and it is slower than fp32)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
     return False
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """'auto' -> 'bf16' where the device has fast bf16, else 'fp32'; others are checked and kept."""
+    """'auto' -> 'bf16' where the device has fast bf16, else 'fp16' on CUDA (tensor cores from Volta on;
+    the EG3D synthesis stays fp32 under fp16) and 'fp32' on other devices; others are checked and kept."""
     if precision not in PRECISIONS:
         raise FastPathError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = torch.device(device)
     if precision == "auto":
-        return "bf16" if has_fast_bf16(device) else "fp32"
+        if has_fast_bf16(device):
+            return "bf16"
+        return "fp16" if device.type == "cuda" and torch.cuda.is_available() else "fp32"
     if precision == "fp16" and device.type == "cpu":
         raise FastPathError("fp16 autocast is for CUDA; on a CPU use precision='bf16' (or 'auto')")
     return precision

@@ -234,6 +234,35 @@ def test_precision_resolution_and_errors(pipe):
     pipe.disable_fast_path()
 
 
+@pytest.mark.parametrize("capability,want", [((6, 1), "fp16"), ((7, 0), "fp16"), ((7, 5), "fp16"),
+                                             ((8, 0), "bf16"), ((8, 9), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_follows_the_gpu_compute_capability(monkeypatch, capability, want):
+    """bf16 on Ampere and later (8.0+), fp16 below: T4 (7.5) and V100 (7.0) report bf16 support, by
+    emulation, with slow bf16 convolutions. No GPU here: the CUDA queries are faked."""
+    asked = []
+
+    def get_device_capability(device=None):
+        asked.append(device)
+        return capability
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)   # what T4 / V100 answer too
+    monkeypatch.setattr(torch.cuda, "get_device_capability", get_device_capability)
+    assert fast.resolve_precision("auto", "cuda") == want
+    assert fast.resolve_precision("auto", "cuda:1") == want
+    assert torch.device(asked[-1]).index == 1   # the capability of the device asked about
+    assert fast.has_fast_bf16("cuda") == (want == "bf16")
+    assert fast.resolve_precision("fp32", "cuda") == "fp32" and fast.resolve_precision("fp16", "cuda") == "fp16"
+
+
+def test_auto_precision_on_cpus_is_unchanged(monkeypatch):
+    """CPUs: bf16 only with native bf16 instructions (AVX512-BF16 or AMX), else fp32; never fp16."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # a GPU beside the CPU changes nothing
+    for flags, want in (({"avx512_bf16"}, "bf16"), ({"amx_bf16", "avx512f"}, "bf16"), ({"avx2", "avx512f"}, "fp32"),
+                        (set(), "fp32")):
+        monkeypatch.setattr(fast, "_cpu_flags", lambda flags=flags: set(flags))
+        assert fast.resolve_precision("auto", "cpu") == want
+
+
 def test_compile_needs_a_cpp_compiler(pipe, monkeypatch):
     monkeypatch.setattr(fast.shutil, "which", lambda name: None)
     with pytest.raises(fast.FastPathError, match="C\\+\\+ compiler"):
