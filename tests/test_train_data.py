@@ -60,9 +60,11 @@ def test_loader_gives_the_batches_in_order(dataset_dir, workers):
 
 
 def test_worker_error_is_one_clear_line(tmp_path):
-    (tmp_path / "a.png").write_bytes(b"not a png")
+    # Damaged after the up-front check (headers are checked, pixels are decoded when loaded).
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     (tmp_path / "dataset.json").write_text(json.dumps({"labels": [["a.png", [0.0] * 25]]}))
-    ds = D.EG3DDataset(tmp_path)
+    ds = D.EG3DDataset(tmp_path, resolution=64)
+    (tmp_path / "a.png").write_bytes((tmp_path / "a.png").read_bytes()[:60])
     with pytest.raises(D.DatasetError) as e:
         next(D.micro_batches(ds, D.StepBatches(1, 0, 0, 1, 0, 1, 1, 1), 1, pin_memory=False))
     assert str(e.value).startswith(f"cannot read image {tmp_path / 'a.png'}") and "\n" not in str(e.value)
@@ -117,3 +119,73 @@ def test_workers_setting():
     assert load_config(tiny)["data"]["workers"] == 1 and load_config(tiny, ["data.workers=0"])["data"]["workers"] == 0
     with pytest.raises(ConfigError, match="data.workers must be an integer >= 0"):
         load_config(tiny, ["data.workers=-1"])
+
+
+def _labelled(folder: Path, names) -> None:
+    (folder / "dataset.json").write_text(json.dumps({"labels": [[n, [0.0] * 25] for n in names]}))
+
+
+def test_dataset_is_checked_up_front(tmp_path):
+    """Bad images used to stop a run when a step first loaded them (a non-square one at step 3, again on
+    --resume); a 1x1 image was upscaled silently; labels could name files outside the folder."""
+    ds = tmp_path / "ds"
+    (ds / "00000").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(ds / "00000" / "ok.png")
+    Image.new("RGB", (80, 64)).save(ds / "00000" / "wide.png")
+    Image.new("RGB", (1, 1)).save(ds / "00000" / "dot.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "outside.png")
+    (ds / "00000" / "text.png").write_text("not an image")
+    names = ["00000/ok.png", "00000/wide.png", "00000/dot.png", "../outside.png", str(tmp_path / "outside.png"),
+             "00000/../../outside.png", "C:/outside.png", "00000/gone.png", "00000/text.png"]
+    _labelled(ds, names)
+    with pytest.raises(D.DatasetError) as e:
+        D.EG3DDataset(ds)
+    msg = str(e.value)
+    assert msg.startswith(f"8 of the 9 images listed in {ds / 'dataset.json'} cannot be used: ") and "\n" not in msg
+    for part in (f"image {ds / '00000' / 'wide.png'} is 80x64; EG3D crops are square",
+                 f"image {ds / '00000' / 'dot.png'} is 1x1, smaller than 64x64",
+                 "'../outside.png' is outside the dataset folder", f"{str(tmp_path / 'outside.png')!r} is outside",
+                 "'00000/../../outside.png' is outside", "'C:/outside.png' is outside",
+                 f"image {ds / '00000' / 'gone.png'} listed in", f"cannot read image {ds / '00000' / 'text.png'}: not an image"):
+        assert part in msg, part
+    assert "ok.png" not in msg and msg.endswith("Fix them or remove them from the labels")
+    # Only the good one left: fine; a symlink placed in the folder is the dataset's own choice and is followed.
+    (ds / "00000" / "link.png").symlink_to(tmp_path / "outside.png")
+    _labelled(ds, ["00000/ok.png", "00000/link.png"])
+    assert D.EG3DDataset(ds).num_images == 2
+
+
+def test_images_smaller_than_the_resolution_are_refused(tmp_path):
+    Image.new("RGB", (128, 128)).save(tmp_path / "a.png")
+    Image.new("RGB", (256, 256)).save(tmp_path / "b.png")
+    _labelled(tmp_path, ["a.png", "b.png"])
+    with pytest.raises(D.DatasetError, match=rf"image {tmp_path / 'a.png'} is 128x128$"):
+        D.EG3DDataset(tmp_path, resolution=256)
+    ds = D.EG3DDataset(tmp_path)  # the trainer sets the generator's resolution once it is built
+    with pytest.raises(D.DatasetError, match="image .*a.png is 128x128"):
+        ds.resolution = 256
+    with pytest.raises(D.DatasetError, match="set the dataset's training resolution"):
+        ds.load(0, 32)
+    ds.resolution = 128
+    assert ds.load(1, 32)[0].shape == (3, 128, 128)
+    Image.new("RGB", (256, 256)).save(tmp_path / "c.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "d.png")
+    _labelled(tmp_path, ["a.png", "b.png", "c.png", "d.png"])
+    with pytest.raises(D.DatasetError) as e:
+        D.EG3DDataset(tmp_path, resolution=256)
+    assert str(e.value).startswith("2 of the 4 images listed in") and "are smaller than the training resolution 256x256 and would be upscaled" in str(e.value)
+
+
+def test_training_refuses_a_bad_dataset_before_the_first_step(tmp_path, examples_dir, capsys):
+    from train.run import main
+
+    (tmp_path / "ds").mkdir()
+    ds = make_eg3d_dataset(tmp_path / "ds", examples_dir, PHOTOS)
+    Image.open(examples_dir / "goae" / "real_person" / "1.jpg").crop((0, 0, 512, 500)).save(ds / "crop.jpg")
+    labels = json.loads((ds / "dataset.json").read_text())["labels"]
+    (ds / "dataset.json").write_text(json.dumps({"labels": labels + [["crop.jpg", labels[0][1]]]}))
+    tiny = ROOT / "train" / "configs" / "tiny.yaml"
+    assert main(["--config", str(tiny), "--data", str(ds), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: image {ds / 'crop.jpg'} is 512x500; EG3D crops are square"
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.pt"))

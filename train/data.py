@@ -19,6 +19,13 @@ samples are seeded per (seed, step, global sample index), so they are world-size
 
 Images are decoded by `goae.align.load_image` (the pipeline's reader: 16-bit and palette PNGs, EXIF,
 size limits), so training sees the pixels inference would see.
+
+The dataset is checked up front, from the labels and the image headers only (no pixel is decoded): every
+name must stay inside the folder (no absolute paths, no `..`; a symlink placed in the folder is followed),
+every image must be a photo format goae reads, in a pixel mode it converts to RGB, square, at least
+MIN_SIZE px, and, once the training resolution is set, at least that large (a smaller one would be
+upscaled: blurred targets). One DatasetError lists the bad items; nothing is skipped, because a silently
+smaller dataset would change the run's order and a resume would meet a different one.
 """
 from __future__ import annotations
 
@@ -30,8 +37,14 @@ import torch
 from PIL import Image
 
 from goae.align import AlignError, load_image
+from goae.align.image import MAX_PIXELS, readable_formats
 
 FLIP_ENTRIES = [1, 2, 3, 4, 8]  # cam2world entries that change sign under a horizontal mirror (EG3D, FFHQ and AFHQ)
+MIN_SIZE = 64  # px: below this an image is no face crop, whatever the resolution
+# Pillow modes that goae.align.load_image turns into RGB.
+RGB_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+                       "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SHOWN = 10  # bad items named in the error
 
 
 class DatasetError(ValueError):
@@ -47,11 +60,52 @@ def _mix(*values: int) -> int:
     return h & 0x7FFFFFFFFFFFFFFF
 
 
+def _outside(name: str) -> bool:
+    """Whether a label's file name leaves the dataset folder (absolute, a drive, `..`), on any system."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    win = PureWindowsPath(name)
+    return (not name or "\0" in name or PurePosixPath(name).is_absolute() or win.is_absolute() or bool(win.drive)
+            or ".." in PurePosixPath(name).parts or ".." in win.parts)
+
+
+def _header(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the image's header, or what is wrong with it (nothing is decoded)."""
+    try:
+        with Image.open(path, formats=readable_formats()) as im:
+            size, mode = im.size, im.mode
+    except Image.UnidentifiedImageError:
+        return f"cannot read image {path}: not an image file goae can read ({', '.join(readable_formats())})"
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        return f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}"
+    w, h = size
+    if w != h:
+        return f"image {path} is {w}x{h}; EG3D crops are square"
+    if w < MIN_SIZE:
+        return f"image {path} is {w}x{h}, smaller than {MIN_SIZE}x{MIN_SIZE}"
+    if w * h > MAX_PIXELS:
+        return f"image {path} is {w}x{h}, more than goae's {MAX_PIXELS // 10**6} MP limit"
+    if mode not in RGB_MODES:
+        return f"image {path} has the pixel mode {mode!r}, which goae does not read as RGB"
+    return size
+
+
+def _refuse(problems: list[str], total: int, label_path: Path, what: str = "cannot be used") -> DatasetError:
+    if len(problems) == 1:
+        return DatasetError(problems[0])
+    more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return DatasetError(f"{len(problems)} of the {total} images listed in {label_path} {what}: "
+                        f"{'; '.join(problems[:_SHOWN])}{more}. Fix them or remove them from the labels")
+
+
 class EG3DDataset:
     """Images + 25-number camera labels of an EG3D dataset folder. With `xflip`, item i >= N is
-    image i - N mirrored (its camera mirrored too), as EG3D and GOAE augment."""
+    image i - N mirrored (its camera mirrored too), as EG3D and GOAE augment.
 
-    def __init__(self, path: str | Path, labels: str = "dataset.json", resolution: int = 512, xflip: bool = False):
+    resolution: the training resolution (images are resized to it); None until the trainer sets it to the
+    generator's. Every image is checked when the dataset is made, and against the resolution when it is set."""
+
+    def __init__(self, path: str | Path, labels: str = "dataset.json", resolution: int | None = None, xflip: bool = False):
         self.root = Path(path)
         if not self.root.is_dir():
             raise DatasetError(f"dataset folder {self.root} does not exist (expected an image folder with {labels})")
@@ -68,7 +122,8 @@ class EG3DDataset:
         if not isinstance(entries, list) or not entries:
             raise DatasetError(f"{label_path}: \"labels\" must be a non-empty list of [relpath, [25 floats]], "
                                f"got {str(entries)[:80]}")
-        self.files, cams = [], []
+        self.files, self.sizes, cams, problems = [], [], [], []
+        self.label_path = label_path
         for i, entry in enumerate(entries):
             if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
                 raise DatasetError(f"{label_path}: entry {i} must be [relpath, [25 floats]], got {str(entry)[:80]}")
@@ -81,13 +136,38 @@ class EG3DDataset:
             if arr is None or arr.shape != (25,) or not np.isfinite(arr).all():
                 raise DatasetError(f"{label_path}: the label of {name!r} must be 25 finite numbers (a list: cam2world "
                                    f"4x4 + intrinsics 3x3), got {str(label)[:80]}")
-            if not (self.root / name).is_file():
-                raise DatasetError(f"image {self.root / name} listed in {label_path} does not exist")
+            size = None
+            if _outside(name):
+                problems.append(f"{name!r} is outside the dataset folder (labels name files inside it, e.g. 00000/img00000000.png)")
+            elif not (self.root / name).is_file():
+                problems.append(f"image {self.root / name} listed in {label_path} does not exist")
+            elif isinstance(size := _header(self.root / name), str):
+                problems.append(size)
             self.files.append(name)
+            self.sizes.append(size[0] if isinstance(size, tuple) else 0)  # each image's side, from its header
             cams.append(arr)
+        if problems:
+            raise _refuse(problems, len(entries), label_path)
         self.cameras = torch.from_numpy(np.stack(cams))
-        self.resolution, self.xflip = resolution, xflip
+        self.xflip = xflip
+        self._resolution: int | None = None
+        self.resolution = resolution
         self.enc_resolution = 256  # what __getitem__ (the DataLoader) gives x_enc at; the trainer sets the encoder's
+
+    @property
+    def resolution(self) -> int | None:
+        return self._resolution
+
+    @resolution.setter
+    def resolution(self, value: int | None) -> None:
+        """Set the training resolution; images smaller than it are refused (they would be upscaled)."""
+        if value is not None:
+            small = [f"image {self.root / n} is {s}x{s}" for n, s in zip(self.files, self.sizes) if s < value]
+            if small:
+                raise _refuse(small, len(self.files), self.label_path,
+                              f"are smaller than the training resolution {value}x{value} and would be upscaled "
+                              "(blurred targets); use crops made at that size")
+        self._resolution = value
 
     @property
     def num_images(self) -> int:
@@ -105,8 +185,11 @@ class EG3DDataset:
             im = load_image(path)  # 8-bit RGB whatever the file's bit depth / mode
         except AlignError as e:
             raise DatasetError(f"cannot read image {path}: {e}") from None
-        if im.size[0] != im.size[1]:
-            raise DatasetError(f"image {path} is {im.size[0]}x{im.size[1]}; EG3D crops are square")
+        if self.resolution is None:
+            raise DatasetError("set the dataset's training resolution (dataset.resolution) before loading images")
+        if im.size[0] != im.size[1] or im.size[0] < self.resolution:  # checked up front; the file changed since
+            raise DatasetError(f"image {path} is {im.size[0]}x{im.size[1]}; EG3D crops are square and at least "
+                               f"{self.resolution}x{self.resolution}")
         if flip:
             im = im.transpose(Image.FLIP_LEFT_RIGHT)
         if im.size[0] != self.resolution:
