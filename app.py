@@ -65,7 +65,7 @@ from goae.domains import DOMAINS, DomainError
 from goae.edit import DirectionError, EditDirection, directions_for, edit_offset, random_weights, resolve_names
 from goae.io import atomic_write_bytes
 from goae.pipeline import GOAEOutput
-from goae.runtime import setup_runtime, tf32
+from goae.runtime import release_cpu_memory, setup_runtime, setup_server_allocator, tf32
 
 log = logging.getLogger("goae.app")
 ROOT = Path(__file__).resolve().parent
@@ -361,6 +361,18 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def releases_memory(fn: Callable) -> Callable:
+    """After each call, the C heap's free memory goes back to the system: a model step frees hundreds of MB
+    of tensors, which otherwise stay with the process, scattered over the request threads' arenas."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_cpu_memory()
+    return wrapper
+
+
 def _too_large(size: int) -> gr.Error:
     return gr.Error(f"The photo is too large ({size / 2**20:.1f} MB): the limit is {MAX_UPLOAD_MB} MB.",
                     duration=None, print_exception=False)
@@ -390,15 +402,80 @@ def photo_input(allowed: list[Path], **kwargs) -> gr.Image:
                 return base64.b64decode(data, validate=True)
             except ValueError:
                 raise gr.Error("The photo's data: URL is not valid base64.", print_exception=False) from None
+        if not payload.path:  # a URL alone: the server fetches nothing on a caller's behalf
+            raise gr.Error("The photo came as a URL only: send the file itself (gradio_client: handle_file(path or "
+                           "URL) uploads it) or a data: URL.", print_exception=False)
         path = Path(payload.path)
         if not any(is_in_or_equal(path, folder) for folder in [Path(get_upload_folder()), *allowed]):
             raise gr.Error("Send the photo as an upload (gradio_client: handle_file(...)).", print_exception=False)
-        if path.is_file() and path.stat().st_size > limit:
+        if not path.is_file():  # e.g. the upload folder itself: Gradio listed it among this input's files,
+            image.temp_files.discard(str(path))  # and would try to delete it as one at shutdown
+            raise gr.Error("The photo is not a file: send an image file (gradio_client: handle_file(...)).",
+                           print_exception=False)
+        if path.stat().st_size > limit:
             raise _too_large(path.stat().st_size)
         return str(path)
 
     image.preprocess = preprocess
     return image
+
+
+def index_input(**kwargs) -> gr.Number:
+    """gr.Number for a face index that may be empty: anything else than a whole number gets a clear message
+    (Gradio's own conversion fails without one)."""
+    number = gr.Number(**kwargs)
+
+    def preprocess(payload):
+        if payload in (None, ""):
+            return None
+        try:
+            return export.whole(payload, "face_index", 0)
+        except (TypeError, ValueError) as e:
+            raise gr.Error(f"{e} (face_index: 0-based from the left, or empty for the largest face)",
+                           print_exception=False) from None
+
+    number.preprocess = preprocess
+    return number
+
+
+class GOAEBlocks(gr.Blocks):
+    """gr.Blocks whose input errors have a message: a payload Gradio cannot read (a string or a number where a
+    file goes, a file that was never uploaded) otherwise fails before any callback, with `error: null` in the API
+    (the app runs with show_error=False, so that no internal error shows server paths)."""
+
+    async def preprocess_data(self, block_fn, inputs, state, *args, **kwargs):
+        from gradio.exceptions import ComponentProcessingError, InvalidPathError
+        from pydantic import ValidationError
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, *args, **kwargs)
+        except (ComponentProcessingError, InvalidPathError, ValidationError) as e:
+            raise gr.Error(_bad_input_message(block_fn, inputs, e), print_exception=False) from None
+
+
+def _bad_input_message(block_fn, inputs: list, error: Exception) -> str:
+    """Which parameter of the endpoint was wrong, and how to send it."""
+    import inspect
+    from gradio.exceptions import InvalidPathError
+
+    names = [p for p in inspect.signature(block_fn.fn).parameters
+             if p not in ("progress", "request")][:len(block_fn.inputs)] if block_fn.fn else []
+    if isinstance(error, InvalidPathError):
+        return ("A file must be sent as an upload (gradio_client: handle_file(...)); files on the server are "
+                "not read.")
+    index = None
+    if (m := re.search(r"at index (\d+)", str(error))) is not None:
+        index = int(m.group(1))
+    elif getattr(error, "title", None):  # a pydantic error names the component's data model
+        index = next((i for i, b in enumerate(block_fn.inputs)
+                      if getattr(getattr(b, "data_model", None), "__name__", None) == error.title), None)
+    if index is None or index >= len(block_fn.inputs):
+        return f"An input of /{block_fn.api_name} could not be read: check the types in the API page."
+    name = names[index] if index < len(names) else f"input {index}"
+    block, value = block_fn.inputs[index], inputs[index] if index < len(inputs) else None
+    wants = ("a file (gradio_client: handle_file(path))" if getattr(block, "data_model", None) is not None
+             and "FileData" in str(block.data_model.model_json_schema()) else f"a {block.get_block_name()} value")
+    shown = repr(value) if len(repr(value)) < 80 else repr(value)[:77] + "..."
+    return hide_paths(f"{name} must be {wants}; got {type(value).__name__} {shown}")
 
 
 class RequestSizeLimit:
@@ -651,6 +728,7 @@ class GOAEApp:
             return self.domain.align(photo, face_index=face_index)
         return self.domain.align(photo, face_index=face_index, **options)
 
+    @releases_memory
     @user_errors
     def align(self, photo, session: Session | None, face_index: int | None = None, session_id: str | None = None,
               box=None, yaw=None, pitch=None):
@@ -689,6 +767,7 @@ class GOAEApp:
             raise AppError("Choose a face.")
         return self.align(session.photo, session, export.whole(face_index, "face index", 0))
 
+    @releases_memory
     @user_errors
     def invert(self, session: Session | None, yaw: float, pitch: float, resolution: int,
                progress=gr.Progress()):
@@ -706,6 +785,7 @@ class GOAEApp:
         return (session, out["reconstruction"], str(out["bundle"] / "reconstruction.png"),
                 str(out["bundle"] / "ws.safetensors"), status, *out["view"])
 
+    @releases_memory
     @user_errors
     def view(self, session: Session | None, yaw: float, pitch: float, resolution: int):
         """Novel view + its depth from the cached tri-planes (the inversion or its edit)."""
@@ -715,6 +795,7 @@ class GOAEApp:
         entry = self.cache.get(session.current)
         return (session, *self._gpu_view(entry, yaw, pitch, resolution, session.path()))
 
+    @releases_memory
     @user_errors
     def preview(self, session: Session | None, yaw: float, pitch: float):
         """The fast preview while a slider moves: (session, image, depth picture); None before an inversion."""
@@ -723,6 +804,7 @@ class GOAEApp:
         yaw, pitch = self._angles(yaw, pitch)
         return (session, *self._gpu_preview(self.cache.get(session.current), yaw, pitch))
 
+    @releases_memory
     @user_errors
     def video(self, session: Session | None, frames: int, fps: int, resolution: int, progress=gr.Progress()):
         """Turntable (the official orbit) rendered frame by frame from the cached tri-planes, H.264 MP4."""
@@ -733,6 +815,7 @@ class GOAEApp:
                                session.path("turntable.mp4"), progress)
         return session, path, path
 
+    @releases_memory
     @user_errors
     def mesh(self, session: Session | None, resolution: int, progress=gr.Progress()):
         """Marching cubes of the cached tri-planes' density -> .glb (shown) and .ply."""
@@ -742,6 +825,7 @@ class GOAEApp:
         glb, ply, n_v, n_f = self._gpu_mesh(self.cache.get(session.current), resolution, session.path())
         return session, glb, glb, ply, f"Mesh: {n_v:,} vertices, {n_f:,} triangles."
 
+    @releases_memory
     @user_errors
     def edit(self, session: Session | None, yaw: float, pitch: float, resolution: int, *strengths: float,
              progress=gr.Progress()):
@@ -764,6 +848,7 @@ class GOAEApp:
         session.current = self.cache.put(session.cache_keys[1], out["entry"])
         return (session, out["image"], out["path"], *out["view"])
 
+    @releases_memory
     @user_errors
     def api_invert(self, photo, face_index=None, views=None, video: bool = False, mesh: bool = False,
                    edits=None, progress=gr.Progress(), box=None, camera=None):
@@ -882,7 +967,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
     apps = app if isinstance(app, AppDomains) else AppDomains({app.domain.name: app})
     app = apps.default  # the settings the pipelines share (resolutions, frames, folders, cache)
     has_cat = "cat" in apps.apps
-    with gr.Blocks(title="GOAE: 3D GAN inversion", delete_cache=(3600, 3600)) as demo:
+    with GOAEBlocks(title="GOAE: 3D GAN inversion", delete_cache=(3600, 3600)) as demo:
         def end_state(s):  # a plain function: Gradio deep-copies the page config (and a bound method's app) per page
             app.end_session(s)
         session = gr.State(None, time_to_live=SESSION_TTL_S, delete_callback=end_state)
@@ -920,7 +1005,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 faces = gr.Radio(label="Several faces found: choose one", choices=[], visible=False, elem_id="faces")
                 if app.examples:
                     gr.Examples(examples=[[p] for p in app.examples], inputs=[photo], label="Examples",
-                                elem_id="examples")
+                                elem_id="examples", api_visibility="private")
                 invert_btn = gr.Button("Invert", variant="primary", elem_id="invert")
                 with gr.Accordion("Options", open=False):
                     resolution = gr.Dropdown(app.resolutions, value=app.default_resolution, label="Neural rendering "
@@ -990,7 +1075,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
         # The stateless API endpoint's inputs and outputs (not shown: API clients and MCP use them).
         with gr.Column(visible=False):
             api_photo = photo_input(example_dirs, label="Photo", type="filepath", image_mode=None, format="png")
-            api_face = gr.Number(None, precision=0, label="Face index (empty: the largest)")
+            api_face = index_input(value=None, precision=0, label="Face index (empty: the largest)")
             api_views = gr.JSON([], label="Views: [[yaw, pitch], ...] in degrees")
             api_video = gr.Checkbox(False, label="Turntable video")
             api_mesh = gr.Checkbox(False, label="Mesh (.glb, .ply)")
@@ -1133,17 +1218,23 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             return apps.api_invert(photo, face_index, views, video, mesh, edits, domain, box, camera, progress=progress)
 
         model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+        # Every event has a chosen name; those that only the page uses are private (not in the API, not MCP
+        # tools). /invert first: the API page and MCP list it first, as the one call an agent needs.
+        api_btn.click(invert, [api_photo, api_face, api_views, api_video, api_mesh, api_edits, api_domain, api_box,
+                               api_cam],
+                      [api_aligned, api_camera, api_recon, api_views_out, api_files], api_name="invert", **model)
         aligned_out = [session, aligned, camera_md, faces, dl_aligned, *reset]
         inverted_out = [session, recon, dl_recon, dl_latent, status, *view_outputs]
         then_invert = dict(fn=reconstruct_if_aligned, inputs=[session, yaw, pitch, resolution], outputs=inverted_out,
-                           api_visibility="undocumented", **model)
+                           api_visibility="private", **model)
         align_in = [photo, session, subject, cat_box, cat_yaw, cat_pitch]
         photo.change(align, align_in, aligned_out, api_name="align").success(
             api_name="reconstruct_after_align", **then_invert)
         # Another domain or other cat options: the same photo again, with that aligner.
-        subject.change(choose_domain, [subject], [cat_options, *edit_groups.values()], api_visibility="undocumented")
-        gr.on([subject.input, crop_btn.click], align, align_in, aligned_out, api_visibility="undocumented",
-              **model).success(**then_invert)
+        subject.change(choose_domain, [subject], [cat_options, *edit_groups.values()], api_name="choose_domain",
+                       api_visibility="private")
+        gr.on([subject.input, crop_btn.click], align, align_in, aligned_out, api_name="crop_again",
+              api_visibility="private", **model).success(api_name="reconstruct_after_crop", **then_invert)
         faces.input(choose_face, [faces, session], aligned_out, api_name="choose_face").success(
             api_name="reconstruct_after_choice", **then_invert)
         invert_btn.click(reconstruct, [session, yaw, pitch, resolution], inverted_out, api_name="reconstruct", **model)
@@ -1180,14 +1271,11 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             edit_btn.click(edit_for(dname), [session, yaw, pitch, resolution, *sliders],
                            [session, edited, dl_edit, *view_outputs],
                            api_name="edit" if dname == app.domain.name else f"edit_{dname}", **model)
-        api_btn.click(invert, [api_photo, api_face, api_views, api_video, api_mesh, api_edits, api_domain, api_box,
-                               api_cam],
-                      [api_aligned, api_camera, api_recon, api_views_out, api_files], api_name="invert", **model)
 
         def end_session(request: gr.Request):
             """The tab closed: the session's tri-planes and files go now (its state follows within the hour)."""
             app.end_folder(app.folders.session(sid(request)))
-        demo.unload(end_session)
+        demo.unload(end_session)  # private: an unload event has no API
     demo.queue(default_concurrency_limit=1)
     return demo
 
@@ -1224,7 +1312,10 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
     fast = os.environ.get("GOAE_FAST", "0").lower() in ("1", "true", "yes") if fast is None else fast
     # The device at start: cuda on a GPU Space (on ZeroGPU a placeholder that `spaces` moves into each
     # GPU call), else the CPU; each model step then runs where its call has a device (call_device).
-    device = setup_runtime(device or "auto")  # the device, TF32 off, the CPU allocator ($GOAE_TUNE_ALLOCATOR)
+    # The device and TF32 off; glibc's allocator as a threaded server wants it (not the command line's tuning,
+    # which keeps freed memory in every thread's arena: issue #31), set before Gradio starts its threads.
+    device = setup_runtime(device or "auto", tune_allocator=False)
+    setup_server_allocator()
     ensure_landmarker()
     loaded = [load_model(weights, device)]
     first = loaded[0][0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import platform
 from typing import Iterator
@@ -64,8 +65,23 @@ def setup_runtime(device: str | torch.device | None = "auto", tune_allocator: bo
 
 
 # glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 _GLIBC_DEFAULTS = {_M_TRIM_THRESHOLD: 128 * 1024, _M_TOP_PAD: 128 * 1024, _M_MMAP_MAX: 65536}
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """The C library where it is glibc (Linux), else None (musl, macOS, Windows: nothing to tune)."""
+    if platform.system() != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: musl has no mallopt parameters to speak of
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 def tune_cpu_allocator(enable: bool = True, keep_bytes: int = 1 << 30) -> bool:
@@ -77,16 +93,33 @@ def tune_cpu_allocator(enable: bool = True, keep_bytes: int = 1 << 30) -> bool:
     grows a little (heap fragmentation), and freed memory up to `keep_bytes` stays with the process.
     Outputs are identical. `enable=False` restores glibc's defaults. `setup_runtime` calls this on a
     CPU; library users opt in. Returns False (and does nothing) where libc is not glibc.
+
+    For one process doing one thing at a time (the command line, a benchmark). Not for a threaded server:
+    every thread's arena then keeps its own heap of freed memory (issue #31: a server's RSS doubled);
+    servers use `setup_server_allocator`.
     """
-    if platform.system() != "Linux":
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # glibc only: musl has no mallopt parameters to speak of
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     keep = int(min(max(keep_bytes, 0), 2**31 - 1))
     values = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: keep, _M_TOP_PAD: min(keep, 64 << 20)} if enable else _GLIBC_DEFAULTS
-    return all(mallopt(param, value) == 1 for param, value in values.items())
+    return all(libc.mallopt(param, value) == 1 for param, value in values.items())
+
+
+def setup_server_allocator(arenas: int = 2) -> bool:
+    """The allocator for a threaded server (the app): glibc's defaults (big tensors mmapped, so they go
+    back to the system when freed) and at most `arenas` malloc arenas, so that many request threads do not
+    each keep a heap of their own. Call it before the server starts its threads. False where not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    values = {**_GLIBC_DEFAULTS, _M_ARENA_MAX: max(1, int(arenas))}
+    return all(libc.mallopt(param, value) == 1 for param, value in values.items())
+
+
+def release_cpu_memory() -> bool:
+    """Give the free memory that the C heap holds back to the system (glibc's malloc_trim), e.g. after each
+    request of a server: freed tensors and buffers otherwise stay in the process as fragmented heap.
+    -> whether any memory was released (False where libc is not glibc)."""
+    libc = _glibc()
+    return bool(libc is not None and libc.malloc_trim(0))

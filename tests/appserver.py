@@ -37,11 +37,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(app: Path, env: Mapping[str, str], log, timeout_s: float = 180) -> tuple[subprocess.Popen, str]:
-    """`python app.py` (random-small weights) on a free port, answering HTTP -> (process, URL). RuntimeError,
-    with the process killed, if it exits or does not answer within timeout_s."""
+def start_app(app: Path, env: Mapping[str, str], log, timeout_s: float = 180,
+              weights: str = "random-small") -> tuple[subprocess.Popen, str]:
+    """`python app.py` (random-small weights by default) on a free port, answering HTTP -> (process, URL).
+    RuntimeError, with the process killed, if it exits or does not answer within timeout_s."""
     port = free_port()
-    env = dict(env, GOAE_WEIGHTS="random-small", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(env, GOAE_WEIGHTS=weights, GRADIO_ANALYTICS_ENABLED="False")
     proc = subprocess.Popen([sys.executable, str(app), "--host", "127.0.0.1", "--port", str(port)],
                             cwd=Path(app).parent, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

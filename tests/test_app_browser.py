@@ -64,6 +64,7 @@ def _run_app(cwd: Path, env: dict, log_name: str):
         pytest.fail("the app did not stop on SIGTERM")
     log.close()
     assert _app_roots(proc.pid) == [], "the app left its session folders behind at shutdown"
+    assert "shutdown failed" not in (ARTIFACTS / log_name).read_text(), "Gradio's clean-up failed at shutdown"
 
 
 @pytest.fixture(scope="module")
@@ -293,6 +294,34 @@ def test_api_errors_are_clear_and_limits_hold(fresh):
     mid = base64.b64encode(b"\x00" * int(30.5 * 2**20)).decode()
     inline["data"][0]["url"] = f"data:image/png;base64,{mid}"
     assert "too large" in _call(url, "invert", inline)
+
+
+def test_malformed_photo_payloads_get_a_message(fresh):
+    """Payloads Gradio itself cannot read, or that name no uploaded file (issue #29.9): each gets a message
+    saying what to send, never `error: null`; the upload folder named as the photo leaves Gradio's shutdown
+    clean-up intact (checked by the fixture)."""
+    from gradio.utils import get_upload_folder
+
+    url, _ = fresh
+    meta = {"meta": {"_type": "gradio.FileData"}}
+    png = "data:image/png;base64," + base64.b64encode((ROOT / "examples" / "astronaut.png").read_bytes()).decode()
+    cases = [  # (photo, face_index) -> what the message says
+        (dict(meta, url="https://example.com/a.png"), None, "URL only"),
+        (dict(meta, url="https://example.com/a.png", path=None), None, "URL only"),
+        ("astronaut.png", None, "photo must be a file"),
+        (12, None, "photo must be a file"),
+        ([1, 2], None, "photo must be a file"),
+        (dict(meta, path="/etc/hostname"), None, "as an upload"),
+        (dict(meta, path=str(ROOT / "examples" / "astronaut.png")), None, "as an upload"),
+        (dict(meta, path=str(get_upload_folder())), None, "not a file"),
+        (dict(meta, path=None, url=png), "abc", "face_index must be a number"),
+        (dict(meta, path=None, url=png), [0], "face_index must be a whole number"),
+        (dict(meta, path=None, url=png), 1.5, "face_index must be a whole number"),
+    ]
+    for photo, face, message in cases:
+        answer = _call(url, "invert", {"data": [photo, face, [], False, False, {}, "human", [], []]})
+        assert "event: error" in answer and message in answer, (photo, face, answer)
+        assert '"error": null' not in answer and str(ROOT) not in answer
 
 
 def _call(url: str, api_name: str, payload: dict) -> str:

@@ -212,8 +212,93 @@ def soak(app: Path, flow: str, sessions: int, inversions: int, photo: Path, no_f
     print(f"after shutdown (SIGTERM): {len(new)} app folders, {_count_files(new)} files")
 
 
+def curve(app: Path, weights: str, invert_calls: int, clients: int, rounds: int, photo: Path,
+          max_rss_mb: float = 0, out=print) -> list[tuple[str, float]]:
+    """The server's RSS after each step -> [(step, MB)]: `invert_calls` stateless /invert calls one after another,
+    then `rounds` of `clients` concurrent visitors, each loading the page and running a browser session's steps
+    (/align, /reconstruct, /render, /preview) in its own session. Stops early (SystemExit) past `max_rss_mb`."""
+    import threading
+    import urllib.request
+
+    from gradio_client import Client, handle_file
+
+    env = dict(os.environ, GOAE_WEIGHTS=weights)
+    env.pop("GOAE_EXAMPLES", None)
+    log = tempfile.NamedTemporaryFile("w", prefix="goae_curve_", suffix=".log", delete=False)
+    try:
+        proc, url = start_app(app, env, log, timeout_s=900, weights=weights)
+    except RuntimeError as e:
+        raise SystemExit(f"{e} (log in {log.name})") from None
+    points: list[tuple[str, float]] = []
+    peak, stop = [0.0], threading.Event()
+
+    def watch() -> None:  # the peak between steps; the server is killed past max_rss_mb (a shared machine)
+        while not stop.wait(0.25) and proc.poll() is None:
+            peak[0] = max(peak[0], _rss_mb(proc.pid))
+            if max_rss_mb and peak[0] > max_rss_mb:
+                out(f"RSS {peak[0]:.0f} MB, over {max_rss_mb:.0f} MB: server stopped")
+                proc.kill()
+
+    def mark(step: str) -> None:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited ({proc.returncode}) before {step}")
+        points.append((step, _rss_mb(proc.pid)))
+        out(f"{step:>14} {points[-1][1]:>8.0f} MB  (peak so far {max(peak[0], points[-1][1]):.0f} MB, "
+            f"{time.time() - t0:.0f} s)")
+
+    def visitor(errors: list) -> None:
+        try:
+            urllib.request.urlopen(url, timeout=300).read()  # the page, as a browser loads it first
+            c = Client(url, verbose=False)
+            c.predict(photo=handle_file(str(photo)), api_name="/align")
+            c.predict(api_name="/reconstruct")
+            c.predict(yaw=20, pitch=0, api_name="/render")
+            c.predict(yaw=-20, pitch=5, api_name="/preview")
+            c.close()
+        except Exception as e:  # reported after the round
+            errors.append(e)
+
+    t0 = time.time()
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        out(f"{app} ({weights}), pid {proc.pid}")
+        mark("start")
+        client = Client(url, verbose=False)
+        for i in range(invert_calls):
+            client.predict(photo=handle_file(str(photo)), views=[[30, 0]], api_name="/invert")
+            mark(f"invert {i + 1}")
+        client.close()
+        for r in range(rounds):
+            errors: list = []
+            threads = [threading.Thread(target=visitor, args=(errors,)) for _ in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if errors:
+                raise SystemExit(f"round {r + 1}: {len(errors)} visitors failed: {errors[0]!r}")
+            mark(f"{clients} clients #{r + 1}")
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+    return points
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--curve", action="store_true", help="RSS after every step: /invert calls, then rounds of "
+                   "concurrent visitors (--weights, --invert-calls, --clients, --rounds)")
+    p.add_argument("--weights", default="random", help="for --curve: random (full size, human + cat) or random-small")
+    p.add_argument("--invert-calls", type=int, default=20)
+    p.add_argument("--clients", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-rss-mb", type=float, default=12000, help="for --curve: stop past this RSS")
     p.add_argument("--app", type=Path, default=ROOT / "app.py")
     p.add_argument("--flow", choices=sorted(FLOWS), default="new")
     p.add_argument("--sessions", type=int, default=50)
@@ -221,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--photo", type=Path, default=ROOT / "examples" / "astronaut.png")
     p.add_argument("--no-face", type=Path, default=ROOT / "examples" / "coffee.png")
     a = p.parse_args(argv)
+    if a.curve:
+        curve(a.app.resolve(), a.weights, a.invert_calls, a.clients, a.rounds, a.photo, a.max_rss_mb,
+              out=lambda line: print(line, flush=True))
+        return
     soak(a.app.resolve(), a.flow, a.sessions, a.inversions, a.photo, a.no_face if a.no_face.is_file() else None)
 
 

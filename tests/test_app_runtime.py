@@ -422,3 +422,18 @@ def test_the_app_comes_up_under_load_with_visitors(tmp_path):
         stop.set()
         for p in spinners:
             p.join(10)
+
+
+# ------------------------------------------------------------------------------------------ the API
+PUBLIC_ENDPOINTS = ["invert", "align", "choose_face", "reconstruct", "preview", "render", "video", "mesh"]
+
+
+def test_every_endpoint_has_a_chosen_name(app_module):
+    """No auto-numbered names (issue #31: `align_1`): an event is public under its chosen name, or private
+    (the page's own steps). /invert comes first on the API page and in the MCP tool list."""
+    deps = app_module.demo.config["dependencies"]
+    public = [d["api_name"] for d in deps if d["api_visibility"] != "private"]
+    assert sorted(public) == sorted(PUBLIC_ENDPOINTS + ["edit_cat"] * ("edit_cat" in public))
+    assert all(d["api_visibility"] in ("public", "private") for d in deps)  # nothing callable yet unlisted
+    named = list(app_module.demo.get_api_info()["named_endpoints"])
+    assert named[0] == "/invert" and set(named) == {f"/{n}" for n in public}
