@@ -8,11 +8,11 @@
 """
 from goae.video.filters import CameraFilter, LandmarkFilter, OneEuroFilter, SmoothingOptions
 from goae.video.invert import FrameCache, VideoOptions, VideoProgress, default_cache_dir, invert_video
-from goae.video.media import VIDEO_SUFFIXES, VideoEncoder, VideoError, VideoInfo, add_audio, is_video_path, \
-    iter_frames, probe
+from goae.video.media import VIDEO_SUFFIXES, DecodedFrame, VideoEncoder, VideoError, VideoInfo, add_audio, \
+    decode_frames, is_video_path, iter_frames, probe
 from goae.video.track import NO_FACE, OK, FaceTracker, TrackedFrame
 
 __all__ = ["invert_video", "VideoOptions", "VideoProgress", "FrameCache", "default_cache_dir", "FaceTracker",
            "TrackedFrame", "OK", "NO_FACE", "SmoothingOptions", "OneEuroFilter", "LandmarkFilter", "CameraFilter",
-           "probe", "iter_frames", "is_video_path", "add_audio", "VideoEncoder", "VideoInfo", "VideoError",
-           "VIDEO_SUFFIXES"]
+           "probe", "iter_frames", "decode_frames", "DecodedFrame", "is_video_path", "add_audio", "VideoEncoder",
+           "VideoInfo", "VideoError", "VIDEO_SUFFIXES"]
