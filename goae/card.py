@@ -41,6 +41,9 @@ class Provenance:
     # key mapping): one line per rule it applied, e.g. "encoder checkpoint encoder_AFHQ.pt: removed ...".
     key_mapping: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # further provenance lines (a domain chosen against the pivot, ...)
+    # The last held-out evaluation of a training run (train.stages.HeldOutEval.last): step, images, metric means,
+    # networks and conventions (goae.eval).
+    evaluation: dict | None = None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -99,6 +102,8 @@ def model_card(kind: str, provenance: Provenance, repo_hint: str = "path/to/this
                   "Checkpoints stored differently from the released FFHQ ones were read with these rules "
                   "(goae.convert); the result matched the model's keys and shapes exactly:", ""]
         lines += [f"- {line}" for line in provenance.key_mapping]
+    if provenance.evaluation:
+        lines += _evaluation_lines(provenance.evaluation)
     lines += ["", "## Usage", "", "```python"]
     if kind == "pipeline" and provenance.domain == "cat":
         lines += ["from goae import GOAEPipeline",
@@ -116,6 +121,19 @@ def model_card(kind: str, provenance: Provenance, repo_hint: str = "path/to/this
         lines += ["from goae import EG3DGenerator", f'G = EG3DGenerator.from_pretrained("{repo_hint}")']
     lines += ["```", ""]
     return "\n".join(lines)
+
+
+def _evaluation_lines(ev: dict) -> list[str]:
+    """The card's "Evaluation" section: the metric means of the last held-out evaluation and how they were taken."""
+    means = ev.get("metrics") or {}
+    lines = ["", "## Evaluation", "",
+             f"Last held-out evaluation during training: step {ev.get('step')}, {ev.get('images')} images "
+             f"({ev.get('labels')}), metrics at {ev.get('resolution')} px with goae.eval's conventions "
+             "(README, \"Measuring quality\").", "", "| metric | mean |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in means.items()]
+    for name, text in (ev.get("networks") or {}).items():
+        lines.append(f"- {name}: {text}")
+    return lines
 
 
 def write_model_card(folder: str | os.PathLike, kind: str, provenance: Provenance | None = None,

@@ -4,12 +4,17 @@ A checkpoint holds everything a resumed run needs to continue bit-for-bit where 
 module and optimiser states, schedulers, the grad scaler, RNG states, the step and the data position.
 Only tensors and plain Python types go in, so loading uses `torch.load(weights_only=True)`.
 
+The best checkpoint by the held-out evaluation (train.stages.HeldOutEval) is `checkpoints/best.pt`, a full
+training state like the others, with `best.json` (step, metric, value, all the metrics) beside it; it is never
+rotated away and never resumed from.
+
 Recovery: `latest` may only name a checkpoint file of the folder; a checkpoint that does not load is
 skipped (with a warning) for the one before it; temporary files that a killed write left behind
 (`.<name>.tmp-*`, goae.io's naming) are removed when a run starts.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -51,7 +56,35 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
     """Write step_XXXXXXX.pt atomically, point `latest` at it, and keep only the newest `keep`."""
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:07d}.pt"
+    path = _write_state(folder / f"step_{step:07d}.pt", state)
+    atomic_write_bytes(folder / "latest", path.name.encode())
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+BEST, BEST_RECORD = "best.pt", "best.json"
+
+
+def read_best(run_dir: str | Path) -> dict[str, Any] | None:
+    """best.json of the run (step, metric, value, metrics), or None when there is none or it does not parse."""
+    try:
+        rec = json.loads((checkpoint_dir(run_dir) / BEST_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("value"), (int, float)) else None
+
+
+def save_best(run_dir: str | Path, state: dict[str, Any], record: dict[str, Any]) -> Path:
+    """Write best.pt (the training state) and then best.json (what made it best), each atomically."""
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = _write_state(folder / BEST, state)
+    atomic_write_bytes(folder / BEST_RECORD, json.dumps(record, indent=1).encode())
+    return path
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> Path:
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(state, f)  # through a Python file, so that a full disk is an OSError (ENOSPC) ...
@@ -61,9 +94,6 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict[str, Any], keep:
         if isinstance(e.__context__, OSError):
             raise e.__context__ from None
         raise
-    atomic_write_bytes(folder / "latest", path.name.encode())
-    for old in list_checkpoints(run_dir)[:-keep]:
-        old.unlink(missing_ok=True)
     return path
 
 

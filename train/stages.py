@@ -306,3 +306,75 @@ class AFAStage(Stage):
 
 
 STAGES = {"encoder": EncoderStage, "afa": AFAStage}  # `--stage all` runs them in this order, each from the last's result
+
+
+class HeldOutEval:
+    """Evaluation on a held-out list during training (config section `eval`): the first `eval.max_images` aligned
+    crops of the labels file `eval.labels` (in `eval.path`, default data.path), inverted by the current pipeline and
+    measured with goae.eval's metrics (MSE, SSIM, and LPIPS / identity where their networks are given, or random
+    ones with `eval.networks: random`). `run` returns the means as `eval_<metric>` log entries; `keep_best` keeps
+    checkpoints/best.pt by `eval.best`. Runs on rank 0, in eval mode, without touching the training RNG."""
+
+    # The schema's defaults (train/configs/goae_ffhq.yaml `eval`), for configs saved before the section existed.
+    DEFAULTS = {"labels": None, "path": None, "every": 0, "max_images": 16, "resolution": 256, "best": "lpips",
+                "networks": "pretrained", "lpips_net": "alex", "lpips_trunk": None, "lpips_lin": None, "id_weights": None}
+
+    @classmethod
+    def wanted(cls, cfg: dict) -> bool:
+        return bool((cfg.get("eval") or {}).get("labels"))
+
+    def __init__(self, cfg: dict, device):
+        from goae.eval.runner import load_networks
+
+        e = self.e = {**self.DEFAULTS, **(cfg.get("eval") or {})}
+        self.device = device
+        self.dataset = D.EG3DDataset(e["path"] or cfg["data"]["path"], e["labels"], xflip=False)  # fail fast
+        self.indices = list(range(min(self.dataset.num_images, e["max_images"])))
+        if e["networks"] not in ("pretrained", "random"):
+            raise ConfigError(f"eval.networks must be pretrained or random, got {e['networks']!r}")
+        if e["best"] not in ("none", "mse", "lpips", "ssim", "id"):
+            raise ConfigError(f"eval.best must be one of none, mse, lpips, ssim, id; got {e['best']!r}")
+        with torch.random.fork_rng(devices=[]):
+            self.nets = load_networks(e["lpips_trunk"], e["lpips_lin"], e["lpips_net"], e["id_weights"],
+                                      random=e["networks"] == "random", seed=cfg["seed"],
+                                      warn=lambda m: print(f"warning: eval: {m}", flush=True)).to(device)
+        self.last: dict | None = None
+
+    def due(self, step: int, last: bool) -> bool:
+        return last or (self.e["every"] > 0 and step % self.e["every"] == 0)
+
+    @torch.no_grad()
+    def run(self, pipe, modules, step: int) -> dict[str, float]:
+        from goae.eval.runner import measure_batch
+
+        was = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                self.dataset.resolution = pipe.generator.img_resolution  # what the pipeline inverts
+                batch = D.load_batch(self.dataset, self.indices, pipe.encoder_resolution, self.device)
+                values = measure_batch(pipe, self.nets, batch["x"], batch["c"], self.e["resolution"])
+        finally:
+            for m, w in zip(modules, was):
+                m.train(w)
+        means = {k: float(sum(v) / len(v)) for k, v in values.items()}
+        self.last = {"step": step, "images": len(self.indices), "labels": str(self.e["labels"]),
+                     "resolution": self.e["resolution"], "metrics": means, "networks": dict(self.nets.described)}
+        return {f"eval_{k}": v for k, v in means.items()}
+
+    def keep_best(self, run_dir, state_fn) -> bool:
+        """After `run`: write checkpoints/best.pt when `eval.best` improved on best.json's value."""
+        from goae.eval.metrics import higher_is_better
+        from train.checkpoint import read_best, save_best
+
+        metric = self.e["best"]
+        if metric == "none" or self.last is None or metric not in self.last["metrics"]:
+            return False
+        value, old = self.last["metrics"][metric], read_best(run_dir)
+        if old is not None and old.get("metric") == metric:
+            better = value > old["value"] if higher_is_better(metric) else value < old["value"]
+            if not better:
+                return False
+        save_best(run_dir, state_fn(), {"metric": metric, "value": value, **self.last})
+        return True

@@ -239,6 +239,26 @@ def measure(pipe, nets: MetricNetworks, image: Image.Image, camera, opts: EvalOp
     return values, tiles, feats
 
 
+@torch.no_grad()
+def measure_batch(pipe, nets: MetricNetworks, x: torch.Tensor, cameras: torch.Tensor, resolution: int = 256,
+                  chunk: int = 4) -> dict[str, list[float]]:
+    """Input-view metrics of aligned crops x [N,3,512,512] in [-1, 1] with their cameras [N,25] (training's held-out
+    evaluation) -> metric name -> N values. LPIPS / identity only where their network is loaded."""
+    values: dict[str, list[float]] = {}
+    for i in range(0, len(x), chunk):
+        xi = x[i:i + chunk].float().to(pipe.device)
+        y = pipe(xi, cameras[i:i + chunk], output_type=None).image.float()
+        a, b = M.prepare(xi, resolution), M.prepare(y, resolution)
+        part = {"mse": M.mse(b, a), "ssim": M.ssim(b, a)}
+        if nets.lpips is not None:
+            part["lpips"] = nets.lpips(b, a)
+        if nets.identity is not None:
+            part["id"] = M.identity_similarity(nets.identity, y, xi)
+        for k, v in part.items():
+            values.setdefault(k, []).extend(v.float().cpu().tolist())
+    return values
+
+
 def settings_key(pipe, nets: MetricNetworks, opts: EvalOptions) -> str:
     """What a record was measured with: resume keeps only records of the same key."""
     blob = json.dumps({"weights": getattr(pipe, "weights_label", ""), "resolution": opts.resolution,
