@@ -295,6 +295,20 @@ def test_mesh_level_auto(generator, pipe_and_result):
         extract_mesh(generator, result.planes, resolution=float("nan"))
 
 
+
+def test_mesh_resolution_is_capped_before_any_grid(generator, pipe_and_result):
+    """1024^3 would be a 4.3 GB grid on the device and 8.6 GB more on the host (PyMCubes' float64 copy):
+    refused at once with the limit named; EG3D's own 512 is the most."""
+    from goae.export.mesh import MAX_MESH_RESOLUTION
+
+    _, result = pipe_and_result
+    assert MAX_MESH_RESOLUTION == 512
+    for call in (extract_mesh, density_grid):
+        with pytest.raises(ExportError, match="mesh resolution .*512"):
+            call(generator, result.planes, resolution=MAX_MESH_RESOLUTION + 1)
+        with pytest.raises(ExportError, match="mesh resolution .*512"):
+            call(generator, result.planes, resolution=1024)
+
 # ----------------------------------------------------------------------------------------- PLY / GLB
 def read_ply(path: Path):
     data = path.read_bytes()

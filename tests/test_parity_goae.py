@@ -259,9 +259,9 @@ def test_save_load_roundtrip(encoder, tmp_path, encoder_run):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu(encoder, encoder_run, afa_run, mask_run, gdir, inputs):
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def test_cuda_matches_cpu(encoder, encoder_run, afa_run, mask_run, gdir, inputs, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)   # true fp32; restored after the test
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     dev = torch.device("cuda")
     afa, out, _ = afa_run
     render_w = load_file(gdir / "tiny_golden_render_w.safetensors")

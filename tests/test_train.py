@@ -248,3 +248,15 @@ def test_shipped_configs_start_on_every_documented_gpu_count(config, preset):
                                     [f"model.preset={preset}", "train.batch_size=12"]), 3)
     with pytest.raises(ConfigError, match="synthetic_per_batch must be an integer >= 0"):
         load_config(ROOT / "train" / "configs" / config, [f"model.preset={preset}", "data.synthetic_per_batch=-1"])
+
+
+def test_training_turns_tf32_off(monkeypatch):
+    """Official EG3D training runs with TF32 off (matmuls and cuDNN convolutions); so does train/run.py,
+    whatever the process had set before."""
+    from train.run import Dist
+
+    for flag in (torch.backends.cuda.matmul, torch.backends.cudnn):
+        monkeypatch.setattr(flag, "allow_tf32", True)   # restored after the test
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    Dist("cpu")
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32

@@ -60,6 +60,7 @@ if __package__ in (None, ""):  # `python train/run.py`: make `train` importable 
 
 from goae.domains import DOMAINS  # noqa: E402
 from goae.io import atomic_dir, atomic_path, atomic_write_bytes  # noqa: E402
+from goae.runtime import set_tf32  # noqa: E402
 from train import data as D  # noqa: E402
 from train.checkpoint import (CheckpointError, candidates, load_latest, remove_stale_temps, rng_state,  # noqa: E402
                               save_checkpoint, set_rng_state, warn)
@@ -82,6 +83,7 @@ class Dist:
         self.device = torch.device(f"cuda:{local}" if cuda else "cpu")
         if cuda:
             torch.cuda.set_device(self.device)
+        set_tf32(False)   # official EG3D training: TF32 off for matmuls and cuDNN convolutions (accuracy)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
 
