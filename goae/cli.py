@@ -35,8 +35,8 @@ import io
 import json
 import os
 import re
-import sys
 import stat
+import sys
 import threading
 import time
 import unicodedata
@@ -58,11 +58,11 @@ _STALE_TMP = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}(\.[^./]+)?$")   # goae.io's te
 
 
 def shown(text) -> str:
-    """`text` for a terminal line: control, format and line-separator characters escaped (\\n, \\x1b,
-    \\u202e), so a file name cannot start a new line or move the cursor."""
+    """`text` for a terminal line: control, format, line-separator and undecodable (surrogate) characters escaped
+    (\\n, \\x1b, \\u202e), so a file name cannot start a new line or move the cursor."""
     out = []
     for ch in str(text):
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
             out.append(ch.encode("unicode_escape").decode("ascii") if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
         else:
             out.append(ch)
