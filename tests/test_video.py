@@ -374,6 +374,20 @@ def test_declared_frame_rate_is_bounded(tmp_path, rate):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.mp4"]
 
 
+@pytest.mark.parametrize("header, error", [("W8000 H8000 F25:1", "too large"),       # 64 MP frames
+                                           ("W64 H64 F400000000:1", "frame rate"),
+                                           ("W64 H64 F1:1000", "frame rate")])        # one frame per 17 min
+def test_declared_header_numbers_are_bounded(tmp_path, header, error):
+    """A 50-byte YUV4MPEG file is all header: what it declares is checked before anything is decoded."""
+    from goae.video import VideoError
+    clip = tmp_path / "header.y4m"
+    clip.write_bytes(f"YUV4MPEG2 {header} Ip A1:1 C420jpeg\nFRAME\n".encode())
+    with pytest.raises(VideoError, match=error):
+        probe(clip)
+    with pytest.raises(VideoError, match=error):
+        invert_video(GuardedStub(), clip, tmp_path / "out")
+
+
 def test_orbit_and_times_are_bounded(tmp_path):
     """A legal but high rate (1000 frames/s, 1 h orbits) asks for at most MAX_ORBIT_STEPS cameras; frames whose
     time stamps collapse (a 1 ms clock holding 2.5 us steps) are placed 1/fps apart and counted."""
