@@ -276,3 +276,37 @@ def test_one_run_per_out_folder_and_stale_partials(landmarker, weights_dir, exam
     assert not any(os.path.lexists(f) for f in stale) and all(f.is_file() for f in kept)
     assert not (out / cli.LOCK_FILE).exists()      # released
     assert "coffee.png" in (out / "manifest.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_nothing_that_blocks_the_next(landmarker, weights_dir, examples_dir, tmp_path, capsys):
+    """#29.9: SIGKILL mid-write left `.<name>.tmp-*` for ever. The killed run's lock file stays but holds no lock
+    (the kernel drops flock with the process): the next run starts, removes the partial folder and completes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    photo = examples_dir / "wild" / "obama.jpg"
+    args = ["invert", str(photo), "--out", str(out), "--weights", str(weights_dir), "--video", "--frames", "200"]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "goae", *args], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob(".obama.tmp-*/aligned.png")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed mid-write"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert list(out.glob(".obama.tmp-*")) and (out / cli.LOCK_FILE).exists()
+
+    assert cli.main(args[:-2] + ["--frames", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "removed 1 partial result(s) left by a killed run: .obama.tmp-" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.jsonl", "obama"]

@@ -12,8 +12,8 @@
 Every video has the clip's frame count and timing (each frame at its source time stamp, so a variable frame
 rate is kept; unusable time stamps are replaced and counted: goae.video.media) and, when the clip has audio,
 its audio (copied, or re-encoded to AAC where MP4 cannot hold the codec). The orbit follows the clip's time.
-A frame with no face gets a note and holds the last good inversion (its reconstruction, view and input crop); frames before the first face hold
-the first one. A clip with no face at all fails with NoFaceError.
+A frame with no face gets a note and holds the last good inversion (its reconstruction, view and input
+crop); frames before the first face hold the first one. A clip with no face at all fails with NoFaceError.
 
 Resume. Every inverted frame is cached as soon as it is done, one file per frame written atomically
 (`.<folder>.goae-frames/frame_000123.npz` beside the folder: the two rendered frames plus the camera and box
