@@ -273,3 +273,34 @@ def test_cli_bad_network_file_goes_on(tmp_path, capsys):
     assert set(summary["metrics"]) == {"mse", "ssim"}
     assert main(["x.png", "--out", str(tmp_path / "o2"), "--weights", str(tmp_path / "nowhere")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two processes, each loading the small random pipeline
+def test_torchrun_shards_match_one_process(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    data = _dataset(tmp_path / "data")
+    args = [str(data), "--weights", "random-small", "--views", "", "--resolution", "64", "--json"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "WORLD_SIZE": "2", "PYTHONPATH": str(root)}
+    procs = [subprocess.Popen([sys.executable, "-m", "goae.eval", *args, "--out", str(tmp_path / "sharded")],
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [1, 0], [o[1][-2000:] for o in outs]  # rank 0 reports the skipped
+    assert outs[1][0] == ""  # only rank 0 prints the summary
+    sharded = json.loads(outs[0][0])
+    assert sharded["processes"] == 2 and (sharded["measured"], sharded["skipped"]) == (2, 2)
+    one = subprocess.run([sys.executable, "-m", "goae.eval", *args, "--out", str(tmp_path / "one")],
+                         env={k: v for k, v in env.items() if k not in ("WORLD_SIZE", "MASTER_PORT")},
+                         capture_output=True, text=True, timeout=600)
+    single = json.loads(one.stdout)
+    for a, b in zip(sharded["images"], single["images"]):
+        assert (a["name"], a["status"], a["reason"]) == (b["name"], b["status"], b["reason"])
+        assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-5, abs=1e-6)
