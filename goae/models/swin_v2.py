@@ -69,6 +69,14 @@ def window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tens
     return x.reshape(-1, H, W, C)
 
 
+def window_order(H: int, W: int, ws: int, shift: int) -> torch.Tensor:
+    """(H*W,) int64: the row-major token index at each position of roll(-shift) then window_partition."""
+    idx = torch.arange(H * W).view(1, H, W, 1)
+    if shift > 0:
+        idx = torch.roll(idx, shifts=(-shift, -shift), dims=(1, 2))
+    return window_partition(idx, ws).reshape(-1)
+
+
 def relative_coords_table(window: int, pretrained_window: int) -> torch.Tensor:
     """Log-spaced relative offsets (1, 2w-1, 2w-1, 2) fed to the continuous position-bias MLP.
 
@@ -123,7 +131,30 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def position_bias(self) -> torch.Tensor:
+        """16 * sigmoid(continuous position bias) as (heads, N, N), in cpb_mlp's dtype (fp32 in use).
+
+        It does not depend on the input, so it is computed once and reused while no gradient can reach
+        cpb_mlp (inference); the cache is keyed by the weights' storage, version counter (in-place
+        updates: load_state_dict, optimiser steps), dtype and device. Training computes it live."""
+        params = (*self.cpb_mlp.parameters(), self.relative_coords_table, self.relative_position_index)
+        live = (self.training or torch.compiler.is_compiling()
+                or (torch.is_grad_enabled() and any(p.requires_grad for p in params)))
+        key = None if live else tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cached = self.__dict__.get("_position_bias")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        with no_autocast(self.relative_coords_table):
+            table = 16 * torch.sigmoid(self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads))
+        # Elementwise ops commute with the gather: sigmoid on the (2w-1)^2 table, then index (heads, N*N).
+        N = self.relative_position_index.shape[0]
+        bias = table.t().contiguous().index_select(1, self.relative_position_index.view(-1)).view(-1, N, N)
+        if key is not None:
+            self.__dict__["_position_bias"] = (key, bias)  # a plain attribute: not a buffer, not saved
+        return bias
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B * nW, N, C) windows, B photos of nW windows each; mask (nW, N, N) additive or None."""
         Bw, N, C = x.shape
         bias = None
         if self.q_bias is not None:
@@ -131,22 +162,22 @@ class WindowAttention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias).reshape(Bw, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
 
-        # Logits in fp32 even under autocast: cosines times a temperature up to 100 need more
-        # than bf16's 3 digits (a no-op on the plain fp32 path).
+        # Attention in fp32 even under autocast: cosines times a temperature up to 100 need more than
+        # bf16's 3 digits (a no-op on the plain fp32 path). The temperature scales q (N x d) rather than
+        # the logits (N x N); position bias and shift mask are one additive mask of the fused attention.
         with no_autocast(x):
-            attn = F.normalize(q.float(), dim=-1) @ F.normalize(k.float(), dim=-1).transpose(-2, -1)
-            attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()  # temperature <= 100
-
-            table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
-            bias_pos = table[self.relative_position_index.view(-1)].view(N, N, -1).permute(2, 0, 1)
-            attn = attn + 16 * torch.sigmoid(bias_pos).unsqueeze(0)
-
+            scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()  # temperature <= 100
+            q = F.normalize(q.float(), dim=-1) * scale.float()
+            k = F.normalize(k.float(), dim=-1)
+            add = self.position_bias().float().unsqueeze(0)  # (1, heads, N, N)
             if mask is not None:
+                # Windows of one photo side by side on the head axis, so (nW, N, N) broadcasts per photo.
                 nW = mask.shape[0]
-                attn = attn.view(Bw // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
-                attn = attn.view(-1, self.num_heads, N, N)
-            attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(Bw, N, C)
+                add = (add + mask.unsqueeze(1)).view(1, nW * self.num_heads, N, N)
+                q, k, v = (t.reshape(Bw // nW, nW * self.num_heads, N, -1) for t in (q, k, v))
+            p = self.attn_drop.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v.float(), attn_mask=add, dropout_p=p, scale=1.0)
+        x = out.to(v.dtype).reshape(Bw, self.num_heads, N, -1).transpose(1, 2).reshape(Bw, N, C)
         return self.proj_drop(self.proj(x))
 
 
@@ -169,18 +200,20 @@ class SwinTransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         mask = shifted_window_mask(*input_resolution, window, shift) if shift > 0 else None
         self.register_buffer("attn_mask", mask)  # None is not saved: only shifted blocks have the key
+        # Cyclic shift + window partition as one token permutation (and its inverse): one gather each
+        # way instead of roll, partition, reverse and roll copies. None where it is the identity.
+        order = window_order(*input_resolution, window, shift)
+        identity = torch.equal(order, torch.arange(order.numel()))
+        self.register_buffer("window_order", None if identity else order, persistent=False)
+        self.register_buffer("window_unorder", None if identity else torch.argsort(order), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        H, W = self.input_resolution
         B, L, C = x.shape
-        h = x.view(B, H, W, C)
-        if self.shift > 0:
-            h = torch.roll(h, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        h = self.attn(window_partition(h, self.window), mask=self.attn_mask)
-        h = window_reverse(h, self.window, H, W)
-        if self.shift > 0:
-            h = torch.roll(h, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + self.drop_path(self.norm1(h.reshape(B, L, C)))
+        h = x if self.window_order is None else x.index_select(1, self.window_order)
+        h = self.attn(h.reshape(-1, self.window * self.window, C), mask=self.attn_mask).view(B, L, C)
+        if self.window_unorder is not None:
+            h = h.index_select(1, self.window_unorder)
+        x = x + self.drop_path(self.norm1(h))
         return x + self.drop_path(self.norm2(self.mlp(x)))
 
 
