@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-command set-up: Python packages, the goae package itself, and mediapipe's face landmarker model.
+# One-command set-up: Python packages, the goae package itself, mediapipe's face landmarker model and the
+# fused CPU render kernel.
 #   bash setup.sh          # runtime
 #   bash setup.sh --dev    # runtime + test tools (used by CI)
 set -euo pipefail
@@ -12,3 +13,6 @@ if [[ "${1:-}" == "--dev" ]]; then
 fi
 # face_landmarker.task is not inside the mediapipe wheel; fetch it (sha256-checked) into the user cache.
 $PY -m goae.landmarker
+# The fused CPU render kernel, built now so that the first render does not wait for it. It is optional:
+# without a C++ compiler (or ninja) this says so and goae renders with the PyTorch path (same pictures).
+$PY -m goae.models.kernels || true

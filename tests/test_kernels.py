@@ -330,6 +330,8 @@ def test_a_build_that_never_ends_is_stopped_with_everything_it_started(tmp_path)
     assert len(lines) == 1 and "took longer than" in lines[0], proc.stderr
     assert pid_file.exists(), "the hanging compiler never ran"
     assert not Path(f"/proc/{int(pid_file.read_text())}").exists(), "the compiler outlived the build"
+    folder, = (tmp_path / "ext").iterdir()   # nothing half-built is left to pass for up to date next time
+    assert sorted(p.name for p in folder.iterdir()) == ["goae-build.lock", "goae-build.log"]
 
 
 def test_main_reports_and_fails_without_a_compiler(tmp_path, capsys, monkeypatch):

@@ -221,6 +221,12 @@ def _kill_group(child: subprocess.Popen) -> None:
     child.wait()
 
 
+def _clear_outputs(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.name not in (_LOCK, "goae-build.log") and path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def build(timeout: float | None = None) -> BuildResult:
     """Build the kernel for this environment unless it is built already; raise on failure or timeout
     (RuntimeError / TimeoutError with a one-line reason). Does not load it into this process."""
@@ -243,7 +249,11 @@ def build(timeout: float | None = None) -> BuildResult:
         # Every builder holds the flock while torch's lock file exists: one found here is a killed build's.
         (folder / _TORCH_BATON).unlink(missing_ok=True)
         logger.info("goae: building the fused CPU render kernel in %s (once; about half a minute)", folder)
-        _run_child(folder, name, fd, deadline)
+        try:
+            _run_child(folder, name, fd, deadline)
+        except BaseException:
+            _clear_outputs(folder)   # a half-written object must not pass for up to date next time
+            raise
         return BuildResult(library, True, time.monotonic() - start)
     finally:
         os.close(fd)   # releases the flock (the child has exited or been killed by now)
