@@ -315,6 +315,7 @@ class Session:
     inversion: str | None = None   # cache key: the inversion (ws, tri-planes, camera, AFA features)
     current: str | None = None     # cache key of what is shown: the inversion or its edit
     edits: dict[str, float] = field(default_factory=dict)
+    shown: tuple | None = None     # (cache key, yaw, pitch) of the last full render: a later preview of it is stale
 
     def path(self, name: str = "") -> Path:
         """The session's folder, or a file in it; the folder is made on first use."""
@@ -775,15 +776,35 @@ class GOAEApp:
         if not isinstance(session, Session) or session.face is None:
             raise AppError("Upload a photo with a face first.")
         resolution, (yaw, pitch) = self._resolution(resolution), self._angles(yaw, pitch)  # before the slow part
+        if (reused := self._reuse_inversion(session, yaw, pitch, resolution)) is not None:
+            return reused
         t0 = time.perf_counter()
         out = self._gpu_invert(session.face, session.path(), yaw, pitch, resolution, progress)
         if session.current != session.inversion:
             self.cache.forget(session.current)  # the previous inversion's edit
         session.inversion = session.current = self.cache.put(session.cache_keys[0], out["entry"])
-        session.edits = {}
+        session.edits, session.shown = {}, (session.current, yaw, pitch)
         status = f"Inverted in {time.perf_counter() - t0:.1f} s ({out['device']})."
         return (session, out["reconstruction"], str(out["bundle"] / "reconstruction.png"),
                 str(out["bundle"] / "ws.safetensors"), status, *out["view"])
+
+    def _reuse_inversion(self, session: Session, yaw: float, pitch: float, resolution) -> tuple | None:
+        """The same photo, face and options were already inverted in this session (a new photo, face or crop
+        clears `inversion`): back to that inversion (without its edit) and its view, without inverting again."""
+        try:
+            entry = self.cache.get(session.inversion) if session.inversion else None
+        except AppError:  # no longer kept: invert again
+            return None
+        if entry is None:
+            return None
+        if session.current != session.inversion:
+            self.cache.forget(session.current)
+        session.current, session.edits = session.inversion, {}
+        view = self._gpu_view(entry, yaw, pitch, resolution, session.path())
+        session.shown = (session.current, yaw, pitch)
+        rec = session.path("inversion/reconstruction.png")
+        return (session, _read_rgb(rec), str(rec), str(session.path("inversion/ws.safetensors")),
+                "Already inverted (same photo, face and options): shown again without re-running it.", *view)
 
     @releases_memory
     @user_errors
@@ -793,7 +814,9 @@ class GOAEApp:
             return session, None, None, None, None, None   # nothing inverted yet: the sliders just move
         resolution, (yaw, pitch) = self._resolution(resolution), self._angles(yaw, pitch)
         entry = self.cache.get(session.current)
-        return (session, *self._gpu_view(entry, yaw, pitch, resolution, session.path()))
+        view = self._gpu_view(entry, yaw, pitch, resolution, session.path())
+        session.shown = (session.current, yaw, pitch)
+        return (session, *view)
 
     @releases_memory
     @user_errors
@@ -802,6 +825,10 @@ class GOAEApp:
         if not isinstance(session, Session) or session.current is None:
             return session, None, None
         yaw, pitch = self._angles(yaw, pitch)
+        if session.shown == (session.current, yaw, pitch):
+            # A late preview (the page sends the last one held back while the previous ran) of the position
+            # whose full render is already shown: it would cover the full render with the blurry preview.
+            return session, None, None
         return (session, *self._gpu_preview(self.cache.get(session.current), yaw, pitch))
 
     @releases_memory
@@ -840,12 +867,14 @@ class GOAEApp:
             self.cache.forget(session.current if session.current != session.inversion else None)
             session.current = session.inversion
             view = self._gpu_view(self.cache.get(session.inversion), yaw, pitch, resolution, session.path())
+            session.shown = (session.current, yaw, pitch)
             path = session.path("inversion/reconstruction.png")
             return (session, _read_rgb(path), str(path), *view)
         progress(0.1, desc="Editing")
         out = self._gpu_edit(self.cache.get(session.inversion), edit_offset(self.directions, edits), yaw, pitch,
                              resolution, session.path(), export.edit_file_name(session.edits))
         session.current = self.cache.put(session.cache_keys[1], out["entry"])
+        session.shown = (session.current, yaw, pitch)
         return (session, out["image"], out["path"], *out["view"])
 
     @releases_memory
@@ -1123,6 +1152,19 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             s, image, text, radio, path = apps.align(photo, session, domain, sid(request), box, yaw, pitch)
             return s, image, text, radio, *show(path), *blank()
 
+        def recrop_quietly(photo, session, domain=None, box=None, yaw=None, pitch=None, request: gr.Request = None):
+            """Another domain chosen with a photo loaded: the photo again with that aligner. A photo the new
+            aligner refuses (a portrait when 'Cat face' is chosen) is no error nobody asked for: the camera text
+            says so, and the page is cleared."""
+            try:
+                return align(photo, session, domain, box, yaw, pitch, request)
+            except gr.Error as e:
+                return None, None, f"**Not cropped as a {domain or app.domain.name}**: {e.message}", \
+                    gr.update(choices=[], value=None, visible=False), *show(None), *blank()
+
+        def after_failure():  # a photo that failed: nothing stale stays on the page (its session is gone)
+            return None, None, "", gr.update(choices=[], value=None, visible=False), *show(None), *blank()
+
         def choose_domain(domain):  # the cat options and the edit sliders of the chosen domain
             return [gr.update(visible=domain == "cat"), *(gr.update(visible=d == domain) for d in edit_groups)]
 
@@ -1228,13 +1270,19 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
         then_invert = dict(fn=reconstruct_if_aligned, inputs=[session, yaw, pitch, resolution], outputs=inverted_out,
                            api_visibility="private", **model)
         align_in = [photo, session, subject, cat_box, cat_yaw, cat_pitch]
-        photo.change(align, align_in, aligned_out, api_name="align").success(
-            api_name="reconstruct_after_align", **then_invert)
+        cleared = dict(fn=after_failure, inputs=None, outputs=aligned_out, api_visibility="private")
+        aligning = photo.change(align, align_in, aligned_out, api_name="align")
+        aligning.success(api_name="reconstruct_after_align", **then_invert)
+        aligning.failure(api_name="clear_after_align", **cleared)
         # Another domain or other cat options: the same photo again, with that aligner.
         subject.change(choose_domain, [subject], [cat_options, *edit_groups.values()], api_name="choose_domain",
                        api_visibility="private")
-        gr.on([subject.input, crop_btn.click], align, align_in, aligned_out, api_name="crop_again",
-              api_visibility="private", **model).success(api_name="reconstruct_after_crop", **then_invert)
+        subject.input(recrop_quietly, align_in, aligned_out, api_name="crop_for_domain", api_visibility="private",
+                      **model).success(api_name="reconstruct_after_domain", **then_invert)
+        cropping = crop_btn.click(align, align_in, aligned_out, api_name="crop_again", api_visibility="private",
+                                  **model)
+        cropping.success(api_name="reconstruct_after_crop", **then_invert)
+        cropping.failure(api_name="clear_after_crop", **cleared)
         faces.input(choose_face, [faces, session], aligned_out, api_name="choose_face").success(
             api_name="reconstruct_after_choice", **then_invert)
         invert_btn.click(reconstruct, [session, yaw, pitch, resolution], inverted_out, api_name="reconstruct", **model)

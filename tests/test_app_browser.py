@@ -236,6 +236,80 @@ def test_dragging_the_slider_previews_then_renders(fresh, browser):
     ctx.close()
 
 
+def _drag(page, elem_id: str, to: float, steps: int = 20) -> int:
+    """Drag a slider's thumb from where it is to `to` (0-1 of its width) and let go -> the new value."""
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    slider.scroll_into_view_if_needed()
+    box, value = slider.bounding_box(), float(page.locator(f"#{elem_id} input[type=number]").input_value())
+    low, high = float(slider.get_attribute("min")), float(slider.get_attribute("max"))
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * (value - low) / (high - low), y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * to, y, steps=steps)
+    page.mouse.up()
+    return int(float(page.locator(f"#{elem_id} input[type=number]").input_value()))
+
+
+def test_the_last_picture_is_the_full_render_of_the_last_position(fresh, browser):
+    """Quick drags, each let go at once (issue #31: a preview held back while another ran arrived after the
+    full render and stayed). After each release the view settles on the full render of that position."""
+    url, _ = fresh
+    ctx, page = _open(browser, url)
+    _example(page, "astronaut.png").click()
+    _wait_inverted(page)
+    for to in (0.8, 0.2, 0.65, 0.35, 0.9):
+        yaw = _drag(page, "yaw", to)
+        _wait_view_info(page, f"Yaw {yaw:+d}°, pitch +0°: full render.")
+        shown = _src(page, "view")
+        time.sleep(3)  # previews still on their way would land now
+        assert _view_info(page) == f"Yaw {yaw:+d}°, pitch +0°: full render." and _src(page, "view") == shown
+    ctx.close()
+
+
+def test_invert_again_reuses_the_inversion(fresh, browser):
+    url, _ = fresh
+    ctx, page = _open(browser, url)
+    _example(page, "astronaut.png").click()
+    _wait_inverted(page)
+    recon = _src(page, "recon")
+    page.locator("#invert").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Already inverted')")
+    _wait_view_info(page, "Yaw +0°, pitch +0°: full render.")
+    assert _src(page, "recon") and recon
+    ctx.close()
+
+
+def _error_pills(page, elem_id: str) -> int:
+    return page.evaluate("id => [...document.querySelectorAll(`#${id} .error`)]"
+                         ".filter(e => e.offsetParent !== null && e.innerText.includes('Error')).length", elem_id)
+
+
+def test_domain_choice_and_failures_leave_a_clean_page(fresh, browser):
+    """'Cat face' with a portrait loaded: said in the camera text, no error toast nobody asked for; a photo that
+    fails clears what the previous photo left, with no red 'Error' pills over stale text (issue #31)."""
+    url, _ = fresh
+    ctx, page = _open(browser, url)
+    _example(page, "astronaut.png").click()
+    _wait_inverted(page)
+    page.locator("#domain").get_by_text("Cat face").click()
+    page.wait_for_function("() => document.querySelector('#camera').innerText.includes('Not cropped as a cat')")
+    assert "human portrait" in page.locator("#camera").inner_text()
+    time.sleep(1)
+    assert page.locator(".toast-body").count() == 0 and _error_pills(page, "camera") == 0
+    assert _src(page, "aligned") == "" and _src(page, "recon") == ""
+    page.locator("#domain").get_by_text("Human portrait").click()   # back: the portrait again, inverted
+    assert "Estimated camera" in _camera_text(page)
+    _wait_inverted(page)
+    _example(page, "coffee.png").click()   # no face: the toast, and nothing of the astronaut left
+    page.locator(".toast-body", has_text="No face found").wait_for(state="visible")
+    page.wait_for_function("() => !document.querySelector('#camera').innerText.includes('Estimated camera')")
+    page.wait_for_function("() => !document.querySelector('#recon img')")
+    time.sleep(1)
+    _shot(page, "app_after_failed_photo.png")
+    assert all(_error_pills(page, i) == 0 for i in ("camera", "aligned", "status", "recon", "view"))
+    ctx.close()
+
+
 def test_api_client_call_returns_files(fresh):
     from gradio_client import Client, handle_file
 
