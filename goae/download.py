@@ -990,7 +990,11 @@ def _add_directions(out: Path, downloads: Path, got: Mapping[str, str], log: Cal
     in <downloads>/ws_edit."""
     from goae.edit import DIRECTIONS_FOLDER, add_directions
 
-    names, _ = add_directions(out, [downloads / n for n in got])  # the notes: the cat_* files, for the cat model
+    try:
+        names, _ = add_directions(out, [downloads / n for n in got])  # the notes: the cat_* files, for the cat model
+    except ValueError as e:  # the folder or a file refused: the weights do not need them
+        log(f"warning: the edit directions were not added to {shown or out}: {_one_line(e)}")
+        return []
     others = [Path(n).stem for n in got if Path(n).stem not in names]
     log(f"  edit directions {', '.join(names) or '(none)'} added to {(shown or out) / DIRECTIONS_FOLDER}"
         + (f"; {', '.join(others)} (for the cat model) are kept in {downloads / DIRECTIONS_DIR}" if others else ""))
@@ -1080,11 +1084,11 @@ def _convert(downloads: Path, out: Path, overwrite: bool, digests: Mapping[str, 
             inner.rmdir()
             where = f"mirror {mirror}" if mirror else f"NVIDIA NGC ({NGC_PAGE}) and the GOAE release ({GOAE_REPO_URL})"
             notes = []
-            if directions:
-                names = _add_directions(tmp, downloads, directions, log, shown=out)
+            names = _add_directions(tmp, downloads, directions, log, shown=out) if directions else []
+            if names:
                 notes.append(f"edit directions {', '.join(names)}: the official files of the GOAE repository "
                              f"({DIRECTIONS_PAGE}; the authors' terms)" + (f", through mirror {mirror}" if mirror else ""))
-            sources = {**digests, **{n: d for n, d in directions.items() if Path(n).stem in names}} if directions else dict(digests)
+            sources = {**digests, **{n: d for n, d in directions.items() if Path(n).stem in names}}
             write_model_card(tmp, "pipeline", Provenance(sources=sources, command=current_command(),
                                                          note=f"official checkpoints downloaded from {where}", notes=notes))
     except convert.CheckpointError as e:
