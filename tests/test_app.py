@@ -141,9 +141,11 @@ def test_invert_and_views_from_cache(goae_app, inverted, monkeypatch):
     assert np.array_equal(turned, again)                # deterministic renderer
     assert goae_app.view(session, 35, 10, 32)[1].shape == (512, 512, 3)   # a lower resolution
     # The slider preview: neural rendering without super-resolution, with its depth.
-    _, preview, depth_preview = goae_app.preview(session, 35, 10)
+    _, preview, depth_preview = goae_app.preview(session, 36, 10)
     assert preview.shape == depth_preview.shape == (512, 512, 3) and preview.dtype == np.uint8
     assert np.abs(preview.astype(int) - turned.astype(int)).mean() < 60   # roughly the same picture
+    # A late preview of the position whose full render is shown (35, 10 above) is not shown over it.
+    assert goae_app.preview(session, 35, 10)[1:] == (None, None)
 
 
 def test_video_mesh_edit(goae_app, inverted):
