@@ -1,5 +1,8 @@
 """`goae invert INPUT... --out DIR` (also `python -m goae`): a thin face over the library.
 
+The one command: `goae invert | download | convert | eval | build-kernels | landmarker`; all but invert
+live in their own modules (TOOLS below), which also run as `python -m MODULE`.
+
 Inputs are photos, clips (goae.video: MP4, MOV, WebM, ... by file suffix), folders (searched recursively,
 hidden files and --out itself skipped) and globs (`'shots/**/*.jpg'`); only regular files are read (a FIFO
 would block the batch forever). Each input gets its own folder, written atomically by
@@ -146,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="goae", description="GOAE 3D GAN inversion of portrait photos and clips.")
     p.add_argument("--version", action="version", version=f"goae {goae.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("download", add_help=False, help="fetch and convert the official weights after you accept their "
-                   "licences (goae download --help)")
+    for name, (_, about) in TOOLS.items():  # each has its own options: `goae NAME --help`
+        sub.add_parser(name, add_help=False, help=f"{about} (goae {name} --help)")
     inv = sub.add_parser("invert", help="invert photos and clips into EG3D and export views, videos, depth, mesh, "
                                         "edits")
     inv.add_argument("photos", nargs="+", metavar="INPUT",
@@ -656,11 +659,22 @@ def native_log_filter(enabled: bool = True) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------------------------- main
+# The other subcommands of `goae`: (module whose main(argv, prog) runs it, what it does). Each module also runs
+# as `python -m MODULE`; they are imported only when called (a download needs no torch start-up, for instance).
+TOOLS = {
+    "download": ("goae.download", "fetch and convert the official weights after you accept their licences"),
+    "convert": ("goae.convert", "convert official EG3D/GOAE checkpoints into goae folders (no pickle code is run)"),
+    "eval": ("goae.eval.cli", "measure inversion quality: MSE, LPIPS, SSIM, identity, FID (the paper's table)"),
+    "build-kernels": ("goae.models.kernels", "build the fused CPU render kernel now (set-up, a Space's start)"),
+    "landmarker": ("goae.landmarker", "fetch mediapipe's face landmarker model into the cache"),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["download"]:  # the official weights in one command (goae.download has its own options)
-        from goae.download import main as download_main
-        return download_main(argv[1:], prog="goae download")
+    if argv[:1] and argv[0] in TOOLS:
+        import importlib
+        return importlib.import_module(TOOLS[argv[0]][0]).main(argv[1:], prog=f"goae {argv[0]}") or 0
     args = build_parser().parse_args(argv)
     quiet_native_logs(args.verbose)
     with native_log_filter(enabled=not args.verbose):

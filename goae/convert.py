@@ -948,10 +948,10 @@ def convert_goae(
 # ----------------------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.convert") -> int:
     from goae.domains import DOMAINS
 
-    parser = argparse.ArgumentParser(prog="python -m goae.convert", description="Convert official EG3D/GOAE checkpoints to goae folders (no pickle code is run).")
+    parser = argparse.ArgumentParser(prog=prog, description="Convert official EG3D/GOAE checkpoints to goae folders (no pickle code is run).")
     sub = parser.add_subparsers(dest="command", required=True)
     domain_help = ("what the weights invert: human (FFHQ, the default) or cat (AFHQ); recorded in the folder. "
                    "A generator with AFHQ's camera pivot is refused without it")

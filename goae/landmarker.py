@@ -93,10 +93,17 @@ def download_landmarker(dest: str | os.PathLike | None = None, force: bool = Fal
     return dest
 
 
-def main() -> None:
-    path = download_landmarker(force="--force" in sys.argv[1:])
+def main(argv: list[str] | None = None, prog: str = "python -m goae.landmarker") -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description="Fetch mediapipe's face landmarker model (sha256-checked) "
+                                                            "into goae's cache.")
+    parser.add_argument("--force", action="store_true", help="fetch it again even if a verified copy is there")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    path = download_landmarker(force=args.force)
     print(f"face landmarker model: {path} (sha256 {MODEL_SHA256[:12]}... ok)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
