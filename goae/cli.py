@@ -235,7 +235,7 @@ def one_line(e: BaseException) -> str:
 
 def _setup(args, device=None):
     """(pipeline, directions, export options) or SetupError."""
-    from goae.edit import directions_for, random_weights, resolve_names
+    from goae.edit import directions_for, how_to_get_directions, random_weights, resolve_names
     from goae.export import ExportOptions, check_weights
     from goae.pipeline import load_pipeline
     from goae.runtime import setup_runtime
@@ -259,10 +259,9 @@ def _setup(args, device=None):
     directions, edits = {}, {}
     if args.edit:
         folder = args.directions or os.environ.get("GOAE_DIRECTIONS")
-        if not folder:
-            raise SetupError("--edit needs edit directions: pass --directions FOLDER or set $GOAE_DIRECTIONS (the "
-                             "official ones are age.npy, anger.npy, glass.npy from the GOAE repository)")
-        directions, notes = directions_for(pipe, folder)
+        directions, notes = directions_for(pipe, folder)  # no folder: the weights' own directions/
+        if not directions and not notes:
+            raise SetupError("--edit needs edit directions: " + how_to_get_directions(domain.name))
         try:
             edits = resolve_names(args.edit, directions, notes)
         except ValueError as e:

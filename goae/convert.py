@@ -48,6 +48,7 @@ import reprlib
 import stat
 import sys
 import types
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from goae.hub import WeightsFolderError, check_config, check_finite, check_pipeline_folder, describe_mismatch, meta_module
+from goae.hub import DomainMismatchWarning, WeightsFolderError, check_config, check_finite, check_pipeline_folder, describe_mismatch, meta_module
 from goae.card import Provenance, current_command, sha256_file, write_model_card
 from goae.io import atomic_dir, check_output_dir
 
@@ -939,7 +940,9 @@ def convert_goae(
             provenance.notes.append(f"edit directions ({domain}): {', '.join(shipped) or 'none'}, from {Path(directions).name}/")
             write_model_card(tmp, "pipeline", provenance, repo_hint=out_dir.name)
         try:  # the folder must pass the check that loading it will do (and the parts must fit together)
-            check_pipeline_folder(tmp)
+            with warnings.catch_warnings():  # a domain given against the pivot was reported above already
+                warnings.simplefilter("ignore", DomainMismatchWarning)
+                check_pipeline_folder(tmp)
         except WeightsFolderError as e:
             raise WrongCheckpointError(f"the converted pipeline is not usable: {str(e).replace(str(tmp), str(out_dir))}") from None
     return out_dir
