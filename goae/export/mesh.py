@@ -80,45 +80,106 @@ def resolve_mesh_level(sigma: np.ndarray, level: float | str = EG3D_MESH_LEVEL, 
     return finite(level, "mesh level")
 
 
+def _densities(field, axis: torch.Tensor, offset: int, n: int, flat: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Density at flat indices of the n^3 sub-grid whose first point is axis[offset] on every axis."""
+    out = torch.empty(flat.numel(), dtype=torch.float32, device=axis.device)
+    for s in range(0, flat.numel(), chunk):
+        idx = flat[s:s + chunk]
+        pts = torch.stack([axis[offset + idx // n ** 2], axis[offset + (idx // n) % n], axis[offset + idx % n]], dim=-1)
+        out[s:s + idx.numel()] = field.density(pts[None])[0]
+    return out
+
+
+def _near_surface(coarse: np.ndarray, level: float, margin: int) -> np.ndarray:
+    """Coarse cells [nc-1]^3 whose corners lie on both sides of `level`, grown by `margin` cells."""
+    inside = torch.from_numpy(coarse > level)
+    corners = [inside[i:inside.shape[0] - 1 + i, j:inside.shape[1] - 1 + j, k:inside.shape[2] - 1 + k]
+               for i in (0, 1) for j in (0, 1) for k in (0, 1)]
+    some = torch.stack(corners).any(0)
+    every = torch.stack(corners).all(0)
+    cells = (some & ~every).float()[None, None]
+    if margin > 0:
+        cells = torch.nn.functional.max_pool3d(cells, 2 * margin + 1, stride=1, padding=margin)
+    return cells[0, 0].bool().numpy()
+
+
+def _points_of_cells(cells: np.ndarray, starts: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fine points [n]^3 that belong to a marked coarse cell (boundary points to every cell they touch),
+    and each fine index's coarse cell (the coarse point at or before it) per axis."""
+    # A doubled lattice: 2c+1 is the inside of cell c, 2c the coarse point c shared by cells c-1 and c.
+    nc = len(starts)
+    lattice = torch.zeros(1, 1, 2 * nc - 1, 2 * nc - 1, 2 * nc - 1)
+    lattice[0, 0, 1::2, 1::2, 1::2] = torch.from_numpy(cells).float()
+    lattice = torch.nn.functional.max_pool3d(lattice, 3, stride=1, padding=1)[0, 0].bool().numpy()
+    cell = np.searchsorted(starts, np.arange(n), side="right") - 1
+    on_point = starts[cell] == np.arange(n)
+    doubled = np.where(on_point, 2 * cell, 2 * cell + 1)
+    return lattice[np.ix_(doubled, doubled, doubled)], cell
+
+
 @torch.no_grad()
 def extract_mesh(generator, planes: torch.Tensor, ws: torch.Tensor | None = None, resolution: int = 128,
                  level: float | str = EG3D_MESH_LEVEL, chunk: int | None = None, bounds: float | None = None,
-                 border: float = 30 / 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 border: float = 30 / 256, coarse_step: int = 4, margin: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mesh of one tri-plane set [1,96,256,256]: (vertices [V,3] float32, faces [F,3] int32, colors [V,3] uint8).
 
-    `level`: density iso-level (EG3D: 10) or "auto" (see `resolve_mesh_level`).
+    `level`: density iso-level (EG3D: 10) or "auto" (see `resolve_mesh_level`; its quantile, for fields
+    that never reach 10, is taken on the coarse grid below).
     `border`: fraction of the grid on every face forced empty (EG3D/GOAE shape scripts: 30/256), which
-    removes the box-edge floaters and closes the surface. `ws` is accepted for symmetry with rendering;
-    EG3D's decoder is not style-modulated, so the shape does not depend on it."""
+    removes the box-edge floaters and closes the surface; it is never decoded.
+    Coarse to fine: the density is decoded every `coarse_step` grid points first; only the coarse cells
+    whose corners straddle the level, grown by `margin` cells on every side, are decoded at full
+    resolution. Elsewhere the grid takes its coarse cell's corner value, which is on the same side of the
+    level, so marching cubes sees the dense grid's values on every edge the surface crosses. What it can
+    miss is a surface that fits between coarse samples more than `margin` cells from any detected one
+    (a feature thinner than `coarse_step` grid steps); `coarse_step=1` decodes the full grid.
+    `ws` is accepted for symmetry with rendering; EG3D's decoder is not style-modulated, so the shape does
+    not depend on it."""
     del ws
     if not isinstance(level, str):
         level = finite(level, "mesh level")  # before the slow grid
-    resolution = whole(resolution, "mesh resolution", low=2, high=MAX_MESH_RESOLUTION)
+    elif level != "auto":
+        level = resolve_mesh_level(np.zeros(1), level)  # a number as a string, or one clear error
+    r = whole(resolution, "mesh resolution", low=2, high=MAX_MESH_RESOLUTION)
     bounds = generator.box_warp / 2 if bounds is None else finite(bounds, "bounds", low=1e-6)
-    sigma = density_grid(generator, planes, resolution, bounds, chunk)
-    if not np.isfinite(sigma).all():
+    step_c, margin = whole(coarse_step, "coarse_step", low=1), whole(margin, "margin", low=0)
+    pad = int(round(finite(border, "border", 0, 0.5) * r))
+    lo, n = pad, r - 2 * pad  # the interior, which is all that is decoded and meshed
+    if n < 2:
+        raise ExportError(f"border {border} leaves no interior of the {r}^3 grid to mesh")
+    field = _field(generator, planes)
+    dev = planes.device
+    chunk = chunk_points_for(dev) if chunk is None else whole(chunk, "chunk", low=1)
+    axis = torch.linspace(-bounds, bounds, r, device=dev)
+
+    starts = np.unique(np.r_[np.arange(0, n, step_c), n - 1])  # coarse points, both ends included
+    gx, gy, gz = np.ix_(starts, starts, starts)
+    flat = torch.from_numpy((gx * n * n + gy * n + gz).reshape(-1)).to(dev)
+    coarse = _densities(field, axis, lo, n, flat, chunk).cpu().numpy().reshape((len(starts),) * 3)
+    if not np.isfinite(coarse).all():
         raise ExportError("the density contains NaN or inf (damaged weights?); cannot mesh it")
-    pad = int(round(finite(border, "border", 0, 0.5) * resolution))
-    # "auto" looks only at the interior, which is what gets meshed.
-    inner = sigma[pad:resolution - pad, pad:resolution - pad, pad:resolution - pad] if 0 < pad < resolution // 2 else sigma
-    level = resolve_mesh_level(inner, level)
-    if pad > 0:
-        fill = min(-1000.0, level - 1000.0)
-        for ax in range(3):
-            sl = [slice(None)] * 3
-            sl[ax] = slice(0, pad)
-            sigma[tuple(sl)] = fill
-            sl[ax] = slice(resolution - pad, resolution)
-            sigma[tuple(sl)] = fill
-    vertices, faces = marching_cubes(sigma, level, bounds)
+    level = resolve_mesh_level(coarse, level)
+    if step_c == 1:
+        sigma = coarse
+    else:
+        near, cell = _points_of_cells(_near_surface(coarse, level, margin), starts, n)
+        sigma = coarse[np.ix_(cell, cell, cell)]  # the coarse corner at or before each point
+        todo = np.flatnonzero(near)
+        fine = _densities(field, axis, lo, n, torch.from_numpy(todo).to(dev), chunk).cpu().numpy()
+        if not np.isfinite(fine).all():
+            raise ExportError("the density contains NaN or inf (damaged weights?); cannot mesh it")
+        sigma.reshape(-1)[todo] = fine
+    # One layer of empty border around the interior closes the surface, as the full border would.
+    fill = min(-1000.0, level - 1000.0) if pad > 0 else None
+    volume = np.pad(sigma, 1, constant_values=fill) if fill is not None else sigma
+    # The padded interior is centred in the box with the full grid's spacing: its half-width is (n+1)/2 steps.
+    vertices, faces = marching_cubes(volume, level, bounds * (len(volume) - 1) / (r - 1))
     if len(faces) == 0:
         raise ExportError(f"no surface at density level {level}: sigma ranges over [{sigma.min():.3g}, "
                           f"{sigma.max():.3g}] inside the box; choose a level in that range")
-    field = _field(generator, planes)
     colors = []
-    step = chunk or chunk_points_for(planes.device)
-    for s in range(0, len(vertices), step):
-        pts = torch.from_numpy(vertices[s:s + step]).to(planes.device)[None]
+    for s in range(0, len(vertices), chunk):
+        pts = torch.from_numpy(vertices[s:s + chunk]).to(dev)[None]
         rgb = field(pts)[1][0, :, :3].clamp(0, 1)
         colors.append((rgb * 255).round().to(torch.uint8).cpu().numpy())
     return vertices, faces, np.concatenate(colors)
