@@ -62,7 +62,8 @@ from goae import export
 from goae.align import AlignError
 from goae.camera import CameraError, yaw_pitch_from_label
 from goae.domains import DOMAINS, DomainError
-from goae.edit import DirectionError, EditDirection, directions_for, edit_offset, random_weights, resolve_names
+from goae.edit import (DirectionError, EditDirection, directions_for, edit_offset, how_to_get_directions,
+                       random_weights, resolve_names)
 from goae.io import atomic_write_bytes
 from goae.pipeline import GOAEOutput
 from goae.runtime import release_cpu_memory, setup_runtime, setup_server_allocator, tf32
@@ -289,6 +290,14 @@ class Folders:
                 shutil.rmtree(old, ignore_errors=True)
         return self.root / "api" / uuid.uuid4().hex
 
+    def api_cache(self, key: str) -> Path:
+        """Where a stateless call's inversion (the tri-plane cache entry of one photo) is spilled; entries
+        unused for API_FILES_TTL_S go."""
+        for old in (self.root / "api-cache").glob("*.safetensors"):
+            if time.time() - old.stat().st_mtime > API_FILES_TTL_S:
+                old.unlink(missing_ok=True)
+        return self.root / "api-cache" / f"{key}.safetensors"
+
     def remove_all(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -421,6 +430,19 @@ def photo_input(allowed: list[Path], **kwargs) -> gr.Image:
     return image
 
 
+def json_input(value, example, schema: dict, **kwargs) -> gr.JSON:
+    """gr.JSON with a JSON schema (its type in the API page and the MCP tools; Gradio's is "any JSON") and a
+    real example (Gradio's is {"foo": "bar"})."""
+    component = gr.JSON(value, **kwargs)
+    component.example_inputs = component.example_payload = lambda: example
+    component.api_info = component.api_info_as_input = lambda: dict(schema)
+    return component
+
+
+def _numbers(n: int, what: str) -> dict:
+    return {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n, "description": what}
+
+
 def index_input(**kwargs) -> gr.Number:
     """gr.Number for a face index that may be empty: anything else than a whole number gets a clear message
     (Gradio's own conversion fails without one)."""
@@ -436,6 +458,7 @@ def index_input(**kwargs) -> gr.Number:
                            print_exception=False) from None
 
     number.preprocess = preprocess
+    number.example_inputs = number.example_payload = lambda: 0
     return number
 
 
@@ -859,7 +882,7 @@ class GOAEApp:
         """W+ edit of the inversion (GOAEPipeline.edit); views, video and mesh then follow the edited face."""
         session = self._need_result(session)
         if not self.directions:
-            raise AppError("No edit directions loaded (set GOAE_DIRECTIONS or --directions).")
+            raise AppError(how_to_get_directions(self.domain.name))
         edits = {name: export.finite(a, f"strength of {name!r}") for name, a in zip(self.directions, strengths)}
         resolution, (yaw, pitch) = self._resolution(resolution), self._angles(yaw, pitch)
         session.edits = {k: v for k, v in edits.items() if v}
@@ -877,6 +900,51 @@ class GOAEApp:
         session.shown = (session.current, yaw, pitch)
         return (session, out["image"], out["path"], *out["view"])
 
+    def _gpu_entry(self, face, progress):
+        call_device(self.pipe)
+        return cache_entry(invert_with_progress(self.pipe, face.image, face.camera, progress))
+
+    def _cat_options(self, box, camera) -> dict:
+        if box in (None, "", []) and camera in (None, "", []):
+            return {}
+        if self.domain.camera_estimated:
+            raise AppError(f"box and camera are for cat photos; the {self.domain.title.lower()} pipeline "
+                           "finds the face and estimates its camera")
+        return {"box": _box(box), **dict(zip(("yaw", "pitch"), _yaw_pitch_pair(camera)))}
+
+    @releases_memory
+    @user_errors
+    def api_view(self, photo, face_index=None, yaw=0.0, pitch=0.0, edits=None, box=None, camera=None,
+                 progress=gr.Progress()):
+        """Stateless: the photo's head at yaw/pitch, edited by `edits` ({name: strength}) if given ->
+        (view, depth picture, edited image at the photo's camera or None, camera). The inversion of the same
+        photo, face and options is kept in the app's tri-plane cache, so later calls on it only render."""
+        if photo is None:
+            raise AppError("Send a photo.")
+        index = None if face_index in (None, "") else export.whole(face_index, "face index", 0)
+        yaw, pitch = self._angles(yaw, pitch)
+        if edits not in (None, "") and not isinstance(edits, dict):
+            raise AppError(f'edits must be strengths by direction name, e.g. {{"age": 2}}; got {edits!r}')
+        edits = {name: export.finite(a, f"strength of {name!r}") for name, a in (edits or {}).items()}
+        resolve_names(edits, self.directions)
+        cat = self._cat_options(box, camera)
+        face = self._align(photo, index, cat)
+        data = photo if isinstance(photo, bytes) else Path(photo).read_bytes()
+        key = hashlib.sha256(data + repr((self.domain.name, face.face_index, cat)).encode()).hexdigest()[:32]
+        cached = self.folders.api_cache(key)
+        try:
+            entry = self.cache.get(str(cached))
+        except AppError:
+            entry = self.cache.get(self.cache.put(cached, self._gpu_entry(face, progress)))
+        folder = self.folders.api_call()
+        if any(edits.values()):
+            offset = edit_offset(self.directions, {k: v for k, v in edits.items() if v})
+            out = self._gpu_edit(entry, offset, yaw, pitch, None, folder, export.edit_file_name(edits))
+            view, edited = out["view"], out["image"]
+        else:
+            view, edited = self._gpu_view(entry, yaw, pitch, None, folder), None
+        return view[0], view[2], edited, self._camera_json(face)
+
     @releases_memory
     @user_errors
     def api_invert(self, photo, face_index=None, views=None, video: bool = False, mesh: bool = False,
@@ -892,13 +960,7 @@ class GOAEApp:
         options = export.ExportOptions(views=views, video_frames=self.default_frames if video else 0, fps=24,
                                        mesh_resolution=self.mesh_resolution if mesh else 0, edits=edits or {})
         resolve_names(options.edits, self.directions)  # unknown names fail before any work
-        cat = {}
-        if box not in (None, "", []) or camera not in (None, "", []):
-            if self.domain.camera_estimated:
-                raise AppError(f"box and camera are for cat photos; the {self.domain.title.lower()} pipeline "
-                               "finds the face and estimates its camera")
-            cat = {"box": _box(box), **dict(zip(("yaw", "pitch"), _yaw_pitch_pair(camera)))}
-        face = self._align(photo, index, cat)
+        face = self._align(photo, index, self._cat_options(box, camera))
         folder = self.folders.api_call()
         try:
             reconstruction = self._gpu_api(face, folder, options, progress)
@@ -950,6 +1012,11 @@ class AppDomains:
         return app.align(photo, session, session_id=session_id, box=user_errors(_box)(box),
                          yaw=user_errors(export.finite)(yaw or 0, "cat camera yaw"),
                          pitch=user_errors(export.finite)(pitch or 0, "cat camera pitch"))  # ranges: align_cat
+
+    def api_view(self, photo, face_index=None, yaw=0.0, pitch=0.0, edits=None, domain=None, box=None, camera=None,
+                 progress=gr.Progress()):
+        return user_errors(self.get)(domain or None).api_view(photo, face_index, yaw, pitch, edits, box, camera,
+                                                              progress=progress)
 
     def api_invert(self, photo, face_index=None, views=None, video=False, mesh=False, edits=None, domain=None,
                    box=None, camera=None, progress=gr.Progress()):
@@ -1095,9 +1162,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                                                              elem_id=f"edit-{prefix}{name}"))
                             edit_controls[dname] = (sliders, gr.Button("Apply edits", elem_id=f"{prefix}edit-btn"))
                         else:
-                            gr.Markdown(f"No edit directions for {dapp.domain.title.lower()}s loaded: set "
-                                        "`GOAE_DIRECTIONS` (or `--directions`) to a folder with `age.npy`, "
-                                        "`anger.npy`, `glass.npy`, ... (and `cat_*.npy` for cats)")
+                            gr.Markdown(hide_paths(how_to_get_directions(dname)), elem_id=f"{prefix}no-directions")
                     edit_groups[dname] = group
                 edited = gr.Image(label="Edited (photo's camera)", interactive=False, format="png", elem_id="edited")
                 dl_edit = gr.DownloadButton("Edited image", visible=False, size="sm")
@@ -1105,19 +1170,31 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
         with gr.Column(visible=False):
             api_photo = photo_input(example_dirs, label="Photo", type="filepath", image_mode=None, format="png")
             api_face = index_input(value=None, precision=0, label="Face index (empty: the largest)")
-            api_views = gr.JSON([], label="Views: [[yaw, pitch], ...] in degrees")
+            api_views = json_input([], [[-30, 0], [30, 0]], {"type": "array", "items": _numbers(2, "[yaw, pitch] in degrees"),
+                                                            "maxItems": MAX_API_VIEWS}, label="Views: [[yaw, pitch], ...] in degrees")
             api_video = gr.Checkbox(False, label="Turntable video")
             api_mesh = gr.Checkbox(False, label="Mesh (.glb, .ply)")
-            api_edits = gr.JSON({}, label="Edit strengths by name, e.g. {\"age\": 2}")
+            edit_example = {next(iter(app.directions)): 2} if app.directions else {}
+            api_edits = json_input({}, edit_example, {"type": "object", "additionalProperties": {"type": "number"},
+                                                     "description": "strength by direction name"}, label="Edit strengths by name, e.g. {\"age\": 2}")
             api_domain = gr.Textbox(app.domain.name, label="What is in the photo: 'human' or 'cat'")
-            api_box = gr.JSON([], label="Cat head box [left, top, right, bottom] in pixels ([]: detect)")
-            api_cam = gr.JSON([], label="Cat photo's camera [yaw, pitch] in degrees ([]: AFHQ frontal)")
+            api_domain.example_inputs = api_domain.example_payload = lambda: app.domain.name
+            api_box = json_input([], [], _numbers(4, "left, top, right, bottom in pixels; [] to detect"), label="Cat head box [left, top, right, bottom] in pixels ([]: detect)")
+            api_cam = json_input([], [], _numbers(2, "yaw, pitch in degrees; [] for AFHQ frontal"), label="Cat photo's camera [yaw, pitch] in degrees ([]: AFHQ frontal)")
             api_aligned = gr.Image(label="Aligned crop", format="png")
             api_camera = gr.JSON(label="Camera")
             api_recon = gr.Image(label="Reconstruction", format="png")
             api_views_out = gr.Gallery(label="Views", format="png")
             api_files = gr.File(label="Files", file_count="multiple")
             api_btn = gr.Button("invert")
+            api_yaw = gr.Number(0, label="Yaw in degrees (-180 to 180)")
+            api_pitch = gr.Number(0, label="Pitch in degrees (-90 to 90)")
+            api_yaw.example_inputs = api_yaw.example_payload = lambda: 30
+            api_pitch.example_inputs = api_pitch.example_payload = lambda: 0
+            api_view_out = gr.Image(label="View", format="png")
+            api_depth_out = gr.Image(label="Depth of the view", type="filepath", format="png")
+            api_edited_out = gr.Image(label="Edited (photo's camera)", format="png")
+            api_view_btn, api_edit_btn = gr.Button("render_view"), gr.Button("edit")
 
         def show(*paths):  # download buttons appear once their file exists
             return [gr.update(value=p, visible=p is not None) for p in paths]
@@ -1179,7 +1256,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
 
         def reconstruct(session, yaw, pitch, resolution, progress=gr.Progress()):
             """Invert the aligned face (encoder, first render, AFA, occlusion-aware mix, final render) and render
-            the view at yaw/pitch. The tri-planes stay with the session for /render, /video, /mesh and /edit.
+            the view at yaw/pitch. The tri-planes stay with the session for /render, /video, /mesh and /edit_session.
 
             Args:
                 yaw: the view's yaw in degrees (left/right).
@@ -1259,12 +1336,57 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             """
             return apps.api_invert(photo, face_index, views, video, mesh, edits, domain, box, camera, progress=progress)
 
+        def render_view(photo, yaw=0.0, pitch=0.0, face_index=None, domain=None, box=None, camera=None,
+                        progress=gr.Progress()):
+            """Render the 3D head of a photo from a new viewpoint (stateless; the photo's inversion is kept for a
+            while, so more views of the same photo are quick).
+
+            Args:
+                photo: the photo (JPEG, PNG, WebP or BMP, at most 30 MB).
+                yaw: the view's yaw in degrees, -180 to 180 (positive turns the head to its left).
+                pitch: the view's pitch in degrees, -90 to 90 (positive looks from above).
+                face_index: which face, 0-based from the left; empty for the largest.
+                domain: what is in the photo: 'human' or 'cat'; empty for the default (human where loaded).
+                box: cats only: the head's box [left, top, right, bottom] in pixels; [] to detect it.
+                camera: cats only: the photo's camera [yaw, pitch] in degrees; [] for the AFHQ frontal one.
+            Returns:
+                the view (512x512); its depth map (near = bright); the photo's camera (EG3D label, yaw and pitch in degrees, face index, box).
+            """
+            view, depth, _, cam = apps.api_view(photo, face_index, yaw, pitch, None, domain, box, camera,
+                                                progress=progress)
+            return view, depth, cam
+
+        def edit(photo, edits, yaw=0.0, pitch=0.0, face_index=None, domain=None, progress=gr.Progress()):
+            """Edit the 3D head of a photo along semantic directions (age, glasses, expression, ...), stateless.
+
+            Args:
+                photo: the photo (JPEG, PNG, WebP or BMP, at most 30 MB).
+                edits: strengths by direction name, e.g. {"age": 2} (about -3 to 3; the names the app lists under its Edit tab).
+                yaw: the edited head's view yaw in degrees, -180 to 180.
+                pitch: the edited head's view pitch in degrees, -90 to 90.
+                face_index: which face, 0-based from the left; empty for the largest.
+                domain: what is in the photo: 'human' or 'cat'; empty for the default (human where loaded).
+            Returns:
+                the edited face at the photo's camera; the edited head at yaw/pitch; the photo's camera.
+            """
+            if not edits:
+                raise gr.Error("Give at least one edit, e.g. {\"age\": 2}.", print_exception=False)
+            view, _, edited, cam = apps.api_view(photo, face_index, yaw, pitch, edits, domain, progress=progress)
+            return edited, view, cam
+
+        for session_step in (align, choose_face, reconstruct, preview, render, make_video, make_mesh):
+            session_step._mcp_type = "session"  # Gradio's marker (gr.mcp.tool/resource/prompt): not an MCP tool,
+            # as a session step needs the page's state, which an MCP call has not.
         model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
         # Every event has a chosen name; those that only the page uses are private (not in the API, not MCP
         # tools). /invert first: the API page and MCP list it first, as the one call an agent needs.
         api_btn.click(invert, [api_photo, api_face, api_views, api_video, api_mesh, api_edits, api_domain, api_box,
                                api_cam],
                       [api_aligned, api_camera, api_recon, api_views_out, api_files], api_name="invert", **model)
+        api_view_btn.click(render_view, [api_photo, api_yaw, api_pitch, api_face, api_domain, api_box, api_cam],
+                           [api_view_out, api_depth_out, api_camera], api_name="render_view", **model)
+        api_edit_btn.click(edit, [api_photo, api_edits, api_yaw, api_pitch, api_face, api_domain],
+                           [api_edited_out, api_view_out, api_camera], api_name="edit", **model)
         aligned_out = [session, aligned, camera_md, faces, dl_aligned, *reset]
         inverted_out = [session, recon, dl_recon, dl_latent, status, *view_outputs]
         then_invert = dict(fn=reconstruct_if_aligned, inputs=[session, yaw, pitch, resolution], outputs=inverted_out,
@@ -1296,7 +1418,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
         mesh_btn.click(make_mesh, [session, mesh_res], [session, model3d, dl_glb, dl_ply, mesh_md], api_name="mesh",
                        **model)
         def edit_for(dname: str):
-            def edit(session, yaw, pitch, resolution, *strengths, progress=gr.Progress()):
+            def edit_session(session, yaw, pitch, resolution, *strengths, progress=gr.Progress()):
                 """Apply the edit sliders' strengths (W+ directions) to the session's inversion; the view,
                 video and mesh then follow the edited face. All strengths 0 goes back to the inversion.
 
@@ -1313,12 +1435,13 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 s, image, path, v_image, view_path, dep, prev, d16 = apps.get(dname).edit(
                     session, yaw, pitch, resolution, *strengths, progress=progress)
                 return (s, image, *show(path), v_image, *show(view_path), dep, *show(prev, d16), shown(yaw, pitch))
-            return edit
+            edit_session._mcp_type = "session"
+            return edit_session
 
         for dname, (sliders, edit_btn) in edit_controls.items():
             edit_btn.click(edit_for(dname), [session, yaw, pitch, resolution, *sliders],
                            [session, edited, dl_edit, *view_outputs],
-                           api_name="edit" if dname == app.domain.name else f"edit_{dname}", **model)
+                           api_name="edit_session" if dname == app.domain.name else f"edit_session_{dname}", **model)
 
         def end_session(request: gr.Request):
             """The tab closed: the session's tri-planes and files go now (its state follows within the hour)."""

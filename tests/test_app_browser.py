@@ -336,6 +336,35 @@ def test_api_client_call_returns_files(fresh):
     client.close()
 
 
+def test_mcp_tools_of_the_running_app(fresh):
+    """The MCP server of a running app (Gradio's `mcp` extra, in requirements.txt): exactly the stateless
+    tools, each parameter typed and described; the session steps of the page are no tools."""
+    import asyncio
+
+    pytest.importorskip("mcp", reason="gradio[mcp] not installed")
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    url, _ = fresh
+
+    async def list_tools():
+        async with streamablehttp_client(f"{url}gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return (await session.list_tools()).tools
+
+    tools = {t.name: t for t in asyncio.run(list_tools())}
+    assert sorted(tools) == ["edit", "invert", "render_view"]
+    assert "3D head" in tools["invert"].description and "new viewpoint" in tools["render_view"].description
+    for tool in tools.values():
+        for name, schema in tool.inputSchema["properties"].items():
+            assert schema.get("description") and schema.get("type") not in (None, {}), (tool.name, name, schema)
+    views = tools["invert"].inputSchema["properties"]["views"]
+    assert views["type"] == "array" and views["items"]["maxItems"] == 2
+    assert tools["edit"].inputSchema["properties"]["edits"]["type"] == "object"
+    assert tools["render_view"].inputSchema["properties"]["yaw"]["type"] == "number"
+
+
 def test_api_errors_are_clear_and_limits_hold(fresh):
     from gradio_client import Client, handle_file
 

@@ -425,7 +425,8 @@ def test_the_app_comes_up_under_load_with_visitors(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the API
-PUBLIC_ENDPOINTS = ["invert", "align", "choose_face", "reconstruct", "preview", "render", "video", "mesh"]
+PUBLIC_ENDPOINTS = ["invert", "render_view", "edit", "align", "choose_face", "reconstruct", "preview", "render",
+                    "video", "mesh"]
 
 
 def test_every_endpoint_has_a_chosen_name(app_module):
@@ -433,7 +434,29 @@ def test_every_endpoint_has_a_chosen_name(app_module):
     (the page's own steps). /invert comes first on the API page and in the MCP tool list."""
     deps = app_module.demo.config["dependencies"]
     public = [d["api_name"] for d in deps if d["api_visibility"] != "private"]
-    assert sorted(public) == sorted(PUBLIC_ENDPOINTS + ["edit_cat"] * ("edit_cat" in public))
+    sessions = [n for n in ("edit_session", "edit_session_cat") if n in public]  # with directions loaded
+    assert sorted(public) == sorted(PUBLIC_ENDPOINTS + sessions)
     assert all(d["api_visibility"] in ("public", "private") for d in deps)  # nothing callable yet unlisted
     named = list(app_module.demo.get_api_info()["named_endpoints"])
     assert named[0] == "/invert" and set(named) == {f"/{n}" for n in public}
+
+
+def test_stateless_view_and_edit_reuse_the_inversion(goae_app, monkeypatch):
+    """/render_view and /edit (MCP tools) keep nothing per caller, but the inversion of the same photo, face and
+    options stays in the app's tri-plane cache: a second view of it only renders."""
+    photo = str(ROOT / "examples" / "astronaut.png")
+    view, depth, edited, camera = goae_app.api_view(photo, None, 30, 0, progress=no_progress)
+    assert view.shape == (512, 512, 3) and Path(depth).is_file() and edited is None and len(camera["label"]) == 25
+    monkeypatch.setattr(goae_app, "_gpu_entry", lambda *a, **k: pytest.fail("inverted the same photo again"))
+    other = goae_app.api_view(photo, 0, -30, 5, progress=no_progress)[0]   # face 0 is the largest: the same face
+    assert np.abs(other.astype(int) - view.astype(int)).mean() > 1
+    with pytest.raises(gr.Error, match="unknown edit"):
+        goae_app.api_view(photo, None, 0, 0, {"no-such": 1}, progress=no_progress)
+    with pytest.raises(gr.Error, match="yaw"):
+        goae_app.api_view(photo, None, 400, 0, progress=no_progress)
+
+
+def test_edit_tab_says_how_to_get_directions(app_module):
+    texts = [c["props"].get("value") or "" for c in app_module.demo.config["components"] if c["type"] == "markdown"]
+    line = next(t for t in texts if "No edit directions loaded" in t)
+    assert "`goae download --accept-licences`" in line and "\n" not in line and str(Path.home()) not in line
