@@ -146,7 +146,7 @@ def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
-@pytest.mark.parametrize("n,d", [(200, 16), (64, 48)])
+@pytest.mark.parametrize("n,d", [(200, 16), (64, 48), (24, 512)])  # the last: fewer samples than dimensions
 def test_fid_matches_scipy_sqrtm(n, d):
     rng = np.random.default_rng(7)
     a = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
@@ -156,6 +156,8 @@ def test_fid_matches_scipy_sqrtm(n, d):
     assert abs(M.fid(a, a)) < 1e-6 * np.trace(np.cov(a, rowvar=False))
     with pytest.raises(ValueError, match="at least 2"):
         M.fid(a[:1], b)
+    mu1, s1 = M.feature_statistics(a)  # the covariance form gives the same value
+    assert abs(M.frechet_distance(mu1, s1, *M.feature_statistics(b)) - want) <= 1e-7 * abs(want)
 
 
 def test_inception_is_torchvisions_inception3_without_classifier(tmp_path):
