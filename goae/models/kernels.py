@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -48,6 +47,11 @@ import time
 from pathlib import Path
 
 import torch
+
+try:
+    import fcntl
+except ImportError:   # Windows: no flock, no process groups; the PyTorch path is used there
+    fcntl = None
 
 __all__ = ["available", "build", "decode_rays", "main", "BuildResult"]
 
@@ -150,7 +154,9 @@ class BuildResult:
 
 
 def _check_tools() -> None:
-    """The quick refusals, before any lock or child: no C++ compiler, no ninja."""
+    """The quick refusals, before any lock or child: not POSIX, no C++ compiler, no ninja."""
+    if fcntl is None or os.name != "posix":
+        raise RuntimeError("building it needs a POSIX system (flock, process groups)")
     cxx = os.environ.get("CXX", "c++")
     if not shutil.which(shlex.split(cxx)[0] if cxx.strip() else "c++"):
         raise RuntimeError(f"no C++ compiler ({cxx!r} not found; install g++ or set CXX)")
