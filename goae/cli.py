@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 import goae
 from goae.export.errors import ExportError, finite, whole
+from goae.io import NotARegularFile, atomic_write_bytes, check_regular_file
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp",
                   ".tif", ".tiff", ".mpo")
@@ -413,7 +414,6 @@ def expand_inputs(args: Sequence[str], out_root: Path) -> list[Item]:
             for f in files:
                 add(arg, f, _glob_root(arg))
         elif p.exists() and not _regular(p):
-            from goae.io import NotARegularFile, check_regular_file
             try:
                 check_regular_file(p)
                 add(arg, p, p.parent)
@@ -748,7 +748,6 @@ def _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, re
     ok = len(records) - failed - skipped
     manifest = out_root / MANIFEST
     if rank == 0:
-        from goae.io import atomic_write_bytes
         lines = "".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n" for r in records)
         try:
             atomic_write_bytes(manifest, lines.encode("utf-8"))

@@ -59,6 +59,8 @@ import torch
 
 from goae.hub import DomainMismatchWarning, WeightsFolderError, check_config, check_finite, check_pipeline_folder, describe_mismatch, meta_module
 from goae.card import Provenance, current_command, sha256_file, write_model_card
+from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_pivot, get_domain
+from goae.edit import DIRECTION_SUFFIXES, DirectionError, load_direction, save_direction
 from goae.io import atomic_dir, check_output_dir
 
 # ----------------------------------------------------------------------------- errors
@@ -549,7 +551,7 @@ _REQUIRED_KWARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels",
 def load_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema"):
     """Official network pickle -> goae `EG3DGenerator` (eval mode) with the pickled weights."""
     off = read_official_generator(pkl_path, key)  # validate the file before touching the model code
-    from goae.models.eg3d import _OFFICIAL_NAMED, EG3DGenerator
+    from goae.models.eg3d import _OFFICIAL_NAMED, EG3DGenerator  # lazily: the model code is only for loading
 
     what = f"{pkl_path} ({key})"
     if off.class_name.rsplit(".", 1)[-1] != _GENERATOR_CLASS:
@@ -615,8 +617,6 @@ def _warn(line: str) -> None:
 
 
 def _check_domain_name(domain: str | None) -> None:
-    from goae.domains import DOMAINS
-
     if domain is not None and domain not in DOMAINS:
         raise CheckpointError(f"unknown domain {domain!r}; choose from {sorted(DOMAINS)}")
 
@@ -625,8 +625,6 @@ def choose_domain(domain: str | None, generator, source: str | os.PathLike) -> t
     """The domain a converted folder records, and notes for its card. None means "not given": human, unless
     the generator's avg_camera_pivot is that of another domain's released model (AFHQ cats: [0, 0, -0.06]),
     which is refused rather than guessed. A domain given against the pivot is kept, with a warning."""
-    from goae.domains import DEFAULT_DOMAIN, domain_of_pivot, get_domain
-
     pivot = getattr(generator, "rendering_kwargs", {}).get("avg_camera_pivot")
     implied = domain_of_pivot(pivot)
     src = Path(source).name
@@ -654,9 +652,6 @@ def _copy_directions(folder: str | os.PathLike, out: Path, num_ws: int, w_dim: i
     its edit sliders), each saved with `domain` in its metadata. Only the folder's domain is copied (the
     official `cat_*` files are AFHQ cats, the others FFHQ faces): every file left out is printed with the
     reason. Returns the names copied."""
-    from goae.domains import get_domain
-    from goae.edit import DIRECTION_SUFFIXES, DirectionError, load_direction, save_direction
-
     want = get_domain(domain)
     names: list[str] = []
     for f in sorted(Path(folder).iterdir()):
@@ -795,6 +790,7 @@ class GOAECheckpoint:
 
 
 def _component_class(component: str):
+    # lazily, like the generator: reading and checking a checkpoint needs no model code
     if component == "encoder":
         from goae.models.encoder import GOAEncoder
 
@@ -911,7 +907,7 @@ def convert_goae(
     `domain`: 'human' or 'cat'; None is human, but a generator with AFHQ's pivot is then refused (say which).
     `directions`: a folder of edit directions (the official ws_edit/*.npy); those of the domain are copied,
     validated and tagged with it, into the folder's directions/."""
-    from goae.pipeline import GOAEPipeline
+    from goae.pipeline import GOAEPipeline  # lazily: diffusers and the model code (seconds) only for this
 
     out_dir = Path(out_dir)
     check_output_dir(out_dir, overwrite)  # fail before the (slow) load
@@ -952,8 +948,6 @@ def convert_goae(
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.convert") -> int:
-    from goae.domains import DOMAINS
-
     parser = argparse.ArgumentParser(prog=prog, description="Convert official EG3D/GOAE checkpoints to goae folders (no pickle code is run).")
     sub = parser.add_subparsers(dest="command", required=True)
     domain_help = ("what the weights invert: human (FFHQ, the default) or cat (AFHQ); recorded in the folder. "

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import torch
 
+from goae import align
+from goae.align.cat import AFHQ_LABEL_LOOKAT
 from goae.camera import LOOKAT, camera_label_degrees
 
 
@@ -43,8 +45,6 @@ class Domain:
         """photo -> aligned 512x512 crop + camera with this domain's aligner (goae.align.align_face for
         humans, goae.align.align_cat for cats). `box` (l, t, r, b source px) and `yaw`/`pitch` (degrees) are
         for cats, whose camera is not estimated; a portrait's camera comes from its face."""
-        from goae import align
-
         if self.camera_estimated:
             given = [n for n, v in (("box", box), ("yaw", yaw), ("pitch", pitch)) if v is not None]
             if given:
@@ -61,7 +61,7 @@ class Domain:
 
 HUMAN = Domain("human", "Human portrait", "FFHQ", "ffhqrebalanced512-128.pkl", label_lookat=LOOKAT, pivot=LOOKAT,
                camera_estimated=True, direction_prefix=None)
-CAT = Domain("cat", "Cat face", "AFHQv2 cats", "afhqcats512-128.pkl", label_lookat=(0.0, 0.0, 0.0),
+CAT = Domain("cat", "Cat face", "AFHQv2 cats", "afhqcats512-128.pkl", label_lookat=AFHQ_LABEL_LOOKAT,
              pivot=(0.0, 0.0, -0.06), camera_estimated=False, direction_prefix="cat_")
 DOMAINS: dict[str, Domain] = {d.name: d for d in (HUMAN, CAT)}
 DEFAULT_DOMAIN = "human"

@@ -61,6 +61,14 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+from goae import __version__
+from goae.card import Provenance, current_command, write_model_card
+from goae.io import atomic_dir, atomic_write_bytes
+# Where things go lives in goae.paths (the pipeline and the app read it without the downloader); the names
+# stay importable from here.
+from goae.paths import (DIRECTIONS_DIR, HOME_ENV, PIPELINE_NAME, cache_root, default_weights_folder,  # noqa: F401
+                        downloads_folder, weights_folder)
+
 # ----------------------------------------------------------------------------- the official files
 
 EG3D_FILE = "ffhqrebalanced512-128.pkl"
@@ -84,7 +92,6 @@ GOAE_REPO_URL = "https://github.com/jiangyzy/GOAE"
 # reads), not in the Drive folder: they come from GitHub's raw file host at a fixed commit, under the
 # GOAE authors' terms like the checkpoints. cat_* are for the AFHQ cats model (torch.save zips named .npy).
 GOAE_COMMIT = "ba7ef3d652aef73e7995d29a0261e5d08df406e2"
-DIRECTIONS_DIR = "ws_edit"  # <downloads>/ws_edit/, and <mirror>/ws_edit/ with a mirror
 DIRECTIONS_PAGE = f"{GOAE_REPO_URL}/tree/{GOAE_COMMIT}/example/ws_edit"
 DIRECTIONS_URL = "https://raw.githubusercontent.com/jiangyzy/GOAE/{commit}/example/ws_edit/{name}"
 # The sha256 of the files at that commit (git blobs 79ffb92, 3b81843, 7670b0c, e24dd28, 2cd5c92).
@@ -103,9 +110,7 @@ DIRECTION_SHA256 = {
 KNOWN_SHA256: dict[str, str] = {f"{DIRECTIONS_DIR}/{n}": d for n, d in DIRECTION_SHA256.items()}
 
 MIRROR_ENV = "GOAE_WEIGHTS_MIRROR"
-HOME_ENV = "GOAE_HOME"
 SUMS_NAME = "SHA256SUMS"
-PIPELINE_NAME = "goae-ffhq"
 MAX_FILE_BYTES = 8 << 30  # the released files are a few hundred MB; an endless stream stops here
 CHUNK = 1 << 20
 # A transfer slower than this (bytes/s, averaged over windows of --timeout seconds) stops like a dropped one:
@@ -172,35 +177,6 @@ class ManualDownloadRequiredError(DownloadError):
     """The host (Google Drive) would not hand out the file; the message says how to fetch it by hand."""
 
 
-# ----------------------------------------------------------------------------- where things go
-
-
-def cache_root() -> Path:
-    """$GOAE_HOME, else ($XDG_CACHE_HOME or ~/.cache)/goae (the face landmarker model lives there too)."""
-    home = os.environ.get(HOME_ENV)
-    if home:
-        return Path(home).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "goae"
-
-
-def weights_folder() -> Path:
-    """Where `python -m goae.download` puts the converted pipeline (complete or not)."""
-    return cache_root() / "weights" / PIPELINE_NAME
-
-
-def downloads_folder() -> Path:
-    """Where the official files (and their .part files and SHA256SUMS) are kept."""
-    return cache_root() / "downloads"
-
-
-def default_weights_folder() -> Path | None:
-    """The downloaded pipeline folder if it is complete (model_index.json; it is published atomically),
-    else None. Cheap: reads no weights and does not import torch."""
-    folder = weights_folder()
-    return folder if (folder / "model_index.json").is_file() else None
-
-
 def licence_text(files: Sequence[WeightFile] = FILES + DIRECTION_FILES) -> str:
     """What the user accepts, one paragraph per licence."""
     lines = ["The weights are not goae's and keep their owners' licences (goae's Apache-2.0 does not cover them):"]
@@ -255,8 +231,6 @@ def _parse_sums(text: str) -> dict[str, str]:
 
 
 def _write_sums(path: Path, sums: Mapping[str, str]) -> None:
-    from goae.io import atomic_write_bytes
-
     atomic_write_bytes(path, "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())).encode())
 
 
@@ -369,8 +343,6 @@ def _opener() -> urllib.request.OpenerDirector:
 
 
 def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    from goae import __version__
-
     return {"User-Agent": f"Mozilla/5.0 (compatible; goae/{__version__}; +{GOAE_REPO_URL})",
             "Accept-Encoding": "identity", **(extra or {})}
 
@@ -807,12 +779,12 @@ class _DriveFile:
 
 def _validate(f: WeightFile, path: Path) -> None:
     """Read the file with the converter's safe loaders (no pickle code runs). Raises CheckpointError."""
-    from goae import convert
+    from goae import convert  # lazily: torch
 
     if f.kind == "eg3d":
         convert.read_official_generator(path)
     elif f.kind == "direction":
-        from goae.edit import DirectionError, load_direction
+        from goae.edit import DirectionError, load_direction  # lazily: torch
 
         try:  # .npy read without pickles; the cat files are torch zips, read with weights_only
             load_direction(path, name=Path(f.name).stem)
@@ -865,7 +837,7 @@ def _check_out_dir(out: Path, overwrite: bool) -> bool:
 
 
 def _directions_installed(out: Path) -> bool:
-    from goae.edit import DIRECTIONS_FOLDER, OFFICIAL_DIRECTIONS
+    from goae.edit import DIRECTIONS_FOLDER, OFFICIAL_DIRECTIONS  # lazily: torch
 
     return all((out / DIRECTIONS_FOLDER / f"{n}.safetensors").is_file() for n in OFFICIAL_DIRECTIONS["human"])
 
@@ -988,7 +960,7 @@ def _add_directions(out: Path, downloads: Path, got: Mapping[str, str], log: Cal
                     shown: Path | None = None) -> list[str]:
     """The human directions of `got` into the pipeline folder `out` (`shown`: its final name); the rest stay
     in <downloads>/ws_edit."""
-    from goae.edit import DIRECTIONS_FOLDER, add_directions
+    from goae.edit import DIRECTIONS_FOLDER, add_directions  # lazily: torch
 
     try:
         names, _ = add_directions(out, [downloads / n for n in got])  # the notes: the cat_* files, for the cat model
@@ -1005,7 +977,7 @@ def _get_file(f: WeightFile, downloads: Path, mirror: str | None, mirror_sums: M
               recorded: dict[str, str], retries: int, timeout: float, log: Callable[[str], None],
               min_rate: float = MIN_RATE) -> str:
     """Make downloads/<name> a checked copy of the official file; return its sha256."""
-    from goae.convert import CheckpointError
+    from goae.convert import CheckpointError  # lazily: torch
 
     dest = downloads / f.name
     expected, by = _expected_sha(f.name, mirror_sums)
@@ -1067,9 +1039,7 @@ def _get_file(f: WeightFile, downloads: Path, mirror: str | None, mirror_sums: M
 def _convert(downloads: Path, out: Path, overwrite: bool, digests: Mapping[str, str], mirror: str | None,
              encoder_config, afa_config, recorded: dict[str, str], directions: Mapping[str, str],
              log: Callable[[str], None]) -> None:
-    from goae import convert
-    from goae.card import Provenance, current_command, write_model_card
-    from goae.io import atomic_dir
+    from goae import convert  # lazily: it imports torch, which fetching does not need
 
     paths = {f.name: downloads / f.name for f in FILES}
     try:

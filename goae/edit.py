@@ -48,7 +48,9 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_direction_name, get_domain
+from goae.hub import check_pipeline_folder
 from goae.io import atomic_write_bytes
+from goae.paths import DIRECTIONS_DIR, downloads_folder
 
 NUM_WS = 14  # EG3D backbone at 256^2 tri-planes: b4..b256 -> 14 W+ rows
 DIRECTIONS_FOLDER = "directions"  # inside a pipeline folder (goae.pipeline reads it from there)
@@ -255,8 +257,6 @@ def add_directions(pipeline_folder: str | os.PathLike, files) -> tuple[list[str]
     """Put the direction files that fit a pipeline folder (its domain and W+ shape, read from the folder) into
     its `directions/` as .safetensors tagged with the domain, each written atomically (files already there
     stay; one of the same name is replaced). Returns (names added, one note per file left out)."""
-    from goae.hub import check_pipeline_folder
-
     folder = Path(pipeline_folder)
     info = check_pipeline_folder(folder)
     found, notes = _usable(sorted(Path(f) for f in files), info.num_ws, info.w_dim, False, info.domain)
@@ -268,8 +268,6 @@ def add_directions(pipeline_folder: str | os.PathLike, files) -> tuple[list[str]
 def how_to_get_directions(domain: str = DEFAULT_DOMAIN) -> str:
     """One line for a user who has no edit directions (the app's Edit tab, the command line): where the
     official ones come from, and how to load others."""
-    from goae.download import DIRECTIONS_DIR, downloads_folder
-
     d = get_domain(domain)
     names = ", ".join(OFFICIAL_DIRECTIONS.get(d.name, ()))
     other = "set GOAE_DIRECTIONS (or --directions) to a folder of direction files (.npy, .safetensors)"

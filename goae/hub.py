@@ -376,7 +376,7 @@ def check_pipeline_folder(folder: str | os.PathLike) -> PipelineInfo:
         if list(index.get(name) or []) != list(entry):
             raise WeightsFolderError(f"{folder / 'model_index.json'}: {name!r} must be {list(entry)}, got {_short(index.get(name))}")
     check_config("pipeline", index, where=str(folder / "model_index.json"))
-    from goae.domains import DEFAULT_DOMAIN, DOMAINS
+    from goae.domains import DEFAULT_DOMAIN, DOMAINS  # lazily: goae.domains imports torch, this module does not
 
     domain = index.get("domain", DEFAULT_DOMAIN)
     if not isinstance(domain, str) or domain not in DOMAINS:  # a list or a dict is no name either
@@ -403,7 +403,7 @@ def check_pipeline_folder(folder: str | os.PathLike) -> PipelineInfo:
 def _check_domain_pivot(folder: Path, domain: str, recorded: bool, generator) -> None:
     """The converter keeps a domain given against the generator's pivot, with a warning: a folder it wrote so
     loads, with the same warning. (A folder without a domain predates cats: it stays human, and says so.)"""
-    from goae.domains import domain_of_pivot, get_domain
+    from goae.domains import domain_of_pivot, get_domain  # lazily: torch
 
     pivot = (getattr(generator, "rendering_kwargs", None) or {}).get("avg_camera_pivot")
     implied = domain_of_pivot(pivot)

@@ -37,10 +37,15 @@ from goae.models.afa import AFA
 from goae.models.eg3d import EG3DGenerator, RenderOutput
 from goae.models.encoder import GOAEncoder
 from goae.models.goae import GOAE
+from goae.align import load_image
 from goae.camera import camera_label_degrees, orbit_cameras, yaw_pitch_from_label
 from goae.card import Provenance, write_model_card
 from goae.domains import DEFAULT_DOMAIN, Domain, get_domain, pivot_of
+from goae.hub import (HOW_TO_GET_WEIGHTS, WeightsNotFoundError, check_finite, check_pipeline_folder,
+                      resolve_pretrained)
 from goae.io import atomic_dir
+from goae.paths import default_weights_folder
+from goae.presets import RANDOM_WEIGHTS, preset
 from goae.runtime import tf32
 
 DIRECTIONS_FOLDER = "directions"  # edit directions inside a pipeline folder (the app's sliders)
@@ -369,8 +374,6 @@ class GOAEPipeline(DiffusersBase):
         """
         torch.manual_seed(seed)
         if generator is None:  # the released generator of the domain
-            from goae.presets import preset
-
             p = preset("afhq" if get_domain(config.get("domain")).name == "cat" else "ffhq")
             generator = EG3DGenerator.from_official_kwargs(p.generator, p.neural_rendering_resolution)
         encoder = encoder or GOAEncoder()
@@ -389,8 +392,6 @@ class GOAEPipeline(DiffusersBase):
     def from_preset(cls, name: str = "ffhq", seed: int = 0) -> "GOAEPipeline":
         """A named architecture (goae.presets: 'ffhq' / 'afhq', the released ones, or 'small' / 'small-cat')
         on seeded random weights, with the preset's domain."""
-        from goae.presets import preset
-
         p = preset(name)
         torch.manual_seed(seed)  # module initialisation below draws from the global generator
         generator = EG3DGenerator.from_official_kwargs(p.generator, p.neural_rendering_resolution, **p.generator_extra)
@@ -411,8 +412,6 @@ class GOAEPipeline(DiffusersBase):
         move to the GPU and then `pipe.to(torch.float16)`. show_progress: diffusers' loading bar.
         """
         from diffusers.utils import is_accelerate_available, logging as dlogging
-
-        from goae.hub import check_finite, check_pipeline_folder, resolve_pretrained
 
         want = dtype if dtype is not None else torch_dtype
         if want is not None and want != torch.float32 and want not in _REDUCED_DTYPES:
@@ -715,8 +714,6 @@ class GOAEPipeline(DiffusersBase):
 
     def _crops(self, image: ImageInput) -> list:
         """Aligned crops given as photos: each as preprocess reads it (paths decoded and checked)."""
-        from goae.align import load_image
-
         photos = _photo_list(image)
         out = []
         for i, im in enumerate(photos):
@@ -822,19 +819,11 @@ def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch
     Raises goae.hub.WeightsNotFoundError, with the commands to get or convert the weights, when none
     are given or they cannot be found (e.g. offline and not in the Hub cache).
     """
-    import os
-
-    from goae.hub import HOW_TO_GET_WEIGHTS, WeightsNotFoundError
-
-    from goae.download import default_weights_folder
-
     # Nothing configured: the folder `goae download` converts the official weights into, if it is there.
     weights = weights or os.environ.get("GOAE_WEIGHTS") or (str(f) if (f := default_weights_folder()) else None)
     if not weights:
         raise WeightsNotFoundError("no weights given (pass a pipeline folder or Hub repo id, or 'random' to try "
                                    "the real architecture on random weights). " + HOW_TO_GET_WEIGHTS.format(repo="<repo_id>"))
-    from goae.presets import RANDOM_WEIGHTS
-
     if weights in RANDOM_WEIGHTS:  # one mechanism for the CLI and the app
         pipe = GOAEPipeline.from_preset(RANDOM_WEIGHTS[weights], seed=seed)
         pipe.weights_label = f"{weights} (seed {seed})"

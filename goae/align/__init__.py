@@ -6,7 +6,7 @@ Cat photo -> AlignedCat (align_cat): a cat-face detector or a given box, an AFHQ
   crop.py       the official crop arithmetic (Deep3DFaceRecon align_img + EG3D's centre crop), bit for bit
   canonical.py  mediapipe's canonical face mesh, read from the landmarker model file
   pose.py       head pose -> 25-number camera label (with goae.camera)
-  cat.py        cats: OpenCV cat-face cascades (or a user box) -> AFHQ-style 512 crop, camera CAT.input_camera
+  cat.py        cats: OpenCV cat-face cascades (or a user box) -> AFHQ-style 512 crop, the AFHQ camera
 """
 from __future__ import annotations
 

@@ -7,7 +7,8 @@ crops) and no AFHQ data here to calibrate against, so every crop constant below 
 (skimage's chelsea.png), not fitted to AFHQ statistics.
 
 The camera is not estimated (domains.CAT.camera_estimated is False): a cat photo gets the AFHQ frontal label, or
-the yaw/pitch the user sets, built like the training labels by goae.domains.CAT.input_camera.
+the yaw/pitch the user sets, built like the training labels (looking at AFHQ_LABEL_LOOKAT, what goae.domains.CAT
+reads).
 
 Steps, in the order align_cat runs them:
   1. load_image        the same decoding and validation as align_face (formats, pixel limit, EXIF)
@@ -16,7 +17,7 @@ Steps, in the order align_cat runs them:
                        (mediapipe, when its model is installed)
   3. cat_crop_box      face box -> square source region (may extend past the photo)
   4. crop_cat          that region -> 512x512, LANCZOS; outside the photo: edge pixels, progressively blurred
-  5. the camera        CAT.input_camera(yaw, pitch)
+  5. the camera        camera_label_degrees(yaw, pitch, lookat=AFHQ_LABEL_LOOKAT)
 
 The cascades are weak detectors (see "the detector" below): they want a frontal, upright face of at least ~8%
 of the photo's longer side, and they also fire on human faces and some textures. A box always works, and the
@@ -37,7 +38,7 @@ from PIL import Image, ImageFilter
 from goae.align.detect import MAX_FACES, box_iou, check_max_faces, find_faces
 from goae.align.errors import AlignError, FaceIndexError, NoFaceError
 from goae.align.image import Photo, load_image
-from goae.domains import CAT
+from goae.camera import camera_label_degrees
 from goae.landmarker import LandmarkerModelMissing, find_landmarker
 
 log = logging.getLogger("goae.align")
@@ -94,6 +95,8 @@ PAD_BLUR = 24.0              # Gaussian radius (output px) of the padding
 PAD_RAMP = 24.0              # output px over which the padding goes from sharp (at the photo's edge) to blurred
 
 # ------------------------------------------------------------------------------------------ the rest
+# AFHQ labels sit at -2.7 * forward: they look at the origin (FFHQ's look at EG3D's pivot (0, 0, 0.2)).
+AFHQ_LABEL_LOOKAT = (0.0, 0.0, 0.0)
 YAW_LIMIT, PITCH_LIMIT = 90.0, 60.0   # degrees: AFHQ cameras stay well inside; beyond is a typo, not a view
 AGREE_IOU = 0.6              # an exactly 512x512 photo is "already aligned" if its detection's crop is the frame
 
@@ -105,7 +108,7 @@ class NoCatError(NoFaceError):
 @dataclass
 class AlignedCat:
     image: Image.Image                           # 512x512 RGB, the AFHQ-style crop
-    camera: np.ndarray                           # float32[25] EG3D label: CAT.input_camera(yaw, pitch)
+    camera: np.ndarray                           # float32[25] EG3D label at (yaw, pitch), built like AFHQ's
     box: tuple[float, float, float, float]       # source region [l, t, r, b] the crop covers (may pass the edges)
     face_box: tuple[float, float, float, float] | None   # the cat face found or given (source px); None when
                                                          # the photo was taken as is with no face detected
@@ -385,7 +388,7 @@ def align_cat(photo: Photo, box=None, face_index: int | None = None, *, yaw: flo
                          "give one or the other.")
     image = load_image(photo)
     size = image.size
-    camera = CAT.input_camera(yaw, pitch).reshape(25).numpy().astype(np.float32)
+    camera = camera_label_degrees(yaw, pitch, lookat=AFHQ_LABEL_LOOKAT).reshape(25).numpy().astype(np.float32)
     square = size == (OUTPUT_SIZE, OUTPUT_SIZE)
     frame = (0.0, 0.0, float(OUTPUT_SIZE), float(OUTPUT_SIZE))
 
