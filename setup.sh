@@ -10,6 +10,9 @@ $PY -m pip install -q -r requirements.txt
 $PY -m pip install -q --no-deps --no-build-isolation -e .
 if [[ "${1:-}" == "--dev" ]]; then
   $PY -m pip install -q -r requirements-dev.txt
+  # The reference LPIPS code for the metric tests (tests/test_eval.py). --no-deps: its only other need is
+  # torchvision's trunks, which would pull a multi-GB CUDA torch; the test supplies the trunk itself.
+  $PY -m pip install -q --no-deps lpips==0.1.4
 fi
 # face_landmarker.task is not inside the mediapipe wheel; fetch it (sha256-checked) into the user cache.
 $PY -m goae.landmarker

@@ -107,3 +107,21 @@ def test_mesh_level_option():
     assert parser.parse_args(["invert", "a.jpg", "--out", "o"]).precision == "fp32"
     with pytest.raises(SystemExit):
         parser.parse_args(["invert", "a.jpg", "--out", "o", "--mesh-level", "dense"])
+
+
+@pytest.mark.parametrize("name", sorted(cli.TOOLS))
+def test_one_command_runs_every_tool(name, capsys):
+    """`goae NAME --help` reaches that tool's own parser, under the name the user typed."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main([name, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: goae {name} ")
+
+
+def test_one_command_lists_every_tool(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for name in [*cli.TOOLS, "invert"]:
+        assert name in out

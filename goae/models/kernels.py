@@ -348,10 +348,10 @@ def decode_rays(taps, decoder, ray_origins: torch.Tensor, ray_directions: torch.
     return out[0], (out[1] if features else None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m goae.models.kernels") -> int:
     """`python -m goae.models.kernels`: build the kernel for this environment now (set-up, a Space's start)
     and say where it is; exit status 1 where it cannot be built (goae then uses the PyTorch path)."""
-    parser = argparse.ArgumentParser(prog="python -m goae.models.kernels",
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Build goae's fused CPU render kernel for this environment.")
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"seconds to wait for the lock and the build (default ${TIMEOUT_ENV} or {DEFAULT_TIMEOUT:.0f})")
