@@ -4,6 +4,8 @@ The fast tests (collected by pytest) check the bounds directly: the RAM budget a
 eviction of the tri-plane caches, their spill to disk and reload, and that session folders go when a
 session ends, when a step fails and at shutdown.
 
+`test_server_memory_levels_off` (slow) bounds a running app's RSS over many calls and concurrent visitors.
+
 Run as a script, this file is the slow soak measurement (not part of the test suite): it starts an app
 (`--app`, default ./app.py) with random-small weights and drives many inversions in many sessions through
 gradio_client, printing the server's RSS at a few points and the session folders left before and after
@@ -11,6 +13,7 @@ shutdown:
 
     python tests/test_app_memory.py --sessions 50 --inversions 200
     python tests/test_app_memory.py --app /tmp/app_before.py --flow old      # an older app.py, for comparison
+    python tests/test_app_memory.py --curve --weights random                 # full size: RSS after every call
 """
 from __future__ import annotations
 
@@ -139,6 +142,22 @@ def test_api_call_folders_are_pruned(app_module, tmp_path, monkeypatch):
     folders.api_call()
     assert not old.exists() and recent.exists()
     folders.remove_all()
+
+
+# ------------------------------------------------------------------------------------------ soak (slow test)
+@pytest.mark.slow
+def test_server_memory_levels_off():
+    """A running app (random-small) through many stateless calls, then rounds of concurrent visitors (page,
+    align, reconstruct, render, preview): after the first calls set up the working set, RSS stays level (issue
+    #31.3 / #29.3: it grew with every call and every round, doubled by the allocator tuning in a threaded
+    server, and each page load copied the pipelines). The full-size curve: `--curve` below."""
+    lines: list[str] = []
+    points = curve(ROOT / "app.py", "random-small", invert_calls=8, clients=4, rounds=4,
+                   photo=ROOT / "examples" / "astronaut.png", max_rss_mb=6000, out=lines.append)
+    mb = dict(points)
+    report = "\n".join(lines)
+    assert mb["invert 8"] - mb["invert 2"] < 150, report
+    assert mb["4 clients #4"] - mb["4 clients #2"] < 250, report
 
 
 # ------------------------------------------------------------------------------------------ soak (script)
