@@ -277,6 +277,63 @@ def test_cli_bad_network_file_goes_on(tmp_path, capsys):
     assert "error" in capsys.readouterr().err
 
 
+def test_a_fifo_is_skipped_with_its_reason_and_the_run_goes_on(tmp_path):
+    """A FIFO given by name and one listed in the labels file: never opened (opening one with no writer blocks
+    forever), each a skipped image with its reason; the labelled crops are still measured."""
+    import os
+    import subprocess
+
+    data = _dataset(tmp_path / "data")
+    os.mkfifo(data / "pipe.png")
+    labels = json.loads((data / "dataset.json").read_text())
+    labels["labels"].append(["pipe.png", labels["labels"][0][1]])
+    (data / "dataset.json").write_text(json.dumps(labels))
+    os.mkfifo(tmp_path / "named.png")
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "goae.eval", str(tmp_path / "named.png"), str(data), "--out", str(out),
+                        "--weights", "random-small", "--views", "", "--resolution", "64", "--json"],
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}, cwd=root,
+                       capture_output=True, text=True, timeout=300)  # a hang fails here instead of blocking pytest
+    summary = json.loads(r.stdout)
+    assert r.returncode == 1 and (summary["measured"], summary["skipped"]) == (2, 4), r.stderr[-2000:]
+    by_input = {Path(im["input"]).name: im for im in summary["images"]}
+    for name in ("named.png", "pipe.png"):
+        assert by_input[name]["status"] == "skipped"
+        assert "is a FIFO (named pipe), not a regular file" in by_input[name]["reason"]
+        assert f"{name}: skipped: " in r.stderr
+    assert by_input["a.png"]["status"] == by_input["b.png"]["status"] == "ok"
+    made_from = json.loads((out / "images" / by_input["a.png"]["name"] / "result.json").read_text())
+    assert made_from == {"photo": str((data / "a.png").resolve())}
+
+
+def test_image_names_are_stable_when_inputs_are_added(tmp_path):
+    """Names are goae invert's (after the path under the folder given), independent of the inputs' order: an
+    image measured before keeps its name (its images/<name>/result.json) when an input with the same base name
+    is added, so --resume keeps its record and never gives it to another photo."""
+    from goae.eval.runner import gather_inputs
+
+    for folder in ("one", "two", "two/sub"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "x.png")
+    out = tmp_path / "out"
+
+    def names(*args):
+        return {Path(it.source).relative_to(tmp_path).as_posix(): it.name
+                for it in gather_inputs([str(tmp_path / a) for a in args], out)}
+
+    assert names("two") == {"two/x.png": "x", "two/sub/x.png": "sub-x"}
+    assert names("one", "two") == names("two", "one")       # not by position
+    (out / "images" / "x").mkdir(parents=True)               # as evaluate leaves a measured image
+    (out / "images" / "x" / "result.json").write_text(json.dumps({"photo": str((tmp_path / "two/x.png").resolve())}))
+    both = names("one", "two")
+    assert both["two/x.png"] == "x" and both["one/x.png"].startswith("x-") and both["two/sub/x.png"] == "sub-x"
+    assert len(set(both.values())) == 3
+    skipped = gather_inputs([str(tmp_path / "nothing*.png"), str(tmp_path / "gone.png")], out)
+    assert [it.error for it in skipped] == ["no files match this pattern", None]   # a missing file fails when read
+    assert skipped[0].name.startswith("nothing_-") and skipped[1].name == "gone"
+
+
 @pytest.mark.slow  # two processes, each loading the small random pipeline
 def test_torchrun_shards_match_one_process(tmp_path):
     import os

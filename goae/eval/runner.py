@@ -7,10 +7,13 @@ Inputs (`gather_inputs`):
 - any other photo, folder or glob (goae.cli.expand_inputs): in-the-wild photos that the pipeline's domain aligns.
 
 Each image gets `records/<name>.json` (status, reason, metrics, seconds) and, once measured, `images/<name>/`
-(input, reconstruction and views at 256 px for the report, Inception features when FID is on), written atomically.
-`resume=True` keeps the records measured with the same settings. Under torchrun (RANK / WORLD_SIZE) each process
+(input, reconstruction and views at 256 px for the report, Inception features when FID is on, and `result.json`
+naming the input), written atomically. Names are those of `goae invert` (goae.cli.input_folders): after the path
+relative to the folder it came from, stable when inputs are added or reordered, so `resume=True` finds an image's
+record again; it keeps the records measured with the same settings. Under torchrun (RANK / WORLD_SIZE) each process
 takes every WORLD_SIZE-th image; the processes meet once (gloo) and rank 0 merges the records from the folder.
-An image that fails (no face, no label, unreadable) is one line and a skipped record; the run goes on.
+An image that fails (no face, no label, unreadable, not a regular file) is one line and a skipped record; the run
+goes on.
 """
 from __future__ import annotations
 
@@ -105,13 +108,15 @@ def load_networks(lpips_trunk=None, lpips_lin=None, lpips_net: str = "alex", id_
 @dataclass
 class EvalItem:
     """One image: `path` (None when an argument matched nothing), its camera label (aligned crops) or None (a photo
-    to align), its output name, or why it cannot be measured."""
+    to align), the folder it was found under (names are relative to it), its output name, or why it cannot be
+    measured."""
     index: int
     source: str
     path: Path | None
     camera: np.ndarray | None = None
     name: str = ""
     error: str | None = None
+    root: Path | None = None
 
 
 def _label_array(label) -> np.ndarray | None:
@@ -125,7 +130,8 @@ def _label_array(label) -> np.ndarray | None:
 
 def _labelled_items(label_path: Path, out_root: Path) -> list[EvalItem]:
     """Items of an EG3D labels file; images of its folder without a label are skipped items."""
-    from goae.cli import PHOTO_SUFFIXES
+    from goae.cli import PHOTO_SUFFIXES, one_line
+    from goae.io import NotARegularFile, check_regular_file
 
     root = label_path.parent
     try:
@@ -147,25 +153,29 @@ def _labelled_items(label_path: Path, out_root: Path) -> list[EvalItem]:
         listed.add(path.resolve())
         cam = _label_array(label)
         if cam is None:
-            items.append(EvalItem(0, str(path), path, error=f"its label in {label_path.name} is not 25 finite numbers"))
-        elif not path.is_file():
-            items.append(EvalItem(0, str(path), path, error=f"listed in {label_path.name} but the file does not exist"))
+            error = f"its label in {label_path.name} is not 25 finite numbers"
+        elif not path.exists():
+            error = f"listed in {label_path.name} but the file does not exist"
         else:
-            items.append(EvalItem(0, str(path), path, cam))
+            try:
+                check_regular_file(path, "photo")   # a FIFO would block the run forever
+                error = None
+            except (NotARegularFile, OSError) as e:
+                error = one_line(e)
+        items.append(EvalItem(0, str(path), path, None if error else cam, error=error, root=root))
     out = out_root.resolve()
     for p in sorted(root.rglob("*")):
         if (p.suffix.lower() in PHOTO_SUFFIXES and p.is_file() and p.resolve() not in listed
                 and not any(part.startswith(".") for part in p.relative_to(root).parts)
                 and out not in p.resolve().parents):
-            items.append(EvalItem(0, str(p), p, error=f"no camera label in {label_path.name}"))
+            items.append(EvalItem(0, str(p), p, error=f"no camera label in {label_path.name}", root=root))
     return items
 
 
 def gather_inputs(args: Sequence[str], out_root: str | os.PathLike, labels: str = "dataset.json") -> list[EvalItem]:
     """Labels files / folders with a labels file (aligned crops) and photos, folders, globs (to align), in order,
-    each file once; every item gets its unique output name."""
+    each file once; every item gets its unique output name (module docstring)."""
     from goae.cli import expand_inputs
-    from goae.export.bundle import output_name
 
     out_root = Path(out_root)
     items: list[EvalItem] = []
@@ -177,22 +187,50 @@ def gather_inputs(args: Sequence[str], out_root: str | os.PathLike, labels: str 
             items += _labelled_items(p / labels, out_root)
         else:
             for it in expand_inputs([arg], out_root):
-                if it.path is None:
-                    items.append(EvalItem(0, arg, None, error=it.error))
+                source = str(it.path) if it.path is not None else arg
+                if it.error is not None:  # matched nothing, or not a regular file (never opened)
+                    items.append(EvalItem(0, source, it.path, error=it.error, root=it.root))
                 elif it.kind == "video":
-                    items.append(EvalItem(0, str(it.path), it.path, error="a clip: goae eval measures photos"))
+                    items.append(EvalItem(0, source, it.path, error="a clip: goae eval measures photos", root=it.root))
                 else:
-                    items.append(EvalItem(0, str(it.path), it.path))
-    seen, unique, taken = set(), [], set()
+                    items.append(EvalItem(0, source, it.path, root=it.root))
+    seen, unique = set(), []
     for it in items:
         key = (it.path.resolve() if it.path is not None else None, it.source)
         if it.path is not None and key in seen:
             continue
         seen.add(key)
         it.index = len(unique)
-        it.name = output_name(it.path if it.path is not None else (Path(it.source).name or "input"), taken)
         unique.append(it)
+    _name_items(unique, out_root)
     return unique
+
+
+def _name_items(items: list[EvalItem], out_root: Path) -> None:
+    """Images to measure: `goae invert`'s folder names over images/ (goae.cli.input_folders: stable per input).
+    Skipped items only need a record: their safe name plus a hash of their source, never a measured one's name."""
+    from goae.cli import Item, input_folders
+    from goae.export import safe_name
+
+    measurable = [it for it in items if it.path is not None and it.error is None]
+    named = [Item(it.index, it.source, it.path, "photo", root=it.root) for it in measurable]
+    input_folders(named, out_root / "images")
+    for it, n in zip(measurable, named):
+        if n.error is not None:
+            it.error = n.error
+        else:
+            it.name = n.folder.name
+    used = {it.name.casefold() for it in items if it.name}
+    for it in items:
+        if it.name:
+            continue
+        base = safe_name(Path(it.source).stem, "input").encode("utf-8")[:80].decode("utf-8", "ignore")
+        name = f"{base}-{hashlib.sha256(it.source.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+        n = 1
+        while (candidate := name if n == 1 else f"{name}-{n}").casefold() in used:
+            n += 1
+        it.name = candidate
+        used.add(candidate.casefold())
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -321,6 +359,8 @@ def _process(pipe, nets, item: EvalItem, out_root: Path, opts: EvalOptions, key:
     with atomic_dir(out_root / "images" / item.name, overwrite=True) as tmp:
         for name, im in tiles.items():
             im.save(tmp / f"{name}.png")
+        # which input this folder holds: input_folders keeps its name with it when inputs are added
+        (tmp / "result.json").write_text(json.dumps({"photo": str(item.path.resolve())}))
         if feats:
             from safetensors.torch import save_file
             save_file({k: v.contiguous() for k, v in feats.items()}, str(tmp / "inception.safetensors"))
