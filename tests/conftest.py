@@ -4,6 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from goae.runtime import tf32
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GOAE_SHARED_DIR", ROOT.parent / "shared"))
 PARITY_DIR = Path(os.environ.get("GOAE_PARITY_DIR", SHARED / "parity"))
@@ -56,7 +58,7 @@ def landmarker():
 
 @pytest.fixture(autouse=True)
 def _fp32_determinism():
-    # Parity is defined in fp32 with no TF32 and a fixed thread count.
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
+    # Parity is defined in fp32 with no TF32; the flags are process-wide, so the ones from before the test
+    # come back after it (a test or the code it runs may turn TF32 on).
+    with tf32(matmul=False, convolutions=False):
+        yield

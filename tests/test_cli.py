@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,31 @@ def test_one_command_lists_every_tool(capsys):
     out = capsys.readouterr().out
     for name in [*cli.TOOLS, "invert"]:
         assert name in out
+
+
+# ------------------------------------------------------------------------------------ the suite's own fixtures
+def test_each_test_runs_without_tf32_and_leaves_the_flags_as_it_found_them(tmp_path):
+    """tests/conftest.py turns TF32 off for every test (parity is defined in fp32) and gives back the process's
+    flags after it, also when the test turned them on. Run in a child pytest with conftest.py as a plugin and a
+    spy that records the flags after each test's teardown."""
+    tests = Path(__file__).resolve().parent
+    (tmp_path / "tf32_spy.py").write_text(
+        "import json\nimport torch\n"
+        "torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the process's own\n"
+        "def pytest_runtest_logfinish(nodeid):\n"
+        f"    with open({str(tmp_path / 'flags.jsonl')!r}, 'a') as f:\n"
+        "        f.write(json.dumps([torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32]) + '\\n')\n")
+    (tmp_path / "test_tf32_probe.py").write_text(
+        "import torch\n"
+        "def test_turns_it_on():\n"
+        "    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32\n"
+        "    torch.backends.cuda.matmul.allow_tf32 = True\n"
+        "def test_sees_it_off_again():\n"
+        "    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tmp_path), str(tests.parent)])}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "tf32_spy", "-p",
+                        "no:cacheprovider", "test_tf32_probe.py"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    flags = [json.loads(line) for line in (tmp_path / "flags.jsonl").read_text().splitlines()]
+    assert flags == [[True, True], [True, True]]
