@@ -6,9 +6,10 @@ view_yaw<Y>_pitch<P>.png per view, turntable.mp4, mesh.ply + mesh.glb, edit_<nam
 Everything is written into a hidden temporary folder beside the final one and renamed into place when
 complete (`goae.io.atomic_dir`), so a failure or Ctrl-C leaves nothing half-written.
 
-Names. `output_name` turns a photo's file name into a folder name that stays inside its output folder:
-never empty, '.', '..', hidden, a path, or over 100 bytes, and unique within one batch (compared
-case-insensitively), so `face.avif` and `face.webp` get `face` and `face-2`. `--overwrite` replaces only
+Names. `safe_name` makes any text one harmless file or folder name: never empty, '.', '..', hidden, a
+path, or over 100 bytes. `output_name` / `output_folder` (kept for library callers) add -2, -3, ... for
+names already taken in one list, so a name depends on the photo's position; `goae invert` and `goae eval`
+name their folders with goae.cli.input_folders instead, stable per input. `overwrite=True` replaces only
 folders that goae wrote (they hold a result.json) or empty ones, never unrelated folders.
 """
 from __future__ import annotations
