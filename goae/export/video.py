@@ -14,12 +14,13 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
-from goae.export.errors import ExportError, finite
+from goae.export.errors import ExportError, finite, whole
+from goae.export.views import iter_views
 from goae.io import atomic_path
 
 
@@ -68,3 +69,15 @@ def write_video(frames: np.ndarray | torch.Tensor | Iterable[np.ndarray], path: 
                 raise ExportError("no frames to write")
             container.mux(stream.encode(None))  # flush the encoder's delayed frames
     return path
+
+
+def write_turntable(pipe, result, path: str | os.PathLike, frames: int, fps: float = 30,
+                    neural_rendering_resolution: int | None = None, batch_size: int | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
+    """The turntable MP4 of one inversion: `frames` views on the pipeline's orbit, rendered in batches
+    (goae.export.iter_views: one render call and one host copy per batch, sized by device) and encoded
+    as they come. progress(done, total) after each batch."""
+    frames = whole(frames, "frames", low=1)
+    fps = finite(fps, "fps", low=1e-3, high=1000)  # checked before any rendering
+    views = iter_views(pipe, result, pipe.orbit_cameras(frames), batch_size, progress, neural_rendering_resolution)
+    return write_video(views, path, fps=fps)
