@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 
 import goae
 from goae.export.errors import ExportError, finite, whole
-from goae.io import NotARegularFile, atomic_write_bytes, check_regular_file
+from goae.io import NotARegularFile, atomic_write_bytes, check_regular_file, one_line
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp",
                   ".tif", ".tiff", ".mpo")
@@ -220,18 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 class SetupError(Exception):
     """Weights, device or directions that cannot be used: exit code 2."""
-
-
-def one_line(e: BaseException) -> str:
-    """A clear one-line message: input and file errors (goae's are ValueErrors) by their text, anything
-    else with its type."""
-    if isinstance(e, OSError) and e.strerror:
-        text = e.strerror + (f": {e.filename}" if e.filename else "")
-    elif isinstance(e, (OSError, ValueError)) and str(e):
-        text = str(e)
-    else:
-        text = f"{type(e).__name__}: {e}"
-    return " ".join(text.split())
 
 
 def _setup(args, device=None):

@@ -58,10 +58,10 @@ import numpy as np
 import torch
 
 from goae.hub import DomainMismatchWarning, WeightsFolderError, check_config, check_finite, check_pipeline_folder, describe_mismatch, meta_module
-from goae.card import Provenance, current_command, sha256_file, write_model_card
+from goae.card import Provenance, current_command, write_model_card
 from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_pivot, get_domain
 from goae.edit import DIRECTION_SUFFIXES, DirectionError, load_direction, save_direction
-from goae.io import atomic_dir, check_output_dir
+from goae.io import atomic_dir, check_output_dir, one_line, sha256_file
 
 # ----------------------------------------------------------------------------- errors
 
@@ -664,7 +664,7 @@ def _copy_directions(folder: str | os.PathLike, out: Path, num_ws: int, w_dim: i
             try:
                 d = load_direction(f, num_ws=num_ws)
             except DirectionError as e:
-                d, why = None, " ".join(str(e).split())
+                d, why = None, one_line(e)
             if d is not None:
                 if d.domain != want.name:
                     why = (f"a {d.domain} direction ({get_domain(d.domain).dataset}); this folder is "
@@ -985,7 +985,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.convert"
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"error: {' '.join(message.split()) or 'unknown error'}", file=sys.stderr)
+    print(f"error: {one_line(message) or 'unknown error'}", file=sys.stderr)
     return code
 
 

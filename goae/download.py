@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import html.parser
 import http.client
 import http.cookiejar
@@ -63,7 +62,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from goae import __version__
 from goae.card import Provenance, current_command, write_model_card
-from goae.io import atomic_dir, atomic_write_bytes
+from goae.io import atomic_dir, atomic_write_bytes, one_line, sha256_file
 # Where things go lives in goae.paths (the pipeline and the app read it without the downloader); the names
 # stay importable from here.
 from goae.paths import (DIRECTIONS_DIR, HOME_ENV, PIPELINE_NAME, cache_root, default_weights_folder,  # noqa: F401
@@ -190,18 +189,6 @@ def licence_text(files: Sequence[WeightFile] = FILES + DIRECTION_FILES) -> str:
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _size(n: float) -> str:
@@ -363,7 +350,7 @@ def _network_error(url: str, e: BaseException) -> DownloadError:
     elif isinstance(reason, socket.gaierror):
         why = f"cannot resolve {_host(url)} (no network?)"
     else:
-        why = _one_line(getattr(reason, "strerror", None) or reason or type(e).__name__)
+        why = one_line(getattr(reason, "strerror", None) or reason or type(e).__name__)
     return DownloadError(f"cannot reach {_host(url)} for {url}: {why}")
 
 
@@ -611,7 +598,7 @@ def _fetch_once(url: str, part: Path, meta_path: Path, source: str, timeout: flo
                         block = resp.read1(CHUNK)  # what has arrived: a trickle returns too, for the rate check
                     except (OSError, http.client.HTTPException) as e:  # dropped connection, timeout
                         f.flush()
-                        raise stopped(f.tell(), _one_line(e) or type(e).__name__) from None
+                        raise stopped(f.tell(), one_line(e) or type(e).__name__) from None
                     if not block:
                         break
                     f.write(block)
@@ -769,7 +756,7 @@ class _DriveFile:
             elif p.confirm_href:
                 url = urllib.parse.urljoin(url, p.confirm_href)
             else:
-                why = _one_line(p.error) or "it answered with a page instead of the file"
+                why = one_line(p.error) or "it answered with a page instead of the file"
                 raise self._manual(f"{why} (Drive limits downloads of popular files; try again later)")
         raise self._manual("the download confirmation did not lead to the file")
 
@@ -905,7 +892,7 @@ def download_weights(
     try:
         downloads.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DownloadError(f"cannot create {downloads}: {_one_line(e.strerror or e)}") from None
+        raise DownloadError(f"cannot create {downloads}: {one_line(e.strerror or e)}") from None
 
     with _lock(downloads):
         recorded = read_sums(downloads / SUMS_NAME)
@@ -949,7 +936,7 @@ def _get_directions(files: Sequence[WeightFile], missing: Sequence[WeightFile], 
         try:
             got[f.name] = _get_file(f, downloads, mirror, {}, {}, **net)
         except DownloadError as e:
-            failed.append(f"{Path(f.name).name} ({_one_line(e)})")
+            failed.append(f"{Path(f.name).name} ({one_line(e)})")
     if failed:
         log(f"warning: {len(failed)} official edit direction(s) left out: {'; '.join(failed)}. The weights do not need "
             f"them; run `{COMMAND}` again to add them")
@@ -965,7 +952,7 @@ def _add_directions(out: Path, downloads: Path, got: Mapping[str, str], log: Cal
     try:
         names, _ = add_directions(out, [downloads / n for n in got])  # the notes: the cat_* files, for the cat model
     except ValueError as e:  # the folder or a file refused: the weights do not need them
-        log(f"warning: the edit directions were not added to {shown or out}: {_one_line(e)}")
+        log(f"warning: the edit directions were not added to {shown or out}: {one_line(e)}")
         return []
     others = [Path(n).stem for n in got if Path(n).stem not in names]
     log(f"  edit directions {', '.join(names) or '(none)'} added to {(shown or out) / DIRECTIONS_FOLDER}"
@@ -982,7 +969,7 @@ def _get_file(f: WeightFile, downloads: Path, mirror: str | None, mirror_sums: M
     dest = downloads / f.name
     expected, by = _expected_sha(f.name, mirror_sums)
     if dest.is_file():  # an earlier run, or put there by hand
-        digest = _sha256(dest)
+        digest = sha256_file(dest)
         if expected and digest != expected:
             _reject(dest, log)
             raise CorruptDownloadError(f"{dest} has sha256 {digest}, but {by} says {expected}; it was moved "
@@ -996,7 +983,7 @@ def _get_file(f: WeightFile, downloads: Path, mirror: str | None, mirror_sums: M
             _validate(f, dest)
         except CheckpointError as e:
             _reject(dest, log)
-            raise CorruptDownloadError(f"{dest} is not a usable {f.what} checkpoint ({_one_line(e)}); it was "
+            raise CorruptDownloadError(f"{dest} is not a usable {f.what} checkpoint ({one_line(e)}); it was "
                                        f"moved aside: {_manual_hint(f, downloads)}") from None
         log(f"  {f.name}: found in {downloads}, sha256 {digest}")
         return digest
@@ -1016,7 +1003,7 @@ def _get_file(f: WeightFile, downloads: Path, mirror: str | None, mirror_sums: M
         resolve = _DriveFile(f, GOAE_DRIVE_FOLDER_ID, downloads, timeout, min_rate)
         part = download_file(url, dest, source=f"gdrive:{GOAE_DRIVE_FOLDER_ID}/{f.name}", resolve=resolve, **net)
     meta = part.with_name(part.name + ".json")
-    digest = _sha256(part)
+    digest = sha256_file(part)
 
     def discard(why: str) -> CorruptDownloadError:
         part.unlink(missing_ok=True)
@@ -1029,7 +1016,7 @@ def _get_file(f: WeightFile, downloads: Path, mirror: str | None, mirror_sums: M
     try:
         _validate(f, part)
     except CheckpointError as e:
-        raise discard(f"is not a usable {f.what} checkpoint ({_one_line(e).replace(str(part), f.name)})") from None
+        raise discard(f"is not a usable {f.what} checkpoint ({one_line(e).replace(str(part), f.name)})") from None
     os.replace(part, dest)
     meta.unlink(missing_ok=True)
     log(f"  {f.name}: ok, sha256 {digest}")
@@ -1062,7 +1049,7 @@ def _convert(downloads: Path, out: Path, overwrite: bool, digests: Mapping[str, 
             write_model_card(tmp, "pipeline", Provenance(sources=sources, command=current_command(),
                                                          note=f"official checkpoints downloaded from {where}", notes=notes))
     except convert.CheckpointError as e:
-        msg = _one_line(e)
+        msg = one_line(e)
         for f in FILES:  # a file the converter refuses is not kept as good
             if str(paths[f.name]) in msg and paths[f.name].is_file():
                 _reject(paths[f.name], log)
@@ -1128,7 +1115,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.download
 
 
 def _fail(prog: str, message: object, code: int) -> int:
-    print(f"{prog}: error: {_one_line(message) or 'unknown error'}", file=sys.stderr)
+    print(f"{prog}: error: {one_line(message) or 'unknown error'}", file=sys.stderr)
     return code
 
 

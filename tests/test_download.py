@@ -192,6 +192,24 @@ def leftovers(root: Path) -> list[str]:
 # ----------------------------------------------------------------------------- cases
 
 
+def test_shared_helpers(tmp_path):
+    # One sha256 and one "error as one line" for the downloader, the converter, the landmarker and the CLI.
+    from goae import cli, convert, landmarker
+    from goae.io import one_line, sha256_file
+    from goae.paths import cache_root
+
+    data = bytes(range(256)) * 9000  # spans several chunks
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f") == sha256_file(tmp_path / "f", chunk=7) == hashlib.sha256(data).hexdigest()
+    assert cli.one_line is one_line and convert.sha256_file is sha256_file and landmarker.sha256_file is sha256_file
+    assert dl.cache_root is cache_root and dl.sha256_file is sha256_file
+    assert one_line(FileNotFoundError(2, "No such file or directory", "a.pt")) == "No such file or directory: a.pt"
+    assert one_line(ValueError("bad\n   input")) == "bad input"
+    assert one_line(dl.DownloadError("goae's own\nerror")) == "goae's own error"  # its text, as the CLI shows it
+    assert one_line(RuntimeError("deep")) == "RuntimeError: deep"  # a bug keeps its type
+    assert one_line(TimeoutError()) == "TimeoutError" and one_line("a\tb\n") == "a b"
+
+
 def test_full_download_and_conversion(home, server, official, directions, run, monkeypatch):
     from safetensors.torch import load_file
 
