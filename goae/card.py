@@ -7,7 +7,6 @@ must say so. `write_model_card` is called by `GOAEPipeline.save_pretrained`, the
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import shlex
@@ -15,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goae.io import atomic_write_bytes
+from goae.io import atomic_write_bytes, sha256_file  # sha256_file: also goae.card's, for its importers
 
 CARD_NAME = "README.md"
 EG3D_LICENSE_NAME = "nvidia-source-code-license-nc"
@@ -44,14 +43,6 @@ class Provenance:
     # The last held-out evaluation of a training run (train.stages.HeldOutEval.last): step, images, metric means,
     # networks and conventions (goae.eval).
     evaluation: dict | None = None
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def current_command() -> str:

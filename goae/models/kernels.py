@@ -48,6 +48,8 @@ from pathlib import Path
 
 import torch
 
+from goae.paths import cache_root
+
 try:
     import fcntl
 except ImportError:   # Windows: no flock, no process groups; the PyTorch path is used there
@@ -122,7 +124,6 @@ def build_root() -> Path:
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     if root:
         return Path(root).expanduser()
-    from goae.download import cache_root
     return cache_root() / "torch_extensions"
 
 
