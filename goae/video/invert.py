@@ -44,7 +44,7 @@ from goae.align import NoFaceError
 from goae.export.bundle import RESULT_FILE, check_finite
 from goae.export.errors import finite, whole
 from goae.export.views import to_uint8
-from goae.io import atomic_dir, atomic_write_bytes, check_output_dir
+from goae.io import atomic_dir, atomic_write_bytes, check_output_dir, one_line
 from goae.video.filters import SmoothingOptions
 from goae.video.media import VideoEncoder, VideoError, add_audio, decode_frames, probe
 from goae.video.track import OK, FaceTracker, TrackedFrame
@@ -171,7 +171,7 @@ class FrameCache:
             self.damaged += 1
             if self.damaged == 1 and self._warn is not None:
                 self._warn(f"warning: a damaged frame-cache entry is inverted again ({path.name}: "
-                           f"{' '.join(str(e).split()) or type(e).__name__}); any others are counted in result.json")
+                           f"{one_line(str(e)) or type(e).__name__}); any others are counted in result.json")
             path.unlink(missing_ok=True)
             return None
         same = (np.allclose(z["camera"], frame.face.camera, rtol=0, atol=1e-5)
@@ -357,7 +357,7 @@ def _audio(video: Path, source: Path, out: Path, warn) -> str | None:
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
         if warn is not None:
-            warn(f"warning: the audio could not be copied ({' '.join(str(e).split())}); the videos are silent")
+            warn(f"warning: the audio could not be copied ({one_line(str(e))}); the videos are silent")
         return None
 
 

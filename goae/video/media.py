@@ -31,7 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from goae.align.image import MAX_PIXELS
-from goae.io import atomic_path, check_regular_file
+from goae.io import atomic_path, check_regular_file, one_line
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".mts", ".3gp", ".flv",
                   ".wmv", ".ogv")
@@ -75,7 +75,7 @@ def _open(path):
     except (av.FFmpegError, OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError) or (isinstance(e, OSError) and getattr(e, "errno", None) == 2):
             raise FileNotFoundError(2, "No such file or directory", str(path)) from None
-        raise VideoError(f"{path} could not be opened as a video: {' '.join(str(e).split())}") from None
+        raise VideoError(f"{path} could not be opened as a video: {one_line(str(e))}") from None
 
 
 def _frame_rate(stream, path) -> Fraction:
@@ -180,7 +180,7 @@ def decode_frames(path: str | os.PathLike, max_frames: int | None = None) -> Ite
                 prev = t
                 n += 1
         except av.FFmpegError as e:
-            raise VideoError(f"{path}: decoding failed: {' '.join(str(e).split())}") from None
+            raise VideoError(f"{path}: decoding failed: {one_line(str(e))}") from None
         if last is None:
             raise VideoError(f"{path}: no frame could be decoded: the video is damaged or truncated")
         yield last
