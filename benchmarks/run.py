@@ -74,6 +74,27 @@ def peak_rss_bytes() -> int:
     return int(r if platform.system() == "Darwin" else r * 1024)
 
 
+def rss_bytes() -> int | None:
+    """Resident set size now (Linux VmRSS), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def reset_peak_rss() -> bool:
+    """Linux: VmHWM back to the current RSS (write 5 to /proc/self/clear_refs), so that the peaks read
+    afterwards are those of the inference alone, on top of the built pipeline, as official_speed measures
+    (its peak_rss_inference_mib). False where the kernel does not allow it (then the peaks include the build)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -182,6 +203,11 @@ def worker(spec: dict) -> dict:
         result["fast_path"] = describe_fast_path(pipe)
     result["build_s"] = time.perf_counter() - t0
     result["peak_rss_build_bytes"] = peak_rss_bytes()
+    # This process ran nothing else; with the build's own peak set aside, the peaks below are the inference's.
+    result["rss_after_build_bytes"] = rss_bytes()
+    result["peak_reset_after_build"] = reset_peak_rss()
+    if not result["peak_reset_after_build"]:
+        result["notes"].append("peak RSS could not be reset after the build: the peaks include building the pipeline")
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
 
