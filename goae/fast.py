@@ -16,6 +16,8 @@ Every tensor the pipeline returns is float32.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import inspect
 import shutil
 from dataclasses import dataclass
 
@@ -24,6 +26,10 @@ from torch import nn
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Graphs Dynamo may keep per compiled function before it runs it eagerly (silently but for one log line):
+# torch's default 8 is spent by the synthesis blocks (one code object, one graph per block and shape
+# class), each batch size, resolution, precision and the depth-only render.
+RECOMPILE_LIMIT = 64
 
 
 class FastPathError(ValueError):
@@ -122,8 +128,46 @@ def _synthesis_blocks(generator) -> list[nn.Module]:
 
 def compiled_modules(pipe) -> dict[str, nn.Module]:
     """The modules `compile=True` compiles, by name: each is called as a module by the GOAE forward
-    (goae.models.goae), so its compiled form is what runs. Shapes are static per resolution."""
+    (goae.models.goae), so its compiled form is what runs. The renderer's constants are made outside it
+    (EG3DGenerator.render_planes passes them in)."""
     return {"encoder": pipe.encoder, **pipe.generator.hot_modules(), "afa": pipe.afa}
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def compiler_problem(device: torch.device | str, backend: str = "inductor") -> str | None:
+    """Why torch.compile's `backend` cannot build code for `device` here, or None. Inductor writes C++ for
+    a CPU (a compiler on PATH) and Triton kernels for a GPU (the triton package, compute capability 7.0+)."""
+    if backend != "inductor":
+        return None
+    device = torch.device(device)
+    if device.type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        return ("compile=True needs a C++ compiler (g++/clang++) on PATH for torch.compile's CPU backend; "
+                "install one or use compile=False")
+    if device.type == "cuda":
+        if not _has_triton():
+            return ("compile=True on CUDA needs Triton (pip install triton, the version your torch wheel names) "
+                    "for torch.compile's GPU backend; or use compile=False")
+        if torch.cuda.is_available() and torch.cuda.get_device_capability(device) < (7, 0):
+            return "compile=True on CUDA needs compute capability 7.0+ (Triton); use compile=False on this GPU"
+    return None
+
+
+def compile_options(backend) -> dict:
+    """torch.compile arguments of the fast path. dynamic=None: the first call of a module compiles for
+    its shapes, a second shape recompiles once with the changed sizes symbolic (batch, resolution) instead
+    of once per size (dynamic=False). The recompile limit is raised per compiled region where torch
+    supports it (torch.compile(recompile_limit=)), else globally (never lowered)."""
+    options = {"dynamic": None, "backend": backend}
+    if "recompile_limit" in inspect.signature(torch.compile).parameters:
+        options["recompile_limit"] = RECOMPILE_LIMIT
+    else:
+        from torch._dynamo import config
+
+        config.cache_size_limit = max(config.cache_size_limit, RECOMPILE_LIMIT)
+    return options
 
 
 def apply(pipe, fast: FastPath) -> None:
@@ -131,10 +175,11 @@ def apply(pipe, fast: FastPath) -> None:
 
     compile=True uses `nn.Module.compile` in place (state_dict keys unchanged); each module then
     compiles on its first call per input shape. Errors raised while compiling are not hidden."""
-    if (fast.compile and fast.compile_backend == "inductor" and fast.device_type == "cpu"
-            and not any(map(shutil.which, ("g++", "c++", "clang++")))):
-        raise FastPathError("compile=True needs a C++ compiler (g++/clang++) on PATH for torch.compile's "
-                            "CPU backend; install one or use compile=False")
+    if fast.compile:
+        problem = compiler_problem(pipe.device if pipe.device.type == fast.device_type else fast.device_type,
+                                   fast.compile_backend)
+        if problem:
+            raise FastPathError(problem)
     # True leaves the layout to the modules' by-device default (None: NHWC on a CPU, NCHW on a GPU, the
     # rule of channels_last_for), so it follows a later pipe.to(device) too; False forces NCHW.
     layout = None if fast.channels_last else False
@@ -142,8 +187,9 @@ def apply(pipe, fast: FastPath) -> None:
         block.channels_last = layout
     pipe.afa.channels_last = layout
     if fast.compile:
+        options = compile_options(fast.compile_backend)
         for m in compiled_modules(pipe).values():
-            m.compile(dynamic=False, backend=fast.compile_backend)  # in place: state_dict keys stay the same
+            m.compile(**options)  # in place: state_dict keys stay the same
     else:
         reset_compile(pipe)
 

@@ -2,6 +2,8 @@
 and meta tensors with the CUDA queries faked only where a device property is asked for."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,97 @@ def test_batched_turntable_frames_equal_one_at_a_time(pipe, result, tmp_path):
     with pytest.raises(export.ExportError, match="frames"):
         write_turntable(pipe, result, tmp_path / "none.mp4", frames=0)
     assert not (tmp_path / "none.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------------- torch.compile
+class _Graphs:
+    """A torch.compile backend that runs the captured graphs eagerly and keeps them."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return gm.forward
+
+    def targets(self) -> list[str]:
+        return [str(n.target) for gm in self.graphs for n in gm.graph.nodes if n.op in ("call_function", "call_method")]
+
+
+@pytest.fixture
+def dynamo():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    yield torch._dynamo
+    torch._dynamo.reset()
+
+
+def test_compiled_render_is_dynamic_and_holds_no_constant_setup(pipe, result, dynamo):
+    """The compiled renderer recompiles once for a new batch size (then symbolic), not per size, and its
+    graphs hold none of the tap constants' setup (host tensors, linalg.inv): render_planes makes them
+    outside and passes them in. Called without them, the same renderer traces linalg.inv (the check bites)."""
+    g = pipe.generator
+    backend = _Graphs()
+    fast.apply(pipe, fast.FastPath("fp32", compile=True, compile_backend=backend))
+    try:
+        with torch.no_grad():
+            for n in (1, 2, 3):
+                g.render_planes(result.planes.expand(n, -1, -1, -1), result.ws.expand(n, -1, -1),
+                                camera_label(0.1, 0.0).expand(n, 25), neural_rendering_resolution=16,
+                                deterministic=True, superresolution=False)
+            assert len(backend.graphs) <= 2, len(backend.graphs)   # static, then dynamic batch; none for n=3
+            assert not [t for t in backend.targets() if "inv" in t.lower() or t.endswith("tensor")]
+            ro, rd = g.ray_sampler(camera_label(0.1, 0.0)[:, :16].reshape(-1, 4, 4),
+                                   camera_label(0.1, 0.0)[:, 16:25].reshape(-1, 3, 3), 16)
+            with warnings.catch_warnings():  # Dynamo's note that it traces through tap_constants' lru_cache
+                warnings.simplefilter("ignore")
+                g.renderer(result.planes.view(1, 3, 32, 256, 256), g.decoder, ro, rd, g.rendering_kwargs,
+                           deterministic=True)
+    finally:
+        fast.reset(pipe)
+    assert [t for t in backend.targets() if "inv" in t.lower()]
+
+
+class _Affine(torch.nn.Module):  # a module of ours: Dynamo does not trace into torch.nn's own files
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(3, 3))
+
+    def forward(self, x):
+        return x @ self.weight + 1
+
+
+def test_recompile_limit_keeps_many_shapes_compiled(dynamo):
+    """More shape specialisations than torch's default limit (8) all run compiled under the fast path's
+    options; plain dynamic=False compilation falls back to eager after 8 (what the limit used to do)."""
+    def calls(options):
+        backend = _Graphs()
+        m = _Affine()
+        m.compile(**{**options, "backend": backend})
+        with dynamo.config.patch(automatic_dynamic_shapes=False):
+            for n in range(1, 13):
+                m(torch.randn(n, 3))
+        dynamo.reset()
+        return len(backend.graphs)
+    assert calls(fast.compile_options("eager")) == 12
+    assert calls({"dynamic": False}) == dynamo.config.recompile_limit == 8
+
+
+def test_compiler_check_follows_the_device(pipe, monkeypatch):
+    """Inductor on CUDA needs Triton and compute capability 7.0+; on a CPU a C++ compiler. Checked for
+    the device the pipeline runs on (the CUDA properties are faked; no GPU here)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(fast, "_has_triton", lambda: False)
+    assert "Triton" in fast.compiler_problem("cuda")
+    assert fast.compiler_problem("cuda", "aot_eager") is None
+    monkeypatch.setattr(fast, "_has_triton", lambda: True)
+    assert fast.compiler_problem("cuda:0") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    assert "7.0" in fast.compiler_problem("cuda")
+    monkeypatch.setattr(fast.shutil, "which", lambda name: None)
+    assert "C++ compiler" in fast.compiler_problem("cpu") and fast.compiler_problem("cuda", "eager") is None
+    with pytest.raises(fast.FastPathError, match="C\\+\\+ compiler"):
+        pipe.enable_fast_path("fp32", compile=True)
+    pipe.disable_fast_path()

@@ -420,9 +420,11 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
         cam2world = c[:, :16].reshape(-1, 4, 4)
         intrinsics = c[:, 16:25].reshape(-1, 3, 3)
         ray_origins, ray_directions = self.ray_sampler(cam2world, intrinsics, res)
+        # The renderer may be compiled (goae.fast): its constants are made here, outside the compiled region.
+        taps = self.renderer.tap_constants_for(planes, self.rendering_kwargs["box_warp"])
         samples, depth, weights_sum = self.renderer(planes, self.decoder, ray_origins, ray_directions,
                                                     self.rendering_kwargs, deterministic=deterministic, trace=trace,
-                                                    features=features)
+                                                    features=features, tap_constants=taps)
         if trace is not None:
             trace.update(ray_origins=ray_origins, ray_directions=ray_directions, depth_samples=depth,
                          weights_sum=weights_sum)

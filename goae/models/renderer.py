@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
-    "RenderingError", "generate_planes", "project_onto_planes", "sample_from_planes", "get_ray_limits_box",
+    "RenderingError", "generate_planes", "project_onto_planes", "inverse_plane_axes", "sample_from_planes",
+    "get_ray_limits_box",
     "sample_stratified", "sample_pdf", "sample_importance", "unify_samples",
     "march_weights", "RaySampler", "MipRayMarcher2", "ImportanceRenderer",
 ]
@@ -44,13 +45,13 @@ def _project(inv_planes: torch.Tensor, coordinates: torch.Tensor) -> torch.Tenso
 
 
 def sample_from_planes(plane_axes: torch.Tensor, plane_features: torch.Tensor, coordinates: torch.Tensor,
-                       box_warp: float) -> torch.Tensor:
+                       box_warp: float, inv_plane_axes: torch.Tensor | None = None) -> torch.Tensor:
     """Bilinearly read tri-plane features [N, P, C, H, W] at points [N, M, 3] -> [N, P, M, C].
 
     Points are scaled by 2/box_warp so that the box [-box_warp/2, box_warp/2]^3 maps onto [-1, 1];
     points outside read zeros (grid_sample zero padding, align_corners=False, as in the official code).
     The result is a strided view of grid_sample's output (no copy); reduce it (mean over planes) or
-    use reshape, not view.
+    use reshape, not view. inv_plane_axes: `inverse_plane_axes(plane_axes)` if the caller keeps it.
     """
     if plane_features.ndim != 5:
         raise RenderingError(f"plane_features must be [N, 3, C, H, W], got shape {tuple(plane_features.shape)}")
@@ -58,9 +59,14 @@ def sample_from_planes(plane_axes: torch.Tensor, plane_features: torch.Tensor, c
     if coordinates.ndim != 3 or coordinates.shape[0] != N or coordinates.shape[-1] != 3:
         raise RenderingError(f"coordinates must be [N={N}, M, 3], got shape {tuple(coordinates.shape)}")
     M = coordinates.shape[1]
-    inv_planes = torch.linalg.inv(plane_axes.float())[..., :2]
+    inv_planes = inverse_plane_axes(plane_axes) if inv_plane_axes is None else inv_plane_axes
     out = _grid_sample_planes(inv_planes, plane_features.reshape(N * P, C, H, W), coordinates, box_warp)
     return out.permute(0, 3, 2, 1).reshape(N, P, M, C)
+
+
+def inverse_plane_axes(plane_axes: torch.Tensor) -> torch.Tensor:
+    """The first two columns of the inverse plane axes [P, 3, 2] (what points are projected with)."""
+    return torch.linalg.inv(plane_axes.float())[..., :2]
 
 
 def _grid_sample_planes(inv_planes: torch.Tensor, planes: torch.Tensor, coordinates: torch.Tensor,
@@ -253,16 +259,19 @@ class ImportanceRenderer(nn.Module):
         # meta device (diffusers' low-memory loading) must not lose it. Moved lazily in run_model.
         self.plane_axes = generate_planes()
 
-    def _axes(self, device: torch.device) -> torch.Tensor:
-        if self.plane_axes.device != device:
+    def _axes(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plane axes on `device` and their inverse, made once per device (not on every render)."""
+        if self.plane_axes.device != device or getattr(self, "_inv_axes", None) is None:
             self.plane_axes = generate_planes(device)
-        return self.plane_axes
+            self._inv_axes = inverse_plane_axes(self.plane_axes)
+        return self.plane_axes, self._inv_axes
 
     def run_model(self, planes: torch.Tensor, decoder, sample_coordinates: torch.Tensor,
                   sample_directions: torch.Tensor, options: dict, deterministic: bool = False) -> dict:
         """Decode the tri-plane field at points [N, M, 3] -> {'rgb': [N, M, C'], 'sigma': [N, M, 1]}."""
-        sampled_features = sample_from_planes(self._axes(sample_coordinates.device), planes, sample_coordinates,
-                                              box_warp=options["box_warp"])
+        axes, inv_axes = self._axes(sample_coordinates.device)
+        sampled_features = sample_from_planes(axes, planes, sample_coordinates, box_warp=options["box_warp"],
+                                              inv_plane_axes=inv_axes)
         out = decoder(sampled_features, sample_directions)
         if options.get("density_noise", 0) > 0 and not deterministic:
             out["sigma"] = out["sigma"] + torch.randn_like(out["sigma"]) * options["density_noise"]
@@ -270,11 +279,12 @@ class ImportanceRenderer(nn.Module):
 
     def forward(self, planes: torch.Tensor, decoder, ray_origins: torch.Tensor, ray_directions: torch.Tensor,
                 rendering_options: dict, deterministic: bool = False, trace: dict | None = None,
-                features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+                features: bool = True, tap_constants: tuple | None = None) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """planes [N, 3, C, H, W], rays [N, R, 3] -> features [N, R, C'] (in [-1, 1] scale),
         depth [N, R, 1], accumulated opacity [N, R, 1]. `trace`, if a dict, receives the intermediates.
         `features=False`: depth-only render, features is None (here everything is computed and the
-        features dropped; the fused renderer decodes only the density)."""
+        features dropped; the fused renderer decodes only the density). tap_constants: the fused
+        renderer's (unused here)."""
         opts, trace = self.check_inputs(planes, ray_origins, ray_directions, rendering_options, trace)
         depths_coarse = self.coarse_depths(ray_origins, ray_directions, opts, deterministic)
         return self.render_reference(planes, decoder, ray_origins, ray_directions, depths_coarse, opts,

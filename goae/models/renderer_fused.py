@@ -20,7 +20,7 @@ from . import kernels
 from .renderer import (ImportanceRenderer, RenderingError, generate_planes, march_weights, sample_from_planes,
                        sample_importance)
 
-__all__ = ["FusedImportanceRenderer", "TriplaneTaps", "TriplaneField", "chunk_points_for"]
+__all__ = ["FusedImportanceRenderer", "TriplaneTaps", "TriplaneField", "chunk_points_for", "tap_constants"]
 
 # Points decoded per chunk: a CPU keeps a chunk's intermediates in cache; a GPU wants few, large launches
 # (~0.7 KB of intermediates per point: 4M points is ~3 GB).
@@ -52,20 +52,34 @@ class FusedImportanceRenderer(ImportanceRenderer):
     def chunk_size(self, device: torch.device) -> int:
         return self.chunk_points or chunk_points_for(device)
 
+    def tap_constants_for(self, planes: torch.Tensor, box_warp: float) -> tuple | None:
+        """TriplaneTaps' constants for planes [N, P, C, H, W] (`tap_constants`, cached per device and
+        shape), None where the fused path cannot run. Callers compute them outside the renderer and pass
+        them in: under torch.compile the renderer is one compiled region, and constants built inside it
+        (host tensors, linalg.inv, copies to the device) would be traced into every compiled render."""
+        if planes.ndim != 5 or not self.fused or not _fits(planes):
+            return None
+        _, P, _, H, W = planes.shape
+        return tap_constants(planes.device, self.plane_axes_key, P, H, W, float(box_warp))
+
     def forward(self, planes: torch.Tensor, decoder, ray_origins: torch.Tensor, ray_directions: torch.Tensor,
                 rendering_options: dict, deterministic: bool = False, trace: dict | None = None,
-                features: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+                features: bool = True, tap_constants: tuple | None = None) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """As ImportanceRenderer.forward; tap_constants: `tap_constants_for(planes, box_warp)`, computed
+        here when not given."""
         opts, trace = self.check_inputs(planes, ray_origins, ray_directions, rendering_options, trace)
         depths_coarse = self.coarse_depths(ray_origins, ray_directions, opts, deterministic)
-        fits = planes.shape[1] * (planes.shape[3] + 2) * (planes.shape[4] + 2) < 2 ** 24  # TriplaneTaps' float indices
-        run = self.render_fused if self.fused and hasattr(decoder, "decode_plane_sum") and fits else self.render_reference
-        return run(planes, decoder, ray_origins, ray_directions, depths_coarse, opts, deterministic, trace, features)
+        if self.fused and hasattr(decoder, "decode_plane_sum") and _fits(planes):
+            return self.render_fused(planes, decoder, ray_origins, ray_directions, depths_coarse, opts, deterministic,
+                                     trace, features, tap_constants)
+        return self.render_reference(planes, decoder, ray_origins, ray_directions, depths_coarse, opts,
+                                     deterministic, trace, features)
 
     def render_fused(self, planes, decoder, ray_origins, ray_directions, depths_coarse, opts, deterministic, trace,
-                     features=True):
+                     features=True, tap_constants=None):
         N = planes.shape[0]
         D, N_importance = depths_coarse.shape[2], opts["depth_resolution_importance"]
-        sampler = TriplaneTaps(planes, self.plane_axes_key, opts["box_warp"])
+        sampler = TriplaneTaps(planes, self.plane_axes_key, opts["box_warp"], constants=tap_constants)
         depths_c = depths_coarse.squeeze(-1)
         sigma_c, colors_c = self._decode(sampler, decoder, ray_origins, ray_directions, depths_c, opts,
                                               deterministic, features)
@@ -148,9 +162,16 @@ class FusedImportanceRenderer(ImportanceRenderer):
         return sigma, colors
 
 
+def _fits(planes: torch.Tensor) -> bool:
+    """Whether TriplaneTaps' float32 row indices are exact for planes [N, P, C, H, W]."""
+    return planes.shape[1] * (planes.shape[3] + 2) * (planes.shape[4] + 2) < 2 ** 24
+
+
 @functools.lru_cache(maxsize=64)
-def _tap_constants(device: torch.device, axes: tuple, P: int, H: int, W: int, box_warp: float) -> tuple:
-    """The affine map points -> pixel (x, y) of every plane, and the padded-table row arithmetic."""
+def tap_constants(device: torch.device, axes: tuple, P: int, H: int, W: int, box_warp: float) -> tuple:
+    """TriplaneTaps' constants: the affine map points -> pixel (x, y) of every plane, and the padded-table
+    row arithmetic, on `device` (axes: the plane axes as a flat tuple of floats). Cached; call it outside
+    compiled code (FusedImportanceRenderer.tap_constants_for)."""
     plane_axes = torch.tensor(axes, dtype=torch.float32).reshape(P, 3, 3)
     # Pixel coordinates (x, y) of every plane as one affine map of the points: grid_sample's
     # ((g + 1) * size - 1) / 2 with g = (2 / box_warp) * points @ inverse axes.
@@ -178,16 +199,18 @@ class TriplaneTaps:
     of a point are a weighted bag of rows: contiguous C-float reads, no per-channel gathers, and no
     [P, C, M] intermediate. Differentiable w.r.t. the planes."""
 
-    def __init__(self, planes: torch.Tensor, plane_axes: torch.Tensor | tuple, box_warp: float):
+    def __init__(self, planes: torch.Tensor, plane_axes: torch.Tensor | tuple, box_warp: float,
+                 constants: tuple | None = None):
         N, P, C, H, W = planes.shape
         self.n_planes, self.plane_size = P, (H, W)
         self.table = F.pad(planes.permute(0, 1, 3, 4, 2), (0, 0, 1, 1, 1, 1)).reshape(-1, C)
         # The constants are computed once per device and shape and cached: no host-device round trip
-        # per render, nothing that stops a CUDA graph capture. Renderers pass the axes as a tuple of
-        # floats (no tensor read, no graph break under torch.compile).
-        axes = plane_axes if isinstance(plane_axes, tuple) else tuple(plane_axes.detach().cpu().flatten().tolist())
-        (self.A, self.b, self.stride, self.offset0, self.offset1, self.lo0, self.hi0, self.lo1,
-         self.hi1) = _tap_constants(planes.device, axes, P, H, W, float(box_warp))
+        # per render, nothing that stops a CUDA graph capture. A compiled renderer gets them as an
+        # argument (`constants`, from tap_constants outside the compiled region).
+        if constants is None:
+            axes = plane_axes if isinstance(plane_axes, tuple) else tuple(plane_axes.detach().cpu().flatten().tolist())
+            constants = tap_constants(planes.device, axes, P, H, W, float(box_warp))
+        (self.A, self.b, self.stride, self.offset0, self.offset1, self.lo0, self.hi0, self.lo1, self.hi1) = constants
         self.batch_stride = P * (H + 2) * (W + 2)
 
     def __call__(self, coordinates: torch.Tensor) -> torch.Tensor:
@@ -219,8 +242,7 @@ class TriplaneField:
         if isinstance(plane_axes, tuple):
             plane_axes = torch.tensor(plane_axes, dtype=torch.float32).reshape(-1, 3, 3)
         self.planes, self.decoder, self.plane_axes, self.box_warp = planes, decoder, plane_axes, float(box_warp)
-        fits = planes.shape[1] * (planes.shape[3] + 2) * (planes.shape[4] + 2) < 2 ** 24
-        self.taps = TriplaneTaps(planes, plane_axes, box_warp) if hasattr(decoder, "decode_plane_sum") and fits else None
+        self.taps = TriplaneTaps(planes, plane_axes, box_warp) if hasattr(decoder, "decode_plane_sum") and _fits(planes) else None
 
     def density(self, coordinates: torch.Tensor) -> torch.Tensor:
         """Points [N, M, 3] -> raw density sigma [N, M] only (the decoder's colour rows are skipped)."""
