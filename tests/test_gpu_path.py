@@ -8,11 +8,16 @@ import numpy as np
 import pytest
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from goae import export, fast
 from goae.camera import camera_label
+from goae.export.bundle import check_weights
+from goae.export.errors import nonfinite_names
 from goae.export.video import write_turntable
 from goae.export.views import view_batch_size
 from goae.models.goae import GOAE
+from goae.models.renderer import ImportanceRenderer, generate_planes, inverse_plane_axes, sample_from_planes
 from goae.models.stylegan2 import SynthesisBlock
 from goae.pipeline import GOAEPipeline
 
@@ -202,3 +207,62 @@ def test_compiler_check_follows_the_device(pipe, monkeypatch):
     with pytest.raises(fast.FastPathError, match="C\\+\\+ compiler"):
         pipe.enable_fast_path("fp32", compile=True)
     pipe.disable_fast_path()
+
+
+# ---------------------------------------------------------------------------------------- host syncs
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_weight_check_reads_the_device_once(pipe):
+    """check_weights flags NaN/inf tensors with one stacked read, no per-tensor .item()/bool() (each a
+    host sync on a GPU), and still names every bad tensor."""
+    sd = dict(pipe.afa.state_dict())
+    names = [k for k, t in sd.items() if t.is_floating_point()]
+    assert len(names) > 10
+    with _Ops() as seen:
+        assert nonfinite_names(sd.items()) == []
+    assert seen.ops.count("aten._local_scalar_dense.default") == 0 and seen.ops.count("aten.stack.default") == 1
+    damaged = {k: t.clone() for k, t in sd.items()}
+    damaged[names[3]].view(-1)[0] = float("nan")
+    damaged[names[-1]].view(-1)[-1] = float("-inf")
+    assert nonfinite_names(damaged.items()) == [names[3], names[-1]]
+    assert nonfinite_names([("m", torch.empty(3, device="meta")), ("i", torch.ones(2, dtype=torch.long))]) == []
+
+    name, p = list(pipe.afa.named_parameters())[2]
+    keep = p.detach().clone()
+    with torch.no_grad():
+        p.view(-1)[0] = float("nan")
+    try:
+        with pytest.raises(export.ExportError, match=f"afa.{name}"):
+            check_weights(pipe)
+    finally:
+        with torch.no_grad():
+            p.copy_(keep)
+    check_weights(pipe)
+
+
+def test_reference_renderer_inverts_its_axes_once():
+    """The reference renderer keeps the inverse of its plane axes per device: no linalg.inv per render."""
+    torch.manual_seed(0)
+    planes = torch.randn(1, 3, 8, 16, 16)
+    ro = torch.tensor([[[0.0, 0.0, 2.0]]]).expand(1, 6, 3)
+    rd = torch.nn.functional.normalize(torch.randn(1, 6, 3) * 0.1 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    opts = dict(ray_start=1.0, ray_end=3.0, box_warp=1.0, depth_resolution=4, depth_resolution_importance=4)
+    decoder = lambda f, d: {"rgb": f.mean(1)[..., :3], "sigma": f.mean(1)[..., :1]}  # noqa: E731
+    r = ImportanceRenderer()
+    with _Ops() as seen:
+        first = r(planes, decoder, ro, rd, opts, deterministic=True)
+        second = r(planes, decoder, ro, rd, opts, deterministic=True)
+    assert sum("linalg_inv" in op for op in seen.ops) == 1   # the first render's, kept
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    want = sample_from_planes(generate_planes(), planes, ro + rd, 1.0)
+    got = sample_from_planes(generate_planes(), planes, ro + rd, 1.0, inv_plane_axes=inverse_plane_axes(generate_planes()))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

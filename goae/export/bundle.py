@@ -29,7 +29,7 @@ from safetensors.torch import save as st_save_bytes
 from goae.camera import yaw_pitch_from_label
 from goae.edit import EditDirection, edit_offset, resolve_names
 from goae.export.depth import save_depth
-from goae.export.errors import ExportError, finite, whole
+from goae.export.errors import ExportError, finite, nonfinite_names, whole
 from goae.export.mesh import extract_mesh
 from goae.export.mesh_files import save_glb, save_ply
 from goae.export.video import write_video
@@ -122,19 +122,17 @@ def save_latent(path: str | os.PathLike, result, index: int = 0) -> Path:
 
 def check_finite(result) -> None:
     """ExportError when an inversion holds NaN or inf (damaged weights), instead of black pictures."""
-    for name in ("ws", "planes", "image", "image_depth"):
-        t = getattr(result, name, None)
-        if t is not None and not bool(torch.isfinite(t).all()):
-            raise ExportError(f"the inversion's {name} contains NaN or inf: the weights are probably damaged")
+    bad = nonfinite_names((name, getattr(result, name, None)) for name in ("ws", "planes", "image", "image_depth"))
+    if bad:
+        raise ExportError(f"the inversion's {bad[0]} contains NaN or inf: the weights are probably damaged")
 
 
 def check_weights(pipe) -> None:
     """ExportError naming the first tensors with NaN or inf in the pipeline's networks (a damaged checkpoint
     would otherwise fail deep inside the renderer on every photo)."""
-    bad = [f"{comp}.{name}" for comp in ("generator", "encoder", "afa")
-           if isinstance(getattr(pipe, comp, None), torch.nn.Module)
-           for name, t in getattr(pipe, comp).state_dict().items()
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    bad = nonfinite_names((f"{comp}.{name}", t) for comp in ("generator", "encoder", "afa")
+                          if isinstance(getattr(pipe, comp, None), torch.nn.Module)
+                          for name, t in getattr(pipe, comp).state_dict().items())
     if bad:
         raise ExportError(f"the weights contain NaN or inf ({len(bad)} tensors, e.g. {', '.join(bad[:3])}): "
                           "the checkpoint is damaged; convert or download it again")
