@@ -676,6 +676,8 @@ def _invert(args) -> int:
     if world > 1 and (args.device or "auto") in ("auto", "cuda"):
         import torch
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        if device != "cpu":  # this process's current device: kernels, caches and cuda:0-less calls land on its GPU
+            torch.cuda.set_device(local_rank)
     try:
         pipe, directions, options = _setup(args, device)
     except SetupError as e:
