@@ -64,7 +64,7 @@ def test_invert_batch_with_a_failure(landmarker, weights_dir, tiny_directions, e
         assert sorted(f.name for f in (out / name).iterdir()) == sorted(listed + ["result.json"])
 
 
-def test_interrupted_run_leaves_nothing(landmarker, weights_dir, examples_dir, tmp_path, monkeypatch):
+def test_interrupted_run_leaves_nothing(landmarker, repo_examples, tmp_path, monkeypatch):
     from goae.export import bundle
 
     def boom(*a, **k):
@@ -72,9 +72,9 @@ def test_interrupted_run_leaves_nothing(landmarker, weights_dir, examples_dir, t
 
     monkeypatch.setattr(bundle, "write_video", boom)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        cli.main(["invert", str(examples_dir / "wild" / "obama.jpg"), "--out", str(out),
-                  "--weights", str(weights_dir), "--video", "--frames", "2"])
+    with pytest.raises(KeyboardInterrupt):   # any portrait and any weights: the small random pipeline
+        cli.main(["invert", str(repo_examples / "astronaut.png"), "--out", str(out),
+                  "--weights", "random-small", "--video", "--frames", "2"])
     assert list(out.iterdir()) == []
 
 
@@ -86,8 +86,8 @@ def test_official_directions_do_not_fit_the_tiny_model(weights_dir, examples_dir
     assert code == 2 and "goae: error:" in err and "32" in err, err
 
 
-def test_bad_arguments_exit_2(tmp_path, examples_dir, capsys):
-    assert cli.main(["invert", str(examples_dir / "wild" / "obama.jpg"), "--out", str(tmp_path),
+def test_bad_arguments_exit_2(tmp_path, repo_examples, capsys):
+    assert cli.main(["invert", str(repo_examples / "astronaut.png"), "--out", str(tmp_path),
                      "--weights", str(tmp_path / "nope")]) == 2
     assert "goae: error:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:

@@ -124,12 +124,12 @@ def test_cli_cat_options_need_a_cat_pipeline(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ cats end to end
-def test_cli_inverts_a_cat_photo(examples_dir, tmp_path, capsys):
+def test_cli_inverts_a_cat_photo(repo_examples, tmp_path, capsys):
     from goae import cli
 
     out = tmp_path / "out"
-    chelsea = examples_dir / "wild" / "chelsea.png"
-    code = cli.main(["invert", str(chelsea), str(examples_dir / "wild" / "coffee.png"), "--out", str(out),
+    chelsea = repo_examples / "chelsea.png"
+    code = cli.main(["invert", str(chelsea), str(repo_examples / "coffee.png"), "--out", str(out),
                      "--weights", "random-small-cat", "--views=-20:0", "--camera", "10:-5", "--json"])
     captured = capsys.readouterr()
     assert code == 1 and "coffee.png: error: No cat face found" in captured.err, captured.err

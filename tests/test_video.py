@@ -63,9 +63,9 @@ class StubPipeline:
 
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def source(examples_dir, landmarker):
+def source(repo_examples, landmarker):
     from goae.align import detect_faces, load_image
-    photo = load_image(examples_dir / "wild" / "obama.jpg")
+    photo = load_image(repo_examples / "astronaut.png")   # any portrait: every checkout has this one
     return photo, max(detect_faces(photo), key=lambda f: f.area)
 
 
@@ -303,10 +303,10 @@ def test_containers_and_audio(source, tmp_path, suffix, audio_codec, expected):
     assert _streams(quiet / "reconstruction.mp4")["audio"] == []
 
 
-def test_a_clip_without_faces(examples_dir, landmarker, tmp_path):
+def test_a_clip_without_faces(repo_examples, landmarker, tmp_path):
     from goae.align import NoFaceError, load_image
 
-    coffee = np.asarray(load_image(examples_dir / "wild" / "coffee.png").resize((256, 256)))
+    coffee = np.asarray(load_image(repo_examples / "coffee.png").resize((256, 256)))
     clip = SimpleNamespace(frames=np.stack([coffee] * 3), fps=25.0)
     path = write_clip(clip, tmp_path / "coffee.mp4", audio_hz=None)
     with pytest.raises(NoFaceError, match="any of the 3 frames"):
