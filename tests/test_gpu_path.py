@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -266,3 +267,23 @@ def test_reference_renderer_inverts_its_axes_once():
     want = sample_from_planes(generate_planes(), planes, ro + rd, 1.0)
     got = sample_from_planes(generate_planes(), planes, ro + rd, 1.0, inv_plane_axes=inverse_plane_axes(generate_planes()))
     torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_sharded_inversion_sets_each_process_device(monkeypatch, tmp_path, capsys):
+    """Under torchrun (WORLD_SIZE > 1) with CUDA, goae invert makes LOCAL_RANK its current device before
+    loading. No GPU here: CUDA availability is faked and set_device recorded; loading on the absent GPU
+    then fails as one setup error (exit 2)."""
+    from goae import cli
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (64, 64)).save(photo)
+    assert cli.main(["invert", str(photo), "--out", str(tmp_path / "out"), "--weights", "random"]) == 2
+    assert chosen == [1]
+    err = capsys.readouterr().err
+    assert "goae: error:" in err and "cuda" in err.lower(), err
