@@ -547,7 +547,7 @@ def remove_stale_temporaries(out_root: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- processes
-def _world() -> tuple[int, int, int]:
+def world() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment (1 process without it)."""
     try:
         return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
@@ -671,9 +671,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _invert(args) -> int:
     from goae.export.bundle import result_complete
 
-    rank, world, local_rank = _world()
+    rank, world_size, local_rank = world()
     device = None
-    if world > 1 and (args.device or "auto") in ("auto", "cuda"):
+    if world_size > 1 and (args.device or "auto") in ("auto", "cuda"):
         import torch
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
         if device != "cpu":  # this process's current device: kernels, caches and cuda:0-less calls land on its GPU
@@ -690,7 +690,7 @@ def _invert(args) -> int:
         say(f"goae: error: cannot create --out: {one_line(e)}")
         return 2
     try:
-        dist = _init_distributed(world)
+        dist = _init_distributed(world_size)
     except Exception as e:
         say(f"goae: error: cannot join the torchrun processes: {one_line(e)}")
         return 2
@@ -718,7 +718,7 @@ def _invert(args) -> int:
             dist.destroy_process_group()
         return 2
     try:
-        return _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, result_complete)
+        return _run_inputs(args, pipe, directions, options, out_root, dist, rank, world_size, result_complete)
     finally:
         lock.release()
 
@@ -758,7 +758,7 @@ def _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, re
 
 
 def _process(item: Item, pipe, options, directions, args, label: str, result_complete) -> dict:
-    rank = _world()[0]
+    rank = world()[0]
     rec = {"index": item.index, "input": str(item.path) if item.path is not None else item.arg, "kind": item.kind,
            "status": "failed", "output": str(item.folder) if item.folder is not None else None, "rank": rank}
     if item.error is not None:

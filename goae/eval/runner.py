@@ -367,13 +367,6 @@ def _process(pipe, nets, item: EvalItem, out_root: Path, opts: EvalOptions, key:
     return rec
 
 
-def _world() -> tuple[int, int]:
-    try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        return 0, 1
-
-
 def evaluate(pipe, inputs: Sequence[str], out: str | os.PathLike, nets: MetricNetworks | None = None,
              options: EvalOptions | None = None, resume: bool = False, progress: bool = True,
              log: Callable[[str], None] | None = None) -> dict | None:
@@ -381,13 +374,14 @@ def evaluate(pipe, inputs: Sequence[str], out: str | os.PathLike, nets: MetricNe
     summary (rank 0; None on the other ranks of a torchrun job)."""
     from tqdm.auto import tqdm
 
+    from goae.cli import world as torchrun_world
     from goae.eval import report
 
     opts, nets = options or EvalOptions(), (nets or MetricNetworks()).to(pipe.device)
     out_root = Path(out)
     (out_root / "records").mkdir(parents=True, exist_ok=True)
     log = log or (lambda m: tqdm.write(m, file=sys.stderr))
-    rank, world = _world()
+    rank, world, _ = torchrun_world()
     items = gather_inputs(inputs, out_root, opts.labels)
     key = settings_key(pipe, nets, opts)
     mine = [it for it in items if it.index % world == rank]
