@@ -827,7 +827,7 @@ class GOAEApp:
         session.shown = (session.current, yaw, pitch)
         rec = session.path("inversion/reconstruction.png")
         return (session, _read_rgb(rec), str(rec), str(session.path("inversion/ws.safetensors")),
-                "Already inverted (same photo, face and options): shown again without re-running it.", *view)
+                "Already inverted (the same photo, face and crop): shown again, not re-run.", *view)
 
     @releases_memory
     @user_errors
