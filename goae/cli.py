@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 
 import goae
 from goae.export.errors import ExportError, finite, whole
+from goae.export.mesh import MAX_MESH_RESOLUTION
 from goae.io import NotARegularFile, atomic_write_bytes, check_regular_file, one_line
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp",
@@ -172,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="turntable frame count")
     inv.add_argument("--fps", type=_number("--fps", 1, 1000), default=30, help="turntable frames per second")
     inv.add_argument("--mesh", action="store_true", help="write mesh.ply and mesh.glb (photos)")
-    inv.add_argument("--mesh-resolution", type=_number("--mesh-resolution", 2, 1024, integer=True), default=256,
+    inv.add_argument("--mesh-resolution", type=_number("--mesh-resolution", 2, MAX_MESH_RESOLUTION, integer=True), default=256,
                      help="marching-cubes grid size")
     inv.add_argument("--mesh-level", type=_parse_level, default="auto",
                      help="density iso-level of the mesh; 'auto' (default) = EG3D's 10 where the density reaches "
