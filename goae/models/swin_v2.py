@@ -134,24 +134,27 @@ class WindowAttention(nn.Module):
     def position_bias(self) -> torch.Tensor:
         """16 * sigmoid(continuous position bias) as (heads, N, N), in cpb_mlp's dtype (fp32 in use).
 
-        It does not depend on the input, so it is computed once and reused while no gradient can reach
-        cpb_mlp (inference); the cache is keyed by the weights' storage, version counter (in-place
-        updates: load_state_dict, optimiser steps), dtype and device. Training computes it live."""
-        params = (*self.cpb_mlp.parameters(), self.relative_coords_table, self.relative_position_index)
+        The MLP part does not depend on the input, so its (heads, (2w-1)^2) table is computed once and
+        reused while no gradient can reach cpb_mlp (inference); the cache is keyed by the weights' storage,
+        version counter (in-place updates: load_state_dict, optimiser steps), dtype and device. Training
+        computes it live. Only the small table is kept (the (heads, N, N) gather is cheap, and kept for
+        every block it would hold ~80 MB for the released encoder)."""
+        params = (*self.cpb_mlp.parameters(), self.relative_coords_table)
         live = (self.training or torch.compiler.is_compiling()
                 or (torch.is_grad_enabled() and any(p.requires_grad for p in params)))
         key = None if live else tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        cached = self.__dict__.get("_position_bias")
+        cached = self.__dict__.get("_position_table")
         if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
-        with no_autocast(self.relative_coords_table):
-            table = 16 * torch.sigmoid(self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads))
-        # Elementwise ops commute with the gather: sigmoid on the (2w-1)^2 table, then index (heads, N*N).
+            table = cached[1]
+        else:
+            with no_autocast(self.relative_coords_table):
+                # Elementwise ops commute with the gather: sigmoid on the (2w-1)^2 table, index afterwards.
+                table = (16 * torch.sigmoid(self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads))).t()
+                table = table.contiguous()
+            if key is not None:
+                self.__dict__["_position_table"] = (key, table)  # a plain attribute: not a buffer, not saved
         N = self.relative_position_index.shape[0]
-        bias = table.t().contiguous().index_select(1, self.relative_position_index.view(-1)).view(-1, N, N)
-        if key is not None:
-            self.__dict__["_position_bias"] = (key, bias)  # a plain attribute: not a buffer, not saved
-        return bias
+        return table.index_select(1, self.relative_position_index.view(-1)).view(-1, N, N)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B * nW, N, C) windows, B photos of nW windows each; mask (nW, N, N) additive or None."""
