@@ -362,7 +362,9 @@ def _start_while_busy(command: list[str], env: dict, port: int, log_path: Path) 
 
     url = f"http://127.0.0.1:{port}/"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        # A group of its own: `gradio app.py` runs the app in a child process, which must go with it.
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     done, served = threading.Event(), []
 
     def visitor():
@@ -386,11 +388,22 @@ def _start_while_busy(command: list[str], env: dict, port: int, log_path: Path) 
         done.set()
         for t in visitors:
             t.join()
-        proc.terminate()
+        import signal
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        deadline = time.monotonic() + 30  # the reload mode's child too
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
