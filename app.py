@@ -61,12 +61,12 @@ from safetensors.torch import save as tensors_to_bytes
 from goae import export
 from goae.align import AlignError
 from goae.camera import CameraError, yaw_pitch_from_label
-from goae.domains import DOMAINS, DomainError
+from goae.domains import DomainError
 from goae.edit import (DirectionError, EditDirection, directions_for, edit_offset, how_to_get_directions,
                        random_weights, resolve_names)
 from goae.io import atomic_write_bytes
 from goae.pipeline import GOAEOutput
-from goae.runtime import release_cpu_memory, setup_runtime, setup_server_allocator, tf32
+from goae.runtime import release_cpu_memory, setup_runtime, setup_server_allocator
 
 log = logging.getLogger("goae.app")
 ROOT = Path(__file__).resolve().parent
@@ -140,54 +140,6 @@ def load_model(weights: str | None, device, seed: int = 0, fallback: str = FALLB
             return pipe.to(device), ""
     pipe = load_pipeline(fallback, seed=seed, device="cpu").to(device)
     return pipe, f"Running on **random weights** because {reason}. Results are not faces."
-
-
-# ------------------------------------------------------------------------------------------ the inversion
-INVERT_STAGES = [(0.10, "Encoding (Swin-V2 → W+)"), (0.25, "Rendering the first reconstruction"),
-                 (0.45, "Refining (AFA)"), (0.60, "Fusing (occlusion-aware mix)"), (0.80, "Final render")]
-
-
-@torch.no_grad()
-def invert_with_progress(pipe, image, camera, progress: Callable = lambda *a, **k: None) -> GOAEOutput:
-    """`pipe(image, camera, output_type=None)` stage by stage through `pipe.method` (the calls of
-    goae.models.goae.GOAE.forward), reporting each stage; tests/test_app.py checks it gives pipe()'s result.
-    (The pipeline has no progress callback: with one, this function would be a single call.)"""
-    stage = iter(INVERT_STAGES)
-    x_enc, x = pipe.preprocess(image)
-    c = pipe.camera_tensor(camera, 1)
-    m = pipe.method
-    with tf32(matmul=False, convolutions=pipe.fast_path is not None and pipe.device.type == "cuda"):
-        progress(*next(stage))
-        ws, _ = m.encode(x_enc)
-        progress(*next(stage))
-        x_rec, img_rec, planes_w = m.synthesize(ws)
-        first = m.render(planes_w, ws, c)
-        progress(*next(stage))
-        afa = m.refine(x, first.image, x_rec)
-        progress(*next(stage))
-        planes, mask, _ = m.fuse(ws, afa["feature_map_adain"], img_rec, c, planes_w)
-        del planes_w, first
-        progress(*next(stage))
-        final = m.render(planes, ws, c)
-    return GOAEOutput(ws=ws, planes=planes, image=final.image, image_raw=final.image_raw,
-                      image_depth=final.image_depth, camera=c, mask=mask["mask"],
-                      edit_features={"x_rec": x_rec, "adain_rec": afa["feature_map_adain"]})
-
-
-def cache_entry(result) -> dict[str, torch.Tensor]:
-    """What a session keeps of an inversion (or an edit): what views, videos, meshes and edits need, as
-    compact CPU tensors (~30 MB at full size, mostly the [96,256,256] tri-planes); images go to files."""
-    keep = {"ws": result.ws, "planes": result.planes, "camera": result.camera,
-            **(result.edit_features or {})}
-    return {k: v[:1].detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in keep.items()}
-
-
-def cached_result(entry: dict[str, torch.Tensor], device) -> GOAEOutput:
-    """A cache entry on `device`, as the GOAEOutput that render_view, preview_view and edit read."""
-    t = {k: v.to(device) for k, v in entry.items()}
-    return GOAEOutput(ws=t["ws"], planes=t["planes"], image=None, image_raw=None, image_depth=None,
-                      camera=t["camera"], mask=None,
-                      edit_features={k: t[k] for k in ("x_rec", "adain_rec") if k in t})
 
 
 # ------------------------------------------------------------------------------------------ memory and folders
@@ -676,20 +628,20 @@ class GOAEApp:
     # -- model steps (pure: CPU data in, CPU data and files out; the device is chosen per call)
     def _gpu_invert(self, face, folder: Path, yaw: float, pitch: float, resolution, progress):
         device = call_device(self.pipe)
-        result = invert_with_progress(self.pipe, face.image, face.camera, progress)
+        result = self.pipe(face.image, face.camera, output_type=None, progress=progress)
         progress(0.95, desc="Writing the files")
         # The library's bundle writer (as `goae invert`): reconstruction, depth, W+ code, result.json.
         bundle = export.save_inversion(self.pipe, face, folder / "inversion", result=result, overwrite=True)
         view = self._render_files(result, yaw, pitch, resolution, folder)
-        return {"entry": cache_entry(result), "reconstruction": export.to_uint8(result.image[:1])[0],
+        return {"entry": result.to_cache(), "reconstruction": export.to_uint8(result.image[:1])[0],
                 "bundle": bundle, "view": view, "device": device.type}
 
     def _gpu_view(self, entry, yaw: float, pitch: float, resolution, folder: Path):
-        return self._render_files(cached_result(entry, call_device(self.pipe)), yaw, pitch, resolution, folder)
+        return self._render_files(GOAEOutput.from_cache(entry, call_device(self.pipe)), yaw, pitch, resolution, folder)
 
     def _gpu_preview(self, entry, yaw: float, pitch: float):
         """Neural rendering only, upsampled: the picture and its depth while a slider moves."""
-        result = cached_result(entry, call_device(self.pipe))
+        result = GOAEOutput.from_cache(entry, call_device(self.pipe))
         out = self.pipe.preview_view(result, self.pipe.view_camera(yaw, pitch), resolution=self.preview_resolution,
                                      output_type=None)
         depth = out["image_depth"][0, 0].float().cpu().numpy()
@@ -697,15 +649,15 @@ class GOAEApp:
 
     def _gpu_edit(self, entry, offset: torch.Tensor, yaw: float, pitch: float, resolution, folder: Path, name: str):
         device = call_device(self.pipe)
-        edited = self.pipe.edit(cached_result(entry, device), offset.to(device), output_type=None)
+        edited = self.pipe.edit(GOAEOutput.from_cache(entry, device), offset.to(device), output_type=None)
         image = export.to_uint8(edited.image[:1])[0]
         path = export.save_png(image, folder / name)
-        entry = cache_entry(edited)
+        entry = edited.to_cache()
         return {"entry": {k: entry[k] for k in ("ws", "planes", "camera")}, "image": image, "path": str(path),
                 "view": self._render_files(edited, yaw, pitch, resolution, folder)}
 
     def _gpu_video(self, entry, frames: int, fps: float, resolution, path: Path, progress):
-        result = cached_result(entry, call_device(self.pipe))
+        result = GOAEOutput.from_cache(entry, call_device(self.pipe))
         cams = self.pipe.orbit_cameras(frames)
         progress((0, frames), desc="Rendering turntable frames", unit="frames")
 
@@ -726,7 +678,7 @@ class GOAEApp:
 
     def _gpu_api(self, face, folder: Path, options: export.ExportOptions, progress):
         call_device(self.pipe)
-        result = invert_with_progress(self.pipe, face.image, face.camera, progress)
+        result = self.pipe(face.image, face.camera, output_type=None, progress=progress)
         progress(0.9, desc="Rendering views, video, mesh, edits and writing the files")
         export.save_inversion(self.pipe, face, folder, options, directions=self.directions, result=result)
         return export.to_uint8(result.image[:1])[0]
@@ -902,7 +854,7 @@ class GOAEApp:
 
     def _gpu_entry(self, face, progress):
         call_device(self.pipe)
-        return cache_entry(invert_with_progress(self.pipe, face.image, face.camera, progress))
+        return self.pipe(face.image, face.camera, output_type=None, progress=progress).to_cache()
 
     def _cat_options(self, box, camera) -> dict:
         if box in (None, "", []) and camera in (None, "", []):
