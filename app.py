@@ -658,15 +658,10 @@ class GOAEApp:
 
     def _gpu_video(self, entry, frames: int, fps: float, resolution, path: Path, progress):
         result = GOAEOutput.from_cache(entry, call_device(self.pipe))
-        cams = self.pipe.orbit_cameras(frames)
         progress((0, frames), desc="Rendering turntable frames", unit="frames")
-
-        def batches():
-            for i in range(frames):
-                yield export.to_uint8(self._render(result, cams[i:i + 1], resolution)["image"])
-                progress((i + 1, frames), desc="Rendering turntable frames", unit="frames")
-
-        return str(export.write_video(batches(), path, fps=fps))
+        return str(export.write_turntable(self.pipe, result, path, frames, fps=fps, neural_rendering_resolution=resolution,
+                                          progress=lambda done, total: progress((done, total), unit="frames",
+                                                                                desc="Rendering turntable frames")))
 
     def _gpu_mesh(self, entry, resolution: int, folder: Path):
         # "auto": EG3D's density level 10, or the densest 10% where the density never reaches it (random weights).

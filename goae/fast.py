@@ -106,7 +106,8 @@ class FastPath:
         """Context for the network passes: torch.autocast in the reduced precision, or nothing for fp32."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        # No cast cache: it would keep a reduced copy of every weight (they require grad) for the whole call.
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False)
 
     def backbone_autocast(self) -> contextlib.AbstractContextManager:
         """Context for the EG3D tri-plane synthesis. The official code runs it in fp32 (num_fp16_res=0,

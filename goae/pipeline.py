@@ -515,10 +515,11 @@ class GOAEPipeline(DiffusersBase):
 
         precision: 'bf16' / 'fp16' (CUDA) run the networks under torch.autocast, with the fragile
         steps kept in fp32 (see goae.fast); 'auto' = bf16 where the device has fast bf16, else fp32.
-        channels_last: NHWC convolutions. compile: torch.compile the modules the forward runs
-        (goae.fast.compiled_modules: encoder, synthesis blocks, renderer, super-resolution, AFA); True
-        = inductor (needs a C++ compiler on a CPU; the first call of each shape then takes minutes), or
-        a torch.compile backend name. On CUDA a fast path lets cuDNN convolutions use TF32. Returns self.
+        channels_last: NHWC convolutions where they are faster (CPUs); GPUs keep NCHW. False: NCHW everywhere.
+        compile: torch.compile the modules the forward runs (goae.fast.compiled_modules: encoder, synthesis
+        blocks, renderer, super-resolution, AFA); True = inductor (needs a C++ compiler on a CPU; the first
+        call of each shape then takes minutes), or a torch.compile backend name. On CUDA a fast path lets
+        cuDNN convolutions use TF32. Returns self.
         """
         backend = compile if isinstance(compile, str) else "inductor"
         fast = fastpath.FastPath(precision=fastpath.resolve_precision(precision, self.device),

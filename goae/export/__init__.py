@@ -16,11 +16,11 @@ from goae.export.depth import colorize_depth, load_depth, save_depth
 from goae.export.errors import ExportError, finite, whole
 from goae.export.mesh import EG3D_MESH_LEVEL, density_grid, extract_mesh, marching_cubes, resolve_mesh_level
 from goae.export.mesh_files import save_glb, save_ply
-from goae.export.video import write_video
+from goae.export.video import write_turntable, write_video
 from goae.export.views import iter_views, render_views, save_png, to_uint8
 
 __all__ = ["ExportError", "orbit_cameras", "view_grid_cameras", "iter_views", "render_views", "to_uint8", "save_png",
-           "write_video", "save_depth", "load_depth", "colorize_depth", "density_grid", "marching_cubes",
+           "write_video", "write_turntable", "save_depth", "load_depth", "colorize_depth", "density_grid", "marching_cubes",
            "extract_mesh", "resolve_mesh_level", "EG3D_MESH_LEVEL", "save_ply", "save_glb", "ExportOptions",
            "save_inversion", "save_latent", "output_name", "output_folder", "safe_name", "edit_file_name",
            "view_file_name", "check_finite", "check_weights", "finite", "whole"]
