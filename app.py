@@ -36,7 +36,9 @@ import atexit
 import base64
 import functools
 import hashlib
+import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -80,12 +82,13 @@ SESSION_TTL_S = 3600  # a session's state and files go 1 h after its last step (
 API_FILES_TTL_S = 600  # files of a stateless /invert call, once Gradio has copied them to its own cache
 MAX_API_VIEWS = 16
 
-# Seconds a ZeroGPU call may hold the GPU (spaces.GPU `duration`), from the times measured on the 2-core
-# CPU (README, Speed: 5.2 s per inversion, 1.3 s per view or video frame, 1.1 s per preview, mesh 0.8 s at
-# 128^3 and 5.9 s at 256^3, fp32); a GPU runs each step several times faster, so these are upper bounds
-# plus the first call's set-up in a fresh worker (CUDA context, weights to the GPU). No GPU was available
-# to measure on; benchmarks/run.py --device cuda gives the numbers to tighten them with.
-GPU_SECONDS = {"invert": 20, "view": 10, "preview": 5, "edit": 15, "video_frame": 0.5, "mesh_256": 20}
+# Seconds a ZeroGPU call may hold the GPU (spaces.GPU `duration`). ZeroGPU checks the request against the
+# visitor's remaining quota and uses it for queue priority, so each is sized from the call's work (frames,
+# resolution) on a GPU, plus a fresh worker's set-up (CUDA context, weights onto the GPU): estimates with a
+# wide margin over the work (one photo is ~0.8 TFLOP, a view ~0.2), not CPU times. No GPU has measured
+# them yet: benchmarks/gpu_check.sh records the real times; $GOAE_GPU_SECONDS ('{"invert": 6}') overrides.
+GPU_SETUP_SECONDS = 5
+GPU_SECONDS = {"invert": 3, "view": 1, "preview": 0.5, "edit": 2, "video_frame": 0.15, "mesh_256": 2}
 GPU_SECONDS_MAX = 120
 
 
@@ -105,6 +108,31 @@ def gpu(duration: float | Callable[..., float]):
     def decorate(fn: Callable) -> Callable:
         return spaces.GPU(duration=duration)(fn) if on_zero_gpu() else fn
     return decorate
+
+
+def gpu_seconds() -> dict[str, float]:
+    """GPU_SECONDS with $GOAE_GPU_SECONDS (a JSON object of some of its keys) over it: a Space's measured times."""
+    text = os.environ.get("GOAE_GPU_SECONDS", "").strip()
+    if not text:
+        return dict(GPU_SECONDS)
+    try:
+        given = json.loads(text)
+        if not isinstance(given, dict) or not all(k in GPU_SECONDS and math.isfinite(float(v)) and float(v) > 0
+                                                  for k, v in given.items()):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ValueError(f"GOAE_GPU_SECONDS must be a JSON object of positive seconds for some of "
+                         f"{sorted(GPU_SECONDS)}, got {text[:200]!r}") from None
+    return {**GPU_SECONDS, **{k: float(v) for k, v in given.items()}}
+
+
+def _frames_done(progress, done: int, total: int) -> None:
+    progress((done, total), desc="Rendering turntable frames", unit="frames")
+
+
+def gpu_duration(work_seconds: float) -> float:
+    """The `duration` to ask ZeroGPU for: the work plus a fresh worker's set-up, capped."""
+    return float(min(GPU_SECONDS_MAX, GPU_SETUP_SECONDS + work_seconds))
 
 
 def call_device(pipe) -> torch.device:
@@ -541,17 +569,18 @@ class GOAEApp:
         ray_near, ray_far = pipe.generator.ray_range
         self.depth_range = dict(near=ray_near, far=ray_far)
         # The model steps, through ZeroGPU where the app runs on it (durations in seconds).
-        s = GPU_SECONDS
-        self._gpu_invert = gpu(s["invert"])(self._gpu_invert)
-        self._gpu_view = gpu(s["view"])(self._gpu_view)
-        self._gpu_preview = gpu(s["preview"])(self._gpu_preview)
-        self._gpu_edit = gpu(s["edit"])(self._gpu_edit)
-        self._gpu_video = gpu(lambda entry, frames, *a, **k: min(
-            GPU_SECONDS_MAX, s["view"] + s["video_frame"] * frames))(self._gpu_video)
-        self._gpu_mesh = gpu(lambda entry, res, *a, **k: min(
-            GPU_SECONDS_MAX, s["view"] + s["mesh_256"] * (res / 256) ** 3))(self._gpu_mesh)
-        self._gpu_api = gpu(lambda face, folder, options, *a, **k: min(
-            GPU_SECONDS_MAX, s["invert"] + s["view"] * len(options.views) / 4 + s["video_frame"] * options.video_frames
+        s = gpu_seconds()
+        self._gpu_invert = gpu(gpu_duration(s["invert"]))(self._gpu_invert)
+        self._gpu_entry = gpu(gpu_duration(s["invert"]))(self._gpu_entry)
+        self._gpu_view = gpu(gpu_duration(s["view"]))(self._gpu_view)
+        self._gpu_preview = gpu(gpu_duration(s["preview"]))(self._gpu_preview)
+        self._gpu_edit = gpu(gpu_duration(s["edit"]))(self._gpu_edit)
+        self._gpu_video_frames = gpu(lambda entry, frames, *a, **k: gpu_duration(
+            s["video_frame"] * frames))(self._gpu_video_frames)
+        self._gpu_mesh = gpu(lambda entry, res, *a, **k: gpu_duration(
+            s["mesh_256"] * (res / 256) ** 3))(self._gpu_mesh)
+        self._gpu_api = gpu(lambda face, folder, options, *a, **k: gpu_duration(
+            s["invert"] + s["view"] * len(options.views) / 4 + s["video_frame"] * options.video_frames
             + s["mesh_256"] * (options.mesh_resolution / 256) ** 3 + (s["edit"] if options.edits else 0)))(self._gpu_api)
 
     # -- sessions
@@ -656,12 +685,25 @@ class GOAEApp:
         return {"entry": {k: entry[k] for k in ("ws", "planes", "camera")}, "image": image, "path": str(path),
                 "view": self._render_files(edited, yaw, pitch, resolution, folder)}
 
-    def _gpu_video(self, entry, frames: int, fps: float, resolution, path: Path, progress):
-        result = GOAEOutput.from_cache(entry, call_device(self.pipe))
+    def _gpu_video(self, entry, frames: int, fps: float, resolution, path: Path, progress) -> str:
+        """The turntable MP4. Off ZeroGPU the frames are encoded as they are rendered (a few in memory at a
+        time); on ZeroGPU the GPU call only renders them and the encoder runs here, off the GPU's time."""
         progress((0, frames), desc="Rendering turntable frames", unit="frames")
+        if on_zero_gpu():
+            batch = self._gpu_video_frames(entry, frames, resolution, progress)
+            progress(0.99, desc="Encoding the video")
+            return str(export.write_video([batch], path, fps=fps))
+        result = GOAEOutput.from_cache(entry, call_device(self.pipe))
         return str(export.write_turntable(self.pipe, result, path, frames, fps=fps, neural_rendering_resolution=resolution,
-                                          progress=lambda done, total: progress((done, total), unit="frames",
-                                                                                desc="Rendering turntable frames")))
+                                          progress=lambda done, total: _frames_done(progress, done, total)))
+
+    def _gpu_video_frames(self, entry, frames: int, resolution, progress) -> np.ndarray:
+        """The turntable's frames, uint8 [F,H,W,3] on the CPU (each batch is one render call)."""
+        result = GOAEOutput.from_cache(entry, call_device(self.pipe))
+        cameras = self.pipe.orbit_cameras(frames)
+        views = export.iter_views(self.pipe, result, cameras, None, lambda done, total: _frames_done(progress, done, total),
+                                  resolution)
+        return np.concatenate(list(views))
 
     def _gpu_mesh(self, entry, resolution: int, folder: Path):
         # "auto": EG3D's density level 10, or the densest 10% where the density never reaches it (random weights).

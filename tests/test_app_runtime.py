@@ -180,7 +180,9 @@ def test_every_model_step_works_through_zerogpu(app_module, goae_app, monkeypatc
         assert s.edits == {"age": 2.0} and s.current != s.inversion
         a.end_session(s)
     called = [name for name, _ in fake.calls]
-    assert called == ["_gpu_invert", "_gpu_preview", "_gpu_view", "_gpu_video", "_gpu_mesh", "_gpu_edit", "_gpu_api"]
+    # The turntable's frames are rendered in the GPU call and encoded outside it (off the GPU's time).
+    assert called == ["_gpu_invert", "_gpu_preview", "_gpu_view", "_gpu_video_frames", "_gpu_mesh", "_gpu_edit",
+                      "_gpu_api"]
     assert all(0 < seconds <= app_module.GPU_SECONDS_MAX for _, seconds in fake.calls)
     z, l = results["zero"], results["local"]
     for key in ("recon", "view", "preview", "render", "edit"):
@@ -204,13 +206,27 @@ def test_durations_grow_with_the_work(app_module, monkeypatch):
     pipe = types.SimpleNamespace(generator=types.SimpleNamespace(neural_rendering_resolution=128, ray_range=(2.25, 3.3)),
                                  domain=HUMAN)
     app_module.GOAEApp(pipe, folders=app_module.goae_app.folders)
-    video, mesh, api = seen["_gpu_video"], seen["_gpu_mesh"], seen["_gpu_api"]
-    assert video(None, 24, 24, None, None, None) < video(None, 120, 24, None, None, None) <= app_module.GPU_SECONDS_MAX
+    video, mesh, api = seen["_gpu_video_frames"], seen["_gpu_mesh"], seen["_gpu_api"]
+    assert video(None, 24, None, None) < video(None, 120, None, None) <= app_module.GPU_SECONDS_MAX
     assert mesh(None, 64, None) < mesh(None, 256, None)
     from goae.export import ExportOptions
     assert api(None, None, ExportOptions()) < api(None, None, ExportOptions(views=[(30, 0)] * 8, video_frames=48,
                                                                            mesh_resolution=128))
-    assert seen["_gpu_invert"] == app_module.GPU_SECONDS["invert"]
+    # Sized from GPU work plus a worker's set-up, not from CPU times: an inversion asks for seconds, not minutes.
+    s = app_module.GPU_SECONDS
+    assert seen["_gpu_invert"] == seen["_gpu_entry"] == app_module.GPU_SETUP_SECONDS + s["invert"] <= 10
+    assert seen["_gpu_preview"] < seen["_gpu_view"] < seen["_gpu_invert"]
+    assert video(None, 240, None, None) < 60 and mesh(None, 256, None) < 10
+
+    # A Space's own measured times override the estimates; a malformed value is one clear error.
+    monkeypatch.setenv("GOAE_GPU_SECONDS", '{"invert": 1.5, "video_frame": 0.05}')
+    app_module.GOAEApp(pipe, folders=app_module.goae_app.folders)
+    assert seen["_gpu_invert"] == app_module.GPU_SETUP_SECONDS + 1.5
+    assert seen["_gpu_video_frames"](None, 100, None, None) == app_module.GPU_SETUP_SECONDS + 5
+    for bad in ('{"invert": -1}', '{"nope": 1}', '[1]', 'not json', '{"invert": "nan"}'):
+        monkeypatch.setenv("GOAE_GPU_SECONDS", bad)
+        with pytest.raises(ValueError, match="GOAE_GPU_SECONDS must be"):
+            app_module.gpu_seconds()
 
 
 # ------------------------------------------------------------------------------------------ what comes in, what goes out
