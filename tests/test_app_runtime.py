@@ -419,6 +419,22 @@ def _start_while_busy(command: list[str], env: dict, port: int, log_path: Path) 
             time.sleep(0.2)
         else:
             os.killpg(proc.pid, signal.SIGKILL)
+        _kill_servers_on(port)
+
+
+def _kill_servers_on(port: int) -> None:
+    """Any process still serving this test's port (found by the GRADIO_SERVER_PORT in its environment): once,
+    under a loaded full run, reload mode's app child outlived its group's kill and stayed behind."""
+    import signal
+
+    mark = f"GRADIO_SERVER_PORT={port}".encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if mark in (entry / "environ").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass  # gone already, or not ours to read
 
 
 @pytest.mark.slow
