@@ -701,9 +701,8 @@ class GOAEApp:
         """The turntable's frames, uint8 [F,H,W,3] on the CPU (each batch is one render call)."""
         result = GOAEOutput.from_cache(entry, call_device(self.pipe))
         cameras = self.pipe.orbit_cameras(frames)
-        views = export.iter_views(self.pipe, result, cameras, None, lambda done, total: _frames_done(progress, done, total),
-                                  resolution)
-        return np.concatenate(list(views))
+        return export.render_views(self.pipe, result, cameras, None,
+                                   lambda done, total: _frames_done(progress, done, total), resolution)
 
     def _gpu_mesh(self, entry, resolution: int, folder: Path):
         # "auto": EG3D's density level 10, or the densest 10% where the density never reaches it (random weights).

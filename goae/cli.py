@@ -731,7 +731,7 @@ def _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, re
     label = f"[rank {rank}] " if world > 1 else ""
     records = []
     for item in tqdm(mine, desc=f"{label}inputs", unit="input", file=sys.stderr, leave=False, disable=len(mine) < 2):
-        records.append(_process(item, pipe, options, directions, args, label, result_complete))
+        records.append(_process(item, pipe, options, directions, args, label, result_complete, rank))
 
     records = _gather(dist, records)
     failed = sum(r["status"] == "failed" for r in records)
@@ -758,8 +758,7 @@ def _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, re
     return 1 if failed else 0
 
 
-def _process(item: Item, pipe, options, directions, args, label: str, result_complete) -> dict:
-    rank = world()[0]
+def _process(item: Item, pipe, options, directions, args, label: str, result_complete, rank: int) -> dict:
     rec = {"index": item.index, "input": str(item.path) if item.path is not None else item.arg, "kind": item.kind,
            "status": "failed", "output": str(item.folder) if item.folder is not None else None, "rank": rank}
     if item.error is not None:

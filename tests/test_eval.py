@@ -360,6 +360,6 @@ def test_torchrun_shards_match_one_process(tmp_path):
                          env={k: v for k, v in env.items() if k not in ("WORLD_SIZE", "MASTER_PORT")},
                          capture_output=True, text=True, timeout=600)
     single = json.loads(one.stdout)
-    for a, b in zip(sharded["images"], single["images"]):
+    for a, b in zip(sharded["images"], single["images"], strict=True):
         assert (a["name"], a["status"], a["reason"]) == (b["name"], b["status"], b["reason"])
         assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-5, abs=1e-6)

@@ -322,7 +322,7 @@ def test_a_build_that_never_ends_is_stopped_with_everything_it_started(tmp_path)
     compiler.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
     compiler.chmod(0o755)
     env = build_env(tmp_path / "ext", CXX=str(compiler), TORCH_DONT_CHECK_COMPILER_ABI="1",
-                    GOAE_KERNEL_BUILD_TIMEOUT="15")   # the child's torch import must fit in it, even when loaded
+                    GOAE_KERNEL_BUILD_TIMEOUT="30")   # the child's torch import must fit in it, even when loaded
     proc = run_probe(env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == [False, False]

@@ -103,6 +103,6 @@ def _run(args, prog: str, one_line) -> int:
           + "".join(f"; {n} x {r}" for r, n in summary["skipped_reasons"].items())
           + f" -> {args.out}/eval.json, report.html", file=sys.stderr)
     if args.json:
-        sys.stdout.write(json.dumps({k: v for k, v in summary.items()}, indent=1) + "\n")
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
         sys.stdout.flush()
     return 1 if summary["skipped"] else 0

@@ -95,8 +95,8 @@ def _near_surface(coarse: np.ndarray, level: float, margin: int) -> np.ndarray:
     inside = torch.from_numpy(coarse > level)
     corners = [inside[i:inside.shape[0] - 1 + i, j:inside.shape[1] - 1 + j, k:inside.shape[2] - 1 + k]
                for i in (0, 1) for j in (0, 1) for k in (0, 1)]
-    some = torch.stack(corners).any(0)
-    every = torch.stack(corners).all(0)
+    stacked = torch.stack(corners)
+    some, every = stacked.any(0), stacked.all(0)
     cells = (some & ~every).float()[None, None]
     if margin > 0:
         cells = torch.nn.functional.max_pool3d(cells, 2 * margin + 1, stride=1, padding=margin)

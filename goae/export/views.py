@@ -58,7 +58,9 @@ def iter_views(pipe, result, cameras: torch.Tensor, batch_size: int | None = Non
 
 
 def render_views(pipe, result, cameras: torch.Tensor, batch_size: int | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                 progress: Callable[[int, int], None] | None = None,
+                 neural_rendering_resolution: int | None = None) -> np.ndarray:
     """uint8 frames [V,512,512,3] of `result` at cameras [V,25], rendered `batch_size` at a time (None =
     by device, see `view_batch_size`)."""
-    return np.concatenate(list(iter_views(pipe, result, cameras, batch_size, progress)), axis=0)
+    return np.concatenate(list(iter_views(pipe, result, cameras, batch_size, progress, neural_rendering_resolution)),
+                          axis=0)

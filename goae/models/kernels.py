@@ -221,7 +221,13 @@ def _kill_group(child: subprocess.Popen) -> None:
     """Stop the build child's process group (it and ninja; ninja stops its compilers on SIGTERM), reap it."""
     try:
         os.killpg(child.pid, signal.SIGTERM)
-        time.sleep(2)
+    except ProcessLookupError:
+        pass
+    try:
+        child.wait(timeout=2)  # a moment for ninja to stop its compilers; then whatever is left goes
+    except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
