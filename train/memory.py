@@ -3,14 +3,15 @@
 Builds the released architecture (random weights, `model.preset=ffhq` of the config), one stage with its
 optimiser and random-weight loss networks, and runs one optimiser step on `--images` random photos per
 micro-batch (real + synthetic together, as the loop's batch holds them). Prints one JSON line: the peak
-over the step (CUDA: max_memory_allocated; CPU: resident-set growth of this process, so run each size in
-its own process) and the persistent part (weights, gradients, optimiser state) after it. Used to size
+over the step (CUDA: max_memory_allocated; CPU: the growth of this process's resident-set high-water mark,
+reset before the step where Linux allows it, else the lifetime peak: run each size in its own process) and the persistent part (weights, gradients, optimiser state) after it. Used to size
 `train.accum_steps` per card (README "Training", train/configs/goae_ffhq.yaml).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import resource
 import sys
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from goae.runtime import release_cpu_memory  # noqa: E402
 from train.config import load_config  # noqa: E402
 from train.optim import make_optimizer  # noqa: E402
 from train.run import Dist, build_models  # noqa: E402
@@ -32,6 +34,24 @@ CONFIG = Path(__file__).resolve().parent / "configs" / "goae_ffhq.yaml"
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _reset_cpu_peak() -> None:
+    """Start the resident-set high-water mark afresh (Linux: writing 5 to clear_refs resets VmHWM), so the
+    peak is this step's, not the process's earlier work; where that is refused the lifetime peak stays."""
+    gc.collect()
+    release_cpu_memory()  # the heap's free pages would otherwise count as 'before' and hide what the step keeps
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def _cpu_peak() -> int:
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure(stage: str, images: int, nrr: int | None, device: str = "auto", preset: str = "ffhq",
@@ -65,6 +85,7 @@ def measure(stage: str, images: int, nrr: int | None, device: str = "auto", pres
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        _reset_cpu_peak()
         before = _rss()
     t0 = time.perf_counter()
     loss, _, aux = st(batch, step=10 ** 6, micro=0)  # past the progressive schedule: every W+ row trained
@@ -76,7 +97,7 @@ def measure(stage: str, images: int, nrr: int | None, device: str = "auto", pres
         torch.cuda.synchronize()
         peak, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
     else:
-        peak, after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, _rss()
+        peak, after = _cpu_peak(), _rss()
     trained = sum(p.numel() for p in st.trained.parameters())
     return {"stage": stage, "images": images, "nrr": nrr or G.neural_rendering_resolution, "device": str(dev),
             "step_s": round(time.perf_counter() - t0, 1), "peak_over_start_GB": round((peak - before) / 1e9, 3),
