@@ -53,6 +53,7 @@ import goae
 from goae.export.errors import ExportError, finite, whole
 from goae.export.mesh import MAX_MESH_RESOLUTION
 from goae.io import NotARegularFile, atomic_write_bytes, check_regular_file, one_line
+from goae.request import Request, RequestError, parse_text
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".avif", ".heic", ".heif", ".gif", ".bmp",
                   ".tif", ".tiff", ".mpo")
@@ -90,51 +91,25 @@ def _number(what: str, low=None, high=None, integer: bool = False):
     return parse
 
 
-def _parse_edits(text: str) -> dict[str, float]:
-    """'age=2,glasses=-1' -> {'age': 2.0, 'glasses': -1.0} (finite strengths only)."""
-    edits: dict[str, float] = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise argparse.ArgumentTypeError(f"--edit expects name=strength[,name=strength...], got {item!r}")
-        edits[name.strip()] = _number(f"edit strength of {name.strip()!r}")(value)
-    return edits
-
-
-def _parse_views(text: str) -> list[tuple[float, float]]:
-    """'yaw:pitch,yaw:pitch' in degrees -> [(yaw, pitch)] ('-30:0,0:0,30:0'); pitch defaults to 0."""
-    views = []
-    for item in text.split(","):
-        yaw, _, pitch = item.partition(":")
-        views.append((_number("view yaw (degrees)", -180, 180)(yaw),
-                      _number("view pitch (degrees)", -90, 90)(pitch or "0")))
-    return views
+def _field(name: str, option: str | None = None):
+    """An argparse type: one request field from its command-line text (goae.request.parse_text)."""
+    def parse(text: str):
+        try:
+            return parse_text(name, text)
+        except RequestError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = option or name
+    return parse
 
 
 def _parse_clip_view(text: str) -> tuple[float, float] | None:
     """--clip-view: 'orbit' (None) or one 'yaw:pitch' in degrees."""
     if text == "orbit":
         return None
-    views = _parse_views(text)
-    if len(views) != 1:
-        raise argparse.ArgumentTypeError(f"--clip-view expects 'orbit' or one yaw:pitch, got {text!r}")
-    return views[0]
-
-
-def _parse_camera(text: str) -> tuple[float, float]:
-    """--camera: one 'yaw:pitch' in degrees."""
-    views = _parse_views(text)
-    if len(views) != 1:
-        raise argparse.ArgumentTypeError(f"--camera expects one yaw:pitch in degrees, got {text!r}")
-    return views[0]
-
-
-def _parse_box(text: str) -> tuple[float, float, float, float]:
-    """--box 'left,top,right,bottom' in source pixels."""
-    parts = text.split(",")
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"--box expects left,top,right,bottom in pixels, got {text!r}")
-    return tuple(_number("--box coordinate")(p) for p in parts)
+    try:
+        return parse_text("view", text)
+    except RequestError as e:
+        raise argparse.ArgumentTypeError(f"{e}, or 'orbit'") from None
 
 
 def _parse_level(text: str) -> float | str:
@@ -166,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "('random-small', 'random-small-cat': small ones)")
     inv.add_argument("--seed", type=_number("--seed", 0, 2**63 - 1, integer=True), default=0,
                      help="seed of --weights random")
-    inv.add_argument("--views", type=_parse_views, default=None,
+    inv.add_argument("--views", type=_field("views", "--views"), default=None,
                      help="extra views, 'yaw:pitch' in degrees, comma separated (e.g. --views=-30:0,30:0,0:15)")
     inv.add_argument("--video", action="store_true", help="write a turntable MP4 (photos)")
     inv.add_argument("--frames", type=_number("--frames", 1, 10000, integer=True), default=120,
@@ -178,17 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     inv.add_argument("--mesh-level", type=_parse_level, default="auto",
                      help="density iso-level of the mesh; 'auto' (default) = EG3D's 10 where the density reaches "
                           "it, else the densest 10%% of the grid (random weights)")
-    inv.add_argument("--edit", type=_parse_edits, default=None, help="semantic edits, e.g. age=2,glass=1 (photos)")
+    inv.add_argument("--edit", type=_field("edits", "--edit"), default=None, help="semantic edits, e.g. age=2,glass=1 (photos)")
     inv.add_argument("--directions", default=None,
                      help="folder of edit direction files (.npy/.safetensors; default $GOAE_DIRECTIONS)")
-    inv.add_argument("--face-index", type=_number("--face-index", 0, 10000, integer=True), default=None,
+    inv.add_argument("--face-index", type=_field("face_index", "--face-index"), default=None,
                      help="which face when several, left to right (default: largest); for a clip, on its first "
                           "frame with faces")
     cat = inv.add_argument_group("cat photos (a pipeline of the cat domain)")
-    cat.add_argument("--box", type=_parse_box, default=None, metavar="L,T,R,B",
+    cat.add_argument("--box", type=_field("box", "--box"), default=None, metavar="L,T,R,B",
                      help="the cat's head (ears to chin) in source pixels, instead of the cat-face detector; "
                           "applies to every photo given")
-    cat.add_argument("--camera", type=_parse_camera, default=None, metavar="YAW:PITCH",
+    cat.add_argument("--camera", type=_field("camera", "--camera"), default=None, metavar="YAW:PITCH",
                      help="the photo's camera in degrees from frontal: a cat's camera is not estimated, it is the "
                           "AFHQ frontal one (0:0) unless set here")
     inv.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
@@ -225,7 +200,7 @@ class SetupError(Exception):
 
 def _setup(args, device=None):
     """(pipeline, directions, export options) or SetupError."""
-    from goae.edit import directions_for, how_to_get_directions, random_weights, resolve_names
+    from goae.edit import directions_for, how_to_get_directions, random_weights
     from goae.export import ExportOptions, check_weights
     from goae.pipeline import load_pipeline
     from goae.runtime import setup_runtime
@@ -239,40 +214,36 @@ def _setup(args, device=None):
     except Exception as e:  # weights missing / unreadable, no such device
         raise SetupError(one_line(e)) from None
     domain = pipe.domain
-    if args.box is not None and args.face_index is not None:
-        raise SetupError("--box and --face-index exclude each other: the box is the cat's head")
-    if domain.camera_estimated and (args.box is not None or args.camera is not None):
-        raise SetupError(f"--box and --camera are for cat photos; these weights invert {domain.title.lower()}s, whose "
-                         "crop and camera come from the face landmarks")
-    if random_weights(pipe):
-        say("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces or cats.")
-    directions, edits = {}, {}
+    directions, notes = {}, []
     if args.edit:
         folder = args.directions or os.environ.get("GOAE_DIRECTIONS")
         directions, notes = directions_for(pipe, folder)  # no folder: the weights' own directions/
         if not directions and not notes:
             raise SetupError("--edit needs edit directions: " + how_to_get_directions(domain.name))
-        try:
-            edits = resolve_names(args.edit, directions, notes)
-        except ValueError as e:
-            raise SetupError(one_line(e)) from None
+    try:  # the whole request, checked once (the box and camera against what the domain accepts)
+        request = Request.parse(views=args.views, edits=args.edit, box=args.box, camera=args.camera,
+                                face_index=args.face_index, domain=domain,
+                                directions=directions if args.edit else None, notes=notes)
+    except RequestError as e:
+        raise SetupError(one_line(e)) from None
+    if random_weights(pipe):
+        say("goae: NOTE: running on RANDOM weights (no trained checkpoint): outputs are not faces or cats.")
     try:
-        options = ExportOptions(views=args.views or (), video_frames=args.frames if args.video else 0, fps=args.fps,
+        options = ExportOptions(views=request.views, video_frames=args.frames if args.video else 0, fps=args.fps,
                                 mesh_resolution=args.mesh_resolution if args.mesh else 0, mesh_level=args.mesh_level,
-                                edits=edits)
+                                edits=request.edits)
     except ExportError as e:
         raise SetupError(one_line(e)) from None
-    return pipe, directions, options
+    return pipe, directions, options, request
 
 
-def invert_one(pipe, photo: Path, folder: Path, options, directions, face_index=None, overwrite=False,
-               box=None, camera=None) -> Path:
-    """Align one photo with the aligner of the pipeline's domain (for cats: `box`, `camera` (yaw, pitch)), then
-    invert it and write its folder (goae.export.save_inversion)."""
+def invert_one(pipe, photo: Path, folder: Path, options, directions, request: Request = Request(),
+               overwrite: bool = False) -> Path:
+    """Align one photo with the aligner of the pipeline's domain (the request's face index, and its box and
+    camera where the domain takes them), then invert it and write its folder (goae.export.save_inversion)."""
     from goae.export import save_inversion
 
-    yaw, pitch = camera if camera is not None else (None, None)
-    face = pipe.domain.align(photo, face_index=face_index, box=box, yaw=yaw, pitch=pitch)
+    face = pipe.domain.align(photo, face_index=request.face_index, **request.align_options())
     warn = lambda msg: say(f"{photo}: {msg}")  # noqa: E731
     return save_inversion(pipe, face, folder, options, directions=directions, overwrite=overwrite,
                           source=str(photo), warn=warn)
@@ -680,7 +651,7 @@ def _invert(args) -> int:
         if device != "cpu":  # this process's current device: kernels, caches and cuda:0-less calls land on its GPU
             torch.cuda.set_device(local_rank)
     try:
-        pipe, directions, options = _setup(args, device)
+        pipe, directions, options, request = _setup(args, device)
     except SetupError as e:
         say(f"goae: error: {e}")
         return 2
@@ -719,19 +690,19 @@ def _invert(args) -> int:
             dist.destroy_process_group()
         return 2
     try:
-        return _run_inputs(args, pipe, directions, options, out_root, dist, rank, world_size, result_complete)
+        return _run_inputs(args, pipe, directions, options, request, out_root, dist, rank, world_size, result_complete)
     finally:
         lock.release()
 
 
-def _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, result_complete) -> int:
+def _run_inputs(args, pipe, directions, options, request, out_root, dist, rank, world, result_complete) -> int:
     items = expand_inputs(args.photos, out_root)
     input_folders(items, out_root)   # over the whole list: the same in every process
     mine = [it for it in items if it.index % world == rank]
     label = f"[rank {rank}] " if world > 1 else ""
     records = []
     for item in tqdm(mine, desc=f"{label}inputs", unit="input", file=sys.stderr, leave=False, disable=len(mine) < 2):
-        records.append(_process(item, pipe, options, directions, args, label, result_complete, rank))
+        records.append(_process(item, pipe, options, directions, request, args, label, result_complete, rank))
 
     records = _gather(dist, records)
     failed = sum(r["status"] == "failed" for r in records)
@@ -758,7 +729,7 @@ def _run_inputs(args, pipe, directions, options, out_root, dist, rank, world, re
     return 1 if failed else 0
 
 
-def _process(item: Item, pipe, options, directions, args, label: str, result_complete, rank: int) -> dict:
+def _process(item: Item, pipe, options, directions, request, args, label: str, result_complete, rank: int) -> dict:
     rec = {"index": item.index, "input": str(item.path) if item.path is not None else item.arg, "kind": item.kind,
            "status": "failed", "output": str(item.folder) if item.folder is not None else None, "rank": rank}
     if item.error is not None:
@@ -774,8 +745,7 @@ def _process(item: Item, pipe, options, directions, args, label: str, result_com
         if item.kind == "video":
             rec.update(invert_clip(pipe, item.path, item.folder, args, label))
         else:
-            invert_one(pipe, item.path, item.folder, options, directions, args.face_index, args.overwrite,
-                       box=args.box, camera=args.camera)
+            invert_one(pipe, item.path, item.folder, options, directions, request, args.overwrite)
         rec["status"] = "ok"
         say(f"{label}{item.path}: ok -> {item.folder}")
     except Exception as e:  # one bad input costs its own result, never the batch (Ctrl-C still stops it)

@@ -107,8 +107,10 @@ def test_directions_are_offered_to_their_domain_only(examples_dir, tmp_path):
 
 
 def test_human_aligner_refuses_cat_options():
-    with pytest.raises(DomainError, match="box, yaw: only for cat photos"):
+    with pytest.raises(DomainError, match="box and camera are for cat photos; these weights invert human portraits"):
         HUMAN.align("unused.png", box=(0, 0, 10, 10), yaw=10)
+    with pytest.raises(DomainError, match="box and camera are for cat photos"):
+        HUMAN.align("unused.png", pitch=0)
 
 
 def test_cli_cat_options_need_a_cat_pipeline(tmp_path, capsys):
@@ -117,7 +119,10 @@ def test_cli_cat_options_need_a_cat_pipeline(tmp_path, capsys):
     code = cli.main(["invert", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--weights", "random-small",
                      "--box", "1,2,30,40"])
     err = capsys.readouterr().err
-    assert code == 2 and "--box and --camera are for cat photos" in err, err
+    assert code == 2 and "goae: error: box and camera are for cat photos" in err, err
+    code = cli.main(["invert", str(tmp_path / "x.png"), "--out", str(tmp_path / "out"), "--weights", "random-small-cat",
+                     "--box", "1,2,30,40", "--face-index", "0"])
+    assert code == 2 and "box and face index exclude each other" in capsys.readouterr().err
     for bad in (["--box", "1,2,3"], ["--box", "1,2,nan,4"], ["--camera", "10:0,5:0"], ["--camera", "orbit"]):
         with pytest.raises(SystemExit):
             cli.main(["invert", "x.png", "--out", str(tmp_path / "o"), *bad])

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from goae.align import NoFaceError
+from goae.domains import DOMAINS
 from goae.export.bundle import RESULT_FILE, check_finite
 from goae.export.errors import finite, whole
 from goae.export.views import to_uint8
@@ -272,8 +273,9 @@ def invert_video(pipe, source: str | os.PathLike, folder: str | os.PathLike, opt
     t_start = time.perf_counter()
     source, folder = Path(source), Path(folder)
     domain = pipe.domain
-    if not domain.camera_estimated:  # the tracker follows human face landmarks
-        raise VideoError(f"clips are supported for human portraits only; this pipeline inverts "
+    if not domain.supports_clips:  # the tracker follows human face landmarks
+        which = " and ".join(f"{d.title.lower()}s" for d in DOMAINS.values() if d.supports_clips)
+        raise VideoError(f"clips are supported for {which} only; this pipeline inverts "
                          f"{domain.title.lower()}s ({domain.dataset}): invert single frames as photos")
     _replaceable(folder, overwrite)
     info = probe(source)
