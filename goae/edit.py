@@ -48,9 +48,9 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_direction_name, get_domain
-from goae.hub import check_pipeline_folder
-from goae.io import atomic_write_bytes
+from goae.io import atomic_write_bytes, one_line
 from goae.paths import DIRECTIONS_DIR, downloads_folder
+from goae.weights.checks import PipelineInfo, check_pipeline_folder
 
 NUM_WS = 14  # EG3D backbone at 256^2 tri-planes: b4..b256 -> 14 W+ rows
 DIRECTIONS_FOLDER = "directions"  # inside a pipeline folder (goae.pipeline reads it from there)
@@ -63,7 +63,8 @@ ALIASES = {"glasses": "glass", "eyeglasses": "glass"}  # the official file is gl
 
 __all__ = ["DirectionError", "EditDirection", "load_direction", "load_directions", "load_direction_folder",
            "combine", "save_direction", "validate_direction", "fit_direction", "random_weights", "directions_for",
-           "resolve_names", "edit_offset", "add_directions", "how_to_get_directions", "OFFICIAL_DIRECTIONS"]
+           "resolve_names", "edit_offset", "add_directions", "how_to_get_directions", "OFFICIAL_DIRECTIONS",
+           "DIRECTIONS_FOLDER", "usable_directions", "write_directions"]
 
 # The official files (GOAE repository, example/ws_edit) by domain; `goae download` fetches them.
 OFFICIAL_DIRECTIONS = {"human": ("age", "anger", "glass"), "cat": ("cat_black", "cat_smalleyes")}
@@ -225,44 +226,62 @@ def load_direction_folder(folder: str | os.PathLike, num_ws: int = NUM_WS, w_dim
     return _usable(files, num_ws, w_dim, project, domain)
 
 
-def _usable(files, num_ws: int, w_dim: int | None, project: bool, domain: str) -> tuple[dict[str, EditDirection], list[str]]:
+def usable_directions(files, num_ws: int, w_dim: int | None, project: bool = False, domain: str = DEFAULT_DOMAIN
+                      ) -> tuple[dict[str, EditDirection], list[tuple[str, str]], list[str]]:
+    """Which direction files a `domain` model with W+ [num_ws, w_dim] can use (the one rule for the app, the
+    CLI, `add_directions` and the converter): (directions by name, (file name, why) for each file left out,
+    one note per direction changed (`project`: another width, through `fit_direction`; random weights only))."""
     want = get_domain(domain)
     out: dict[str, EditDirection] = {}
-    notes: list[str] = []
+    left_out: list[tuple[str, str]] = []
+    changed: list[str] = []
     for f in files:
         f = Path(f)
         if f.stem in out:
-            notes.append(f"skipped `{f.name}`: another file is already named {f.stem!r}")
+            left_out.append((f.name, f"another file is already named {f.stem!r}"))
             continue
         try:
             d = load_direction(f, num_ws=num_ws)
         except DirectionError as e:
-            notes.append(f"skipped `{f.name}`: {e}")
+            left_out.append((f.name, one_line(e)))
             continue
         if d.domain != want.name:
-            notes.append(f"skipped `{f.name}`: a direction of another model ({get_domain(d.domain).dataset}; "
-                         f"this one is {want.dataset})")
+            left_out.append((f.name, f"a direction of another model ({get_domain(d.domain).dataset}; "
+                                     f"this one is {want.dataset})"))
             continue
         if w_dim is not None and d.w_dim != w_dim:
             if not project:
-                notes.append(f"skipped `{f.name}`: width {d.w_dim}, the model's W+ is {num_ws}x{w_dim}")
+                left_out.append((f.name, f"width {d.w_dim}, the model's W+ is {num_ws}x{w_dim}"))
                 continue
-            notes.append(f"`{f.name}` ({num_ws}x{d.w_dim}) projected to the random model's {num_ws}x{w_dim}")
+            changed.append(f"`{f.name}` ({num_ws}x{d.w_dim}) projected to the random model's {num_ws}x{w_dim}")
             d = EditDirection(d.name, fit_direction(d.tensor, w_dim), d.domain)
         out[d.name] = d
-    return out, notes
+    return out, left_out, changed
 
 
-def add_directions(pipeline_folder: str | os.PathLike, files) -> tuple[list[str], list[str]]:
+def _usable(files, num_ws: int, w_dim: int | None, project: bool, domain: str) -> tuple[dict[str, EditDirection], list[str]]:
+    found, left_out, changed = usable_directions(files, num_ws, w_dim, project, domain)
+    return found, [f"skipped `{name}`: {why}" for name, why in left_out] + changed
+
+
+def write_directions(folder: str | os.PathLike, found: Mapping[str, EditDirection], num_ws: int) -> list[str]:
+    """Save each direction as folder/<name>.safetensors tagged with its domain (atomically, one by one); returns
+    the names written."""
+    for name, d in found.items():
+        save_direction(Path(folder) / f"{name}.safetensors", d.tensor, num_ws=num_ws, domain=d.domain)
+    return list(found)
+
+
+def add_directions(pipeline_folder: str | os.PathLike, files, info: PipelineInfo | None = None
+                   ) -> tuple[list[str], list[str]]:
     """Put the direction files that fit a pipeline folder (its domain and W+ shape, read from the folder) into
     its `directions/` as .safetensors tagged with the domain, each written atomically (files already there
-    stay; one of the same name is replaced). Returns (names added, one note per file left out)."""
+    stay; one of the same name is replaced). `info`: what check_pipeline_folder read, when the caller has just
+    checked the folder. Returns (names added, one note per file left out)."""
     folder = Path(pipeline_folder)
-    info = check_pipeline_folder(folder)
+    info = info or check_pipeline_folder(folder)
     found, notes = _usable(sorted(Path(f) for f in files), info.num_ws, info.w_dim, False, info.domain)
-    for name, d in found.items():
-        save_direction(folder / DIRECTIONS_FOLDER / f"{name}.safetensors", d.tensor, num_ws=info.num_ws, domain=d.domain)
-    return list(found), notes
+    return write_directions(folder / DIRECTIONS_FOLDER, found, info.num_ws), notes
 
 
 def how_to_get_directions(domain: str = DEFAULT_DOMAIN) -> str:

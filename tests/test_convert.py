@@ -13,24 +13,14 @@ import tolerances as T
 import torch
 from safetensors.torch import load_file, save_file
 
-from goae import convert
-from goae.convert import (
-    CheckpointError,
-    CheckpointNotFoundError,
-    StateDictMismatchError,
-    TruncatedCheckpointError,
-    UnsafePickleError,
-    WrongCheckpointError,
-    check_state_dict,
-    convert_eg3d,
-    load_goae_checkpoints,
-    load_official_state_dict,
-    main,
-    read_network_pickle,
-    read_official_generator,
-    shape_map,
-)
-from goae.hub import WeightsNotFoundError, resolve_pretrained
+from goae.weights import checkpoints, convert, unpickle
+from goae.weights.checkpoints import load_goae_checkpoints, load_official_state_dict
+from goae.weights.checks import check_state_dict, shape_map
+from goae.weights.convert import convert_eg3d, main
+from goae.weights.errors import (CheckpointError, CheckpointNotFoundError, StateDictMismatchError, TruncatedCheckpointError,
+                                 UnsafePickleError, WeightsNotFoundError, WrongCheckpointError)
+from goae.weights.unpickle import read_network_pickle, read_official_generator
+from goae.weights.resolve import resolve_pretrained
 from goae.io import atomic_dir, atomic_path, atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,19 +65,19 @@ def test_whole_pickle_structure(pkl):
     data = read_network_pickle(pkl)
     assert set(data) == {"training_set_kwargs", "G", "D", "G_ema", "augment_pipe"}
     assert data["G"] is data["G_ema"] and data["augment_pipe"] is None
-    assert isinstance(data["D"], convert.PickledObject)
+    assert isinstance(data["D"], unpickle.PickledObject)
     decoder = data["G_ema"].state["_modules"]["decoder"]
     assert decoder.class_name == "training.triplane.OSGDecoder"  # inert stand-in, state recorded
     assert "net" in decoder.state["_modules"]
 
 
 def test_non_persistent_buffers_are_skipped():
-    child = convert.PickledObject()
+    child = unpickle.PickledObject()
     child.state = {"_parameters": {"w": torch.nn.Parameter(torch.ones(2))}, "_buffers": {"a": torch.zeros(1), "tmp": torch.zeros(3), "none": None},
                    "_non_persistent_buffers_set": {"tmp"}, "_modules": {}}
-    root = convert.PickledObject()
+    root = unpickle.PickledObject()
     root.state = {"_parameters": {"p": None}, "_buffers": {}, "_modules": {"child": child, "gone": None}}
-    assert list(convert.module_state_dict(root)) == ["child.w", "child.a"]
+    assert list(unpickle.module_state_dict(root)) == ["child.w", "child.a"]
 
 
 # ----------------------------------------------------------------------------- malicious pickles
@@ -205,9 +195,9 @@ def test_build_on_allowed_globals_does_not_leak(tmp_path, pkl, module, name, att
     f.write_bytes(data)
     with pytest.raises(WrongCheckpointError):
         read_network_pickle(f)
-    assert convert._STANDINS["training.triplane.OSGDecoder"].class_name == "training.triplane.OSGDecoder"
-    assert convert._rebuild_tensor_v2.__defaults__ == (None,)
-    assert convert._persistent_record.__kwdefaults__ is None
+    assert unpickle._STANDINS["training.triplane.OSGDecoder"].class_name == "training.triplane.OSGDecoder"
+    assert unpickle._rebuild_tensor_v2.__defaults__ == (None,)
+    assert unpickle._persistent_record.__kwdefaults__ is None
     decoder = read_network_pickle(pkl)["G_ema"].state["_modules"]["decoder"]
     assert decoder.class_name == "training.triplane.OSGDecoder"
 
@@ -450,13 +440,13 @@ def test_cli_module_entry_point(tmp_path):
 
 def test_roundtrip_convert_from_pretrained(tmp_path, pkl, official, parity_dir):
     from goae.models import eg3d
-    G = convert.load_official_generator(pkl)
+    G = checkpoints.load_official_generator(pkl)
     assert G.state_dict().keys() == official.state_dict.keys()
     for k, v in G.state_dict().items():
         assert torch.equal(v, official.state_dict[k]), k
     out = convert_eg3d(pkl, tmp_path / "generator")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "diffusion_pytorch_model.safetensors"]
-    from goae.card import sha256_file
+    from goae.io import sha256_file
     assert f"| {Path(pkl).name} | `{sha256_file(pkl)}` |" in (out / "README.md").read_text()
     G2 = eg3d.EG3DGenerator.from_pretrained(out).eval()
     gold = load_file(parity_dir / "eg3d" / "golden_tiny.safetensors")
@@ -481,7 +471,7 @@ TINY_AFA = dict(stage_channels=(16, 32, 64), feature_channels=32)
 
 def test_convert_goae_roundtrip(tmp_path, pkl, official, examples_dir):
     from goae import pipeline
-    from goae.card import sha256_file
+    from goae.io import sha256_file
     from goae.models.afa import AFA
     from goae.models.encoder import GOAEncoder
 
@@ -556,7 +546,7 @@ def _hub_subprocess(hf_home: Path, code: str) -> subprocess.CompletedProcess:
 
 
 def test_hub_offline_not_cached(tmp_path):
-    code = ("from goae.hub import resolve_pretrained, WeightsNotFoundError\n"
+    code = ("from goae.weights.resolve import resolve_pretrained\nfrom goae.weights.errors import WeightsNotFoundError\n"
             "try:\n    resolve_pretrained('someorg/goae-ffhq', subfolder='generator')\n"
             "except WeightsNotFoundError as e:\n    print('ERR', e)\n")
     r = _hub_subprocess(tmp_path / "hf", code)
@@ -575,7 +565,7 @@ def test_hub_cached_snapshot(tmp_path):
     (snap / "model_index.json").write_text("{}")
     (snap / "generator" / "config.json").write_text("{}")
     (snap / "generator" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
-    code = ("from goae.hub import resolve_pretrained\n"
+    code = ("from goae.weights.resolve import resolve_pretrained\n"
             "print(resolve_pretrained('someorg/goae-ffhq', subfolder='generator'))\n"
             "print(resolve_pretrained('someorg/goae-ffhq'))\n")
     r = _hub_subprocess(tmp_path / "hf", code)

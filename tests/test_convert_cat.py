@@ -13,7 +13,7 @@ The pivot flows pickle -> G_ema's rendering_kwargs -> generator/config.json -> E
 -> GOAEPipeline.orbit_pivot -> view_camera / orbit_cameras.
 
 The cat GOAE checkpoints cannot be downloaded here; their key mismatch is handled by named rules
-(goae.convert's key mapping), each tested below on small configs (goae.presets SMALL_ENCODER / SMALL_AFA).
+(goae.weights.checkpoints' key mapping), each tested below on small configs (goae.presets SMALL_ENCODER / SMALL_AFA).
 """
 import json
 import struct
@@ -26,17 +26,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from goae import convert
-from goae.convert import (
-    DomainMismatchError,
-    StateDictMismatchError,
-    WrongCheckpointError,
-    convert_eg3d,
-    convert_goae,
-    load_goae_checkpoint,
-    main,
-    read_network_pickle,
-)
+from goae.weights import checkpoints, convert, unpickle
+from goae.weights.checkpoints import load_goae_checkpoint
+from goae.weights.convert import convert_eg3d, convert_goae, main
+from goae.weights.errors import DomainMismatchError, StateDictMismatchError, WrongCheckpointError
+from goae.weights.unpickle import read_network_pickle
 from goae.domains import CAT, HUMAN
 from goae.models.afa import AFA
 from goae.models.eg3d import AFHQ512_KWARGS, FFHQ512_KWARGS, EG3DGenerator
@@ -151,7 +145,7 @@ def test_afhq_pickle_converts_and_its_kwargs_flow_through(cat_source, tmp_path):
     data = read_network_pickle(pkl)  # the whole pickle, ADA pipe included, read as inert records
     assert set(data) == {"training_set_kwargs", "G", "D", "G_ema", "augment_pipe"} and data["G"] is data["G_ema"]
     pipe_rec = data["augment_pipe"]
-    assert isinstance(pipe_rec, convert.PickledObject) and pipe_rec.class_name == "AugmentPipe"
+    assert isinstance(pipe_rec, unpickle.PickledObject) and pipe_rec.class_name == "AugmentPipe"
     assert pipe_rec.state["_buffers"]["Hz_fbank"].shape == (4, 15) and pipe_rec.state["xflip"] == 1.0
     assert data["training_set_kwargs"]["path"].endswith(".zip")
 
@@ -294,8 +288,8 @@ def test_mlp_layer_read_from_the_keys(cat_source, tmp_path, capsys):
     assert _mapping_lines(capsys.readouterr().err) == [line] and _card_mapping(out) == [line]
     assert json.loads((out / "encoder" / "config.json").read_text())["mlp_layer"] == 3
     _assert_loaded_equal(out, enc3, a, mlp_layer=3)
-    assert convert.mlp_layers_in(GOAEncoder(**dict(SMALL_ENCODER, mlp_layer=1)).state_dict()) == 1
-    assert convert.mlp_layers_in({k: v for k, v in enc3.items() if not k.startswith("mapper_base_spatial.4")}) is None
+    assert checkpoints.mlp_layers_in(GOAEncoder(**dict(SMALL_ENCODER, mlp_layer=1)).state_dict()) == 1
+    assert checkpoints.mlp_layers_in({k: v for k, v in enc3.items() if not k.startswith("mapper_base_spatial.4")}) is None
 
 
 def test_all_rules_at_once(cat_source, tmp_path, capsys):
@@ -388,9 +382,9 @@ def test_cat_pipeline_folder(cat_source, small_parts, ws_edit_dir, tmp_path, cap
     assert shipped == ["cat_ears.safetensors", "cat_fluffy.safetensors"]
     assert all(_safetensors_domain(out / "directions" / n) == "cat" for n in shipped)
     for name in ("age.npy", "anger.npy", "glass.npy", "smile.npy"):
-        assert f"edit direction {name} left out: a human direction (FFHQ); this folder is cat (AFHQv2 cats)" in err
+        assert f"edit direction {name} left out: a direction of another model (FFHQ; this one is AFHQv2 cats)" in err
     for name in ("cat_black.npy", "cat_smalleyes.npy"):  # right domain, wrong width for this small model
-        assert f"edit direction {name} left out: width 512, the generator's W+ is 14x32" in err
+        assert f"edit direction {name} left out: width 512, the model's W+ is 14x32" in err
     assert "edit direction notes.txt left out: not a direction file" in err
     assert "copied 2 cat edit direction(s): cat_ears, cat_fluffy" in err
 
@@ -447,8 +441,8 @@ def test_real_directions_by_domain(ws_edit_dir, parity_dir, tmp_path, capsys):
         assert json.loads((out / "model_index.json").read_text())["domain"] == domain
     err = capsys.readouterr().err
     assert shipped == {"human": ["age", "anger", "glass"], "cat": ["cat_black", "cat_smalleyes"]}
-    assert "edit direction cat_black.npy left out: a cat direction (AFHQv2 cats); this folder is human (FFHQ)" in err
-    assert "edit direction age.npy left out: a human direction (FFHQ); this folder is cat (AFHQv2 cats)" in err
+    assert "edit direction cat_black.npy left out: a direction of another model (AFHQv2 cats; this one is FFHQ)" in err
+    assert "edit direction age.npy left out: a direction of another model (FFHQ; this one is AFHQv2 cats)" in err
     assert err.count("warning: domain 'cat' was chosen by the command") == 1
     assert "domain 'cat' was chosen by the command" in (tmp_path / "cat" / "README.md").read_text()
     # The directions are the official tensors, unchanged.

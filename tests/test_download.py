@@ -22,8 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from goae import download as dl
-from goae.download import AFA_FILE, EG3D_FILE, ENCODER_FILE, SUMS_NAME
+from goae import paths
+from goae.weights import download as dl
+from goae.weights import errors, fetch, sources
+from goae.weights.sources import AFA_FILE, EG3D_FILE, ENCODER_FILE, SUMS_NAME
 
 # The encoder/AFA sizes of test_convert.py that fit the tiny pickle's generator.
 TINY_ENCODER = dict(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4,
@@ -47,6 +49,7 @@ class FileServer:
         self.requests: list[tuple[str, str | None, str | None]] = []  # (path, Range, If-Range)
         self.routes: dict[str, callable] = {}  # extra paths (the Drive simulation, slow answers, redirects)
         self.stopped = threading.Event()  # ends the slow answers
+        self.closed = False
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -115,10 +118,12 @@ class FileServer:
     def file_requests(self, name: str):
         return [r for r in self.requests if r[0] == f"/{name}"]
 
-    def close(self) -> None:
+    def close(self) -> None:  # a test may stop it early; the fixture's teardown then finds it closed
         self.stopped.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        if not self.closed:
+            self.closed = True
+            self.httpd.shutdown()
+            self.httpd.server_close()
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -142,8 +147,8 @@ def official(parity_dir) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def directions(examples_dir) -> dict[str, bytes]:
     """The official edit direction files as the GOAE repository holds them, under their mirror names."""
-    return {f"{dl.DIRECTIONS_DIR}/{name}": (examples_dir / "goae" / "ws_edit" / name).read_bytes()
-            for name in dl.DIRECTION_SHA256}
+    return {f"{paths.DIRECTIONS_DIR}/{name}": (examples_dir / "goae" / "ws_edit" / name).read_bytes()
+            for name in sources.DIRECTION_SHA256}
 
 
 @pytest.fixture
@@ -156,10 +161,10 @@ def server(official, directions):
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     """GOAE_HOME in tmp; no mirror from the environment; stdin is not a terminal; tiny configs for conversion."""
-    from goae import convert
+    from goae.weights import convert
 
     monkeypatch.setenv("GOAE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv(dl.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(sources.MIRROR_ENV, raising=False)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     real = convert.convert_goae
     monkeypatch.setattr(convert, "convert_goae", lambda *a, **k: real(*a, **{**k, "encoder_config": TINY_ENCODER,
@@ -194,18 +199,19 @@ def leftovers(root: Path) -> list[str]:
 
 def test_shared_helpers(tmp_path):
     # One sha256 and one "error as one line" for the downloader, the converter, the landmarker and the CLI.
-    from goae import cli, convert, landmarker
+    from goae import cli, landmarker
     from goae.io import one_line, sha256_file
     from goae.paths import cache_root
+    from goae.weights import convert
 
     data = bytes(range(256)) * 9000  # spans several chunks
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == sha256_file(tmp_path / "f", chunk=7) == hashlib.sha256(data).hexdigest()
     assert cli.one_line is one_line and convert.sha256_file is sha256_file and landmarker.sha256_file is sha256_file
-    assert dl.cache_root is cache_root and dl.sha256_file is sha256_file
+    assert dl.sha256_file is sha256_file and landmarker.cache_root is cache_root
     assert one_line(FileNotFoundError(2, "No such file or directory", "a.pt")) == "No such file or directory: a.pt"
     assert one_line(ValueError("bad\n   input")) == "bad input"
-    assert one_line(dl.DownloadError("goae's own\nerror")) == "goae's own error"  # its text, as the CLI shows it
+    assert one_line(errors.DownloadError("goae's own\nerror")) == "goae's own error"  # its text, as the CLI shows it
     assert one_line(RuntimeError("deep")) == "RuntimeError: deep"  # a bug keeps its type
     assert one_line(TimeoutError()) == "TimeoutError" and one_line("a\tb\n") == "a b"
 
@@ -216,12 +222,12 @@ def test_full_download_and_conversion(home, server, official, directions, run, m
     from goae.edit import directions_for, load_direction
     from goae.pipeline import GOAEPipeline
 
-    assert dl.default_weights_folder() is None
-    monkeypatch.setenv(dl.MIRROR_ENV, server.url + "/")  # the environment variable, trailing slash and all
+    assert paths.default_weights_folder() is None
+    monkeypatch.setenv(sources.MIRROR_ENV, server.url + "/")  # the environment variable, trailing slash and all
     code, out, err = run("--accept-licences", "--retries", "0")
     assert code == 0, err
     folder = home / "weights" / "goae-ffhq"
-    assert dl.default_weights_folder() == folder
+    assert paths.default_weights_folder() == folder
     assert out.splitlines()[0] == f"goae weights ready: {folder}"
     assert "NVIDIA Source Code License" in err and "no LICENSE file" in err
     # Every file fetched once, whole, under its official name; SHA256SUMS checked and recorded.
@@ -251,7 +257,7 @@ def test_full_download_and_conversion(home, server, official, directions, run, m
     for name, d in dirs.items():
         assert torch.equal(d.tensor, load_direction(downloads / "ws_edit" / f"{name}.npy").tensor)
     card = (folder / "README.md").read_text()
-    assert dl.DIRECTIONS_PAGE in card and dl.DIRECTION_SHA256["glass.npy"] in card
+    assert sources.DIRECTIONS_PAGE in card and sources.DIRECTION_SHA256["glass.npy"] in card
     assert "cat_black, cat_smalleyes (for the cat model) are kept in" in err
     # A second run does nothing (no request at all).
     n = len(server.requests)
@@ -280,14 +286,14 @@ def test_interrupted_then_resumed(home, server, official, run):
     assert len(server.file_requests(EG3D_FILE)) == 1
     assert (downloads / ENCODER_FILE).read_bytes() == official[ENCODER_FILE]
     assert dl.read_sums(downloads / SUMS_NAME)[ENCODER_FILE] == hashlib.sha256(official[ENCODER_FILE]).hexdigest()
-    assert leftovers(home) == [] and dl.default_weights_folder() == home / "weights" / "goae-ffhq"
+    assert leftovers(home) == [] and paths.default_weights_folder() == home / "weights" / "goae-ffhq"
 
 
 def test_drop_is_retried_within_one_run(server, official, tmp_path):
     # With retries (the default), one run survives a dropped connection by resuming itself.
     server.drop_once[AFA_FILE] = 1000
     logs = []
-    part = dl.download_file(f"{server.url}/{AFA_FILE}", tmp_path / AFA_FILE, retries=1, log=logs.append)
+    part = fetch.download_file(f"{server.url}/{AFA_FILE}", tmp_path / AFA_FILE, retries=1, log=logs.append)
     assert part.read_bytes() == official[AFA_FILE]
     assert [r[1] for r in server.file_requests(AFA_FILE)] == [None, "bytes=1000-"]
     assert any("retrying (1/1)" in line for line in logs) and any("resuming at" in line for line in logs)
@@ -299,11 +305,11 @@ def test_resume_restarts_when_the_file_changed(server, official, tmp_path):
     part = tmp_path / (AFA_FILE + ".part")
     part.write_bytes(b"x" * 500)
     (tmp_path / (AFA_FILE + ".part.json")).write_text(json.dumps({"source": url, "etag": '"old"'}))
-    assert dl.download_file(url, tmp_path / AFA_FILE, retries=0, log=lambda m: None).read_bytes() == official[AFA_FILE]
+    assert fetch.download_file(url, tmp_path / AFA_FILE, retries=0, log=lambda m: None).read_bytes() == official[AFA_FILE]
     # A .part longer than the file: 416, then a fresh download.
     part.write_bytes(official[AFA_FILE] + b"extra")
     (tmp_path / (AFA_FILE + ".part.json")).write_text(json.dumps({"source": url}))
-    assert dl.download_file(url, tmp_path / AFA_FILE, retries=0, log=lambda m: None).read_bytes() == official[AFA_FILE]
+    assert fetch.download_file(url, tmp_path / AFA_FILE, retries=0, log=lambda m: None).read_bytes() == official[AFA_FILE]
 
 
 def _corrupt(data: bytes) -> bytes:
@@ -333,15 +339,15 @@ def test_corrupted_file(home, server, official, run, how):
     assert not (downloads / AFA_FILE).exists() and not (downloads / (AFA_FILE + ".part")).exists()
     assert AFA_FILE not in dl.read_sums(downloads / SUMS_NAME)
     assert not (home / "weights").exists() and leftovers(home) == []
-    assert dl.default_weights_folder() is None
+    assert paths.default_weights_folder() is None
     if how == "checksum":  # the mirror is fixed: the next run fetches only the AFA file and converts
         server.files[AFA_FILE] = official[AFA_FILE]
         n = len(server.requests)
         code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
         assert code == 0, err
-        dirs = [f"/{dl.DIRECTIONS_DIR}/{name}" for name in dl.DIRECTION_SHA256]  # not reached by the first run
+        dirs = [f"/{paths.DIRECTIONS_DIR}/{name}" for name in sources.DIRECTION_SHA256]  # not reached by the first run
         assert [r[0] for r in server.requests[n:]] == ["/" + SUMS_NAME, "/" + AFA_FILE, *dirs]
-        assert dl.default_weights_folder() is not None
+        assert paths.default_weights_folder() is not None
 
 
 def test_bad_file_put_there_by_hand(home, official, run):
@@ -360,7 +366,7 @@ def test_bad_file_put_there_by_hand(home, official, run):
     (downloads / EG3D_FILE).write_bytes(official[EG3D_FILE])
     code, out, err = run("--mirror", "http://127.0.0.1:9/never-used")
     assert code == 0, err
-    assert dl.default_weights_folder() == home / "weights" / "goae-ffhq"
+    assert paths.default_weights_folder() == home / "weights" / "goae-ffhq"
     # Without --accept-licences nothing is fetched: the edit directions are left out, and the line says how to add them.
     assert "official edit directions were not fetched (their terms were not accepted)" in err
     assert not (home / "weights" / "goae-ffhq" / "directions").exists()
@@ -376,7 +382,7 @@ def test_licence_not_accepted(home, server, run):
     assert server.requests == [] and not home.exists()
     # Interactive: 'no' refuses; EOF refuses.
     for answer in (lambda q: "no", functools.partial(_raise, EOFError)):
-        with pytest.raises(dl.LicenceNotAcceptedError, match="nothing was downloaded"):
+        with pytest.raises(errors.LicenceNotAcceptedError, match="nothing was downloaded"):
             dl.download_weights(mirror=server.url, interactive=True, prompt=answer, log=lambda m: None)
     assert server.requests == [] and not home.exists()
 
@@ -390,7 +396,7 @@ def test_interactive_yes_downloads(home, server, official):
     dl.download_weights(mirror=server.url, interactive=True, prompt=lambda q: asked.append(q) or "yes",
                         retries=0, log=lambda m: None)
     assert len(asked) == 1 and "accept" in asked[0]
-    assert dl.default_weights_folder() is not None
+    assert paths.default_weights_folder() is not None
 
 
 def test_server_down(home, run):
@@ -461,11 +467,11 @@ def _drive(server: FileServer, official: dict[str, bytes], monkeypatch, listing:
         server.send(h, official[name], "application/octet-stream", name=name)
 
     server.routes.update({"/drive/folders/F": folder, "/embedded": folder, "/uc": uc, "/usercontent": usercontent})
-    monkeypatch.setattr(dl, "GOAE_DRIVE_FOLDER_ID", "F")
-    monkeypatch.setattr(dl, "DRIVE_FOLDER_PAGE", server.url + "/drive/folders/{id}")
-    monkeypatch.setattr(dl, "DRIVE_EMBEDDED_FOLDER", server.url + "/embedded?id={id}")
-    monkeypatch.setattr(dl, "DRIVE_FILE_URL", server.url + "/uc?export=download&id={id}")
-    monkeypatch.setattr(dl, "NGC_FILE_URL", server.url + "/{name}")
+    monkeypatch.setattr(sources, "GOAE_DRIVE_FOLDER_ID", "F")
+    monkeypatch.setattr(sources, "DRIVE_FOLDER_PAGE", server.url + "/drive/folders/{id}")
+    monkeypatch.setattr(sources, "DRIVE_EMBEDDED_FOLDER", server.url + "/embedded?id={id}")
+    monkeypatch.setattr(sources, "DRIVE_FILE_URL", server.url + "/uc?export=download&id={id}")
+    monkeypatch.setattr(sources, "NGC_FILE_URL", server.url + "/{name}")
 
 
 def test_official_hosts_simulated(home, server, official, run, monkeypatch):
@@ -497,7 +503,7 @@ def test_non_interactive_session_refuses(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "GOAE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(root),
-           dl.MIRROR_ENV: "http://127.0.0.1:9"}
+           sources.MIRROR_ENV: "http://127.0.0.1:9"}
     r = subprocess.run([sys.executable, "-m", "goae.download"], stdin=subprocess.DEVNULL, capture_output=True,
                        text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
@@ -515,7 +521,7 @@ def test_directions_added_to_an_existing_pipeline(home, server, official, direct
     assert code == 0, err
     folder = home / "weights" / "goae-ffhq"
     assert not (folder / "directions").exists() and not any(r[0].startswith("/ws_edit/") for r in server.requests)
-    glass = f"{dl.DIRECTIONS_DIR}/glass.npy"
+    glass = f"{paths.DIRECTIONS_DIR}/glass.npy"
     server.files[glass] = _corrupt(directions[glass])
     n = len(server.requests)
     code, out, err = run("--accept-licences", "--mirror", server.url, "--retries", "0")
@@ -535,13 +541,13 @@ def test_directions_added_to_an_existing_pipeline(home, server, official, direct
 
 def test_directions_from_the_official_repository_by_default(home, server, directions, monkeypatch, tmp_path):
     # Without a mirror the files come from the GOAE repository's raw URLs at the pinned commit.
-    assert dl.DIRECTIONS_URL.format(commit=dl.GOAE_COMMIT, name="age.npy") == (
+    assert sources.DIRECTIONS_URL.format(commit=sources.GOAE_COMMIT, name="age.npy") == (
         "https://raw.githubusercontent.com/jiangyzy/GOAE/ba7ef3d652aef73e7995d29a0261e5d08df406e2/example/ws_edit/age.npy")
-    monkeypatch.setattr(dl, "DIRECTIONS_URL", server.url + "/ws_edit/{name}?commit={commit}")
-    got = dl._get_directions(dl.DIRECTION_FILES, dl.DIRECTION_FILES, True, tmp_path, None,
-                             dict(retries=0, timeout=10, min_rate=dl.MIN_RATE, log=lambda m: None))
+    monkeypatch.setattr(sources, "DIRECTIONS_URL", server.url + "/ws_edit/{name}?commit={commit}")
+    got = dl._get_directions(sources.DIRECTION_FILES, sources.DIRECTION_FILES, True, tmp_path, None,
+                             dict(retries=0, timeout=10, min_rate=fetch.MIN_RATE, log=lambda m: None))
     assert sorted(got) == sorted(directions) and all((tmp_path / n).read_bytes() == b for n, b in directions.items())
-    assert {urllib.parse.urlsplit(r[0]).query for r in server.requests} == {f"commit={dl.GOAE_COMMIT}"}
+    assert {urllib.parse.urlsplit(r[0]).query for r in server.requests} == {f"commit={sources.GOAE_COMMIT}"}
 
 
 # ----------------------------------------------------------------------------- slow servers
@@ -605,10 +611,14 @@ def test_trickling_server_stops_and_resumes(home, server, official, run):
 
 def test_trickled_headers_time_out(server, official, tmp_path):
     _trickle(server, "/slow", official[AFA_FILE], every=0.25, headers_too=True)
-    with pytest.raises(dl.DownloadError, match=r"timed out \(no answer within 1 s\)"):
-        _finishes(lambda: dl.download_file(f"{server.url}/slow", tmp_path / AFA_FILE, retries=0, timeout=1,
-                                           log=lambda m: None))
-    assert not (tmp_path / (AFA_FILE + ".part")).exists()
+    try:
+        with pytest.raises(errors.DownloadError, match=r"timed out \(no answer within 1 s\)") as e:
+            _finishes(lambda: fetch.download_file(f"{server.url}/slow", tmp_path / AFA_FILE, retries=0, timeout=1,
+                                                  log=lambda m: None))
+        assert e.value.transient and e.value.status is None  # what the retry loop decides by
+        assert not (tmp_path / (AFA_FILE + ".part")).exists()
+    finally:
+        server.close()  # the trickling answer stops now, not at the end of the session
 
 
 # ----------------------------------------------------------------------------- redirects
@@ -626,12 +636,12 @@ def test_redirect_policy(server, official, tmp_path):
             return route
         server.routes.update({"/same": redirect(f"/{AFA_FILE}"), "/port": redirect(f"{other.url}/{AFA_FILE}"),
                               "/ftp": redirect(f"ftp://127.0.0.1/{AFA_FILE}"), "/file": redirect("file:///etc/passwd")})
-        got = dl.download_file(f"{server.url}/same", tmp_path / "a", retries=0, log=lambda m: None)
+        got = fetch.download_file(f"{server.url}/same", tmp_path / "a", retries=0, log=lambda m: None)
         assert got.read_bytes() == official[AFA_FILE]  # the same origin: followed
         for path, target in (("/port", f"{other.url}/{AFA_FILE}"), ("/ftp", f"ftp://127.0.0.1/{AFA_FILE}"),
                              ("/file", "file:///etc/passwd")):
-            with pytest.raises(dl.DownloadError) as e:
-                dl.download_file(f"{server.url}{path}", tmp_path / "b", retries=2, log=lambda m: None)
+            with pytest.raises(errors.DownloadError) as e:
+                fetch.download_file(f"{server.url}{path}", tmp_path / "b", retries=2, log=lambda m: None)
             assert str(e.value) == (f"{server.url}{path} redirects to {target}: not followed (goae follows a redirect "
                                     "only to the same scheme, host and port, or to an https URL); check the URL or the mirror")
             assert not (tmp_path / "b.part").exists()
@@ -639,7 +649,7 @@ def test_redirect_policy(server, official, tmp_path):
     finally:
         other.close()
     # The rule itself: https anywhere (NGC's signed storage URLs, drive.usercontent.google.com); else one origin.
-    ok = dl.redirect_allowed
+    ok = fetch.redirect_allowed
     assert ok("https://drive.google.com/uc?id=1", "https://drive.usercontent.google.com/download?id=1")
     assert ok("http://mirror.example/a", "https://cdn.example:8443/a") and ok("http://h:80/a", "http://H/b")
     assert not ok("https://mirror.example/a", "http://mirror.example/a")  # no downgrade
@@ -659,10 +669,10 @@ def test_file_size_limit_removes_the_part(server, official, tmp_path):
 import json, resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG from write() instead of the signal
 resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
-from goae import download as dl
+from goae.weights import errors, fetch
 try:
-    dl.download_file({server.url + '/' + AFA_FILE!r}, {str(tmp_path / AFA_FILE)!r}, retries=2, log=lambda m: None)
-except dl.DownloadError as e:
+    fetch.download_file({server.url + '/' + AFA_FILE!r}, {str(tmp_path / AFA_FILE)!r}, retries=2, log=lambda m: None)
+except errors.DownloadError as e:
     print(json.dumps([type(e).__name__, str(e)]))
 """
     root = Path(__file__).resolve().parents[1]
@@ -693,8 +703,8 @@ def small_disk(tmp_path):
 
 def test_full_disk(server, official, small_disk):
     # The size is declared: refused before a byte is written.
-    with pytest.raises(dl.DownloadError, match=rf"{AFA_FILE} needs 1.3 MB more, but {small_disk} has .* free; nothing was written"):
-        dl.download_file(f"{server.url}/{AFA_FILE}", small_disk / AFA_FILE, retries=0, log=lambda m: None)
+    with pytest.raises(errors.DownloadError, match=rf"{AFA_FILE} needs 1.3 MB more, but {small_disk} has .* free; nothing was written"):
+        fetch.download_file(f"{server.url}/{AFA_FILE}", small_disk / AFA_FILE, retries=0, log=lambda m: None)
     assert list(small_disk.iterdir()) == []
 
     def undeclared(h):  # no Content-Length (HTTP/1.0, the end of the body is the end of the connection)
@@ -703,6 +713,6 @@ def test_full_disk(server, official, small_disk):
         h.end_headers()
         h.wfile.write(official[AFA_FILE])
     server.routes["/undeclared"] = undeclared
-    with pytest.raises(dl.DownloadError, match=r"No space left on device; the partial download \(.*\) was removed"):
-        dl.download_file(f"{server.url}/undeclared", small_disk / AFA_FILE, retries=0, log=lambda m: None)
+    with pytest.raises(errors.DownloadError, match=r"No space left on device; the partial download \(.*\) was removed"):
+        fetch.download_file(f"{server.url}/undeclared", small_disk / AFA_FILE, retries=0, log=lambda m: None)
     assert list(small_disk.iterdir()) == []

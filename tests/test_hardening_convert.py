@@ -21,18 +21,12 @@ import numpy as np
 import pytest
 import torch
 
-from goae import convert
-from goae.convert import (
-    NonFiniteWeightsError,
-    OversizedCheckpointError,
-    UnsupportedArchitectureError,
-    WrongCheckpointError,
-    convert_eg3d,
-    load_official_generator,
-    load_official_state_dict,
-    main,
-    read_official_generator,
-)
+from goae.weights import errors, guards
+from goae.weights.checkpoints import load_official_generator, load_official_state_dict
+from goae.weights.convert import convert_eg3d, main
+from goae.weights.errors import (NonFiniteWeightsError, OversizedCheckpointError, UnsupportedArchitectureError,
+                                 WrongCheckpointError)
+from goae.weights.unpickle import read_official_generator
 from goae.models.eg3d import FFHQ512_KWARGS, EG3DGenerator
 
 from tiny import fake_persistence, module, network_pickle, official_pickle  # the official-format pickle builders
@@ -215,7 +209,7 @@ def test_error_messages_stay_short(tmp_path):
     cases = [
         ({"G_ema": x}, WrongCheckpointError, "not a persistent EG3D module"),
         ({t: 1}, WrongCheckpointError, "has no 'G_ema'"),
-        ({"G_ema": 1, "x": _Reduce(np.float32(1).__reduce__()[0], x, b"")}, convert.UnsafePickleError, "numpy scalar"),
+        ({"G_ema": 1, "x": _Reduce(np.float32(1).__reduce__()[0], x, b"")}, errors.UnsafePickleError, "numpy scalar"),
     ]
     for i, (obj, error, match) in enumerate(cases):
         with pytest.raises(error, match=match) as e:
@@ -230,7 +224,7 @@ def test_error_messages_stay_short(tmp_path):
 @pytest.mark.parametrize("spec", [[("a", "f4"), ("b", "O")], "O", "U100000000000", _shared(12)])
 def test_numpy_dtypes_are_plain(tmp_path, spec):
     data = pickle.dumps({"G_ema": _Reduce(np.dtype, spec)}, protocol=4)
-    with pytest.raises(convert.UnsafePickleError, match="refusing numpy dtype"):
+    with pytest.raises(errors.UnsafePickleError, match="refusing numpy dtype"):
         read_official_generator(_write(tmp_path, "dtype.pkl", data))
 
 
@@ -253,7 +247,7 @@ def test_memo_index_bomb(tmp_path):
 
 
 def test_opcode_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(convert, "_MAX_PICKLE_OPS", 1000)
+    monkeypatch.setattr(guards, "MAX_PICKLE_OPS", 1000)
     data = b"\x80\x04" + b")0" * 1000 + b"N."  # EMPTY_TUPLE, POP ... : 2000 opcodes
     with pytest.raises(OversizedCheckpointError, match="more than 1,000 pickle opcodes"):
         read_official_generator(_write(tmp_path, "ops.pkl", data))
@@ -262,7 +256,7 @@ def test_opcode_limit(tmp_path, monkeypatch):
 def test_huge_declared_lengths_are_truncation(tmp_path):
     # BINBYTES8 / FRAME declaring 2**60 bytes in a 20-byte file: found by the opcode scan, nothing read.
     for data in (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 60) + b"abc.", b"\x80\x04\x95" + struct.pack("<Q", 1 << 60) + b"N."):
-        with pytest.raises(convert.TruncatedCheckpointError):
+        with pytest.raises(errors.TruncatedCheckpointError):
             read_official_generator(_write(tmp_path, "len.pkl", data))
     with pytest.raises(WrongCheckpointError, match="unknown"):
         read_official_generator(_write(tmp_path, "op.pkl", b"\x80\x04\xff."))
@@ -343,7 +337,7 @@ def test_kwargs_goae_cannot_build(tmp_path, changes, match):
 def test_valid_kwargs_without_weights(tmp_path):
     # In range but no weights: refused by comparing with the model built on the meta device, before a
     # real one exists (test_bombs_peak_memory: the same at the largest allowed sizes stays small).
-    with pytest.raises(convert.StateDictMismatchError, match="176 missing keys"):
+    with pytest.raises(errors.StateDictMismatchError, match="176 missing keys"):
         load_official_generator(_write(tmp_path, "k.pkl", kwargs_pickle()))
 
 
@@ -447,7 +441,9 @@ def test_main_unexpected_errors_are_one_line(tmp_path, capsys, monkeypatch):
 _PEAK = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # if a bomb goes off, fail instead of swapping
-from goae.convert import main, load_official_state_dict, CheckpointError
+from goae.weights.checkpoints import load_official_state_dict
+from goae.weights.convert import main
+from goae.weights.errors import CheckpointError
 results = {}
 for path in sys.argv[1:]:
     if path.endswith(".pt"):

@@ -1,4 +1,4 @@
-"""Issue #15, weights-folder side: `goae.hub.check_pipeline_folder` refuses a folder whose config would
+"""Issue #15, weights-folder side: `goae.weights.checks.check_pipeline_folder` refuses a folder whose config would
 build a huge model, whose safetensors lack (or add, or reshape) tensors, or whose parts do not fit
 together, reading only config files and safetensors headers; `check_finite` refuses NaN/Inf weights.
 
@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from goae.hub import WEIGHTS_NAME, WeightsFolderError, check_component_folder, check_finite, check_pipeline_folder
+from goae.weights.checks import WEIGHTS_NAME, check_component_folder, check_finite, check_pipeline_folder
+from goae.weights.errors import WeightsFolderError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,7 +209,8 @@ _PEAK = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # if a bomb goes off, fail instead of swapping
 import torch  # counted in the baseline: the check imports it for the meta build
-from goae.hub import check_pipeline_folder, WeightsFolderError
+from goae.weights.checks import check_pipeline_folder
+from goae.weights.errors import WeightsFolderError
 results = {}
 for path in sys.argv[1:]:
     try:
@@ -257,7 +259,8 @@ def test_domain_against_the_generators_pivot(folder, small_folder, recwarn):
     with a warning; loading such a folder warns the same way (it used to load silently)."""
     import warnings
 
-    from goae.hub import DomainMismatchWarning, PipelineInfo
+    from goae.weights.checks import PipelineInfo
+    from goae.weights.errors import DomainMismatchWarning
     from goae.pipeline import GOAEPipeline
 
     with warnings.catch_warnings():

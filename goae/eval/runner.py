@@ -63,7 +63,7 @@ class MetricNetworks:
 
 
 def _describe(paths: Sequence) -> str:
-    from goae.card import sha256_file
+    from goae.io import sha256_file
     return ", ".join(f"{Path(p).name} (sha256 {sha256_file(p)[:12]})" for p in paths)
 
 

@@ -1,11 +1,11 @@
-"""The export error, and the checks every numeric option goes through (CLI, app and library alike)."""
+"""The export error, and the checks every numeric option goes through (CLI, app and library alike).
+(NaN/inf in tensors: goae.weights.checks.nonfinite_names, the one check for weights and results.)"""
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable
 
-import torch
+from goae.weights.checks import nonfinite_names  # noqa: F401  (export.bundle reads it from here)
 
 
 class ExportError(ValueError):
@@ -35,19 +35,3 @@ def whole(value, what: str, low: int | None = None, high: int | None = None) -> 
     if x != int(x):
         raise ExportError(f"{what} must be a whole number, got {value!r}")
     return int(x)
-
-
-def nonfinite_names(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or inf, in order (meta tensors skipped). One host
-    sync per device for all of them (a stacked flag vector read once), not one per tensor: a GPU
-    pipeline's weight check would otherwise wait on the device hundreds of times."""
-    names, by_device = [], {}
-    for name, t in tensors:
-        if t is not None and t.is_floating_point() and not t.is_meta:
-            names.append(name)
-            by_device.setdefault(t.device, []).append((name, t))
-    bad = set()
-    for items in by_device.values():
-        finite_flags = torch.stack([torch.isfinite(t).all() for _, t in items]).cpu().tolist()
-        bad.update(name for (name, _), ok in zip(items, finite_flags) if not ok)
-    return [name for name in names if name in bad]
