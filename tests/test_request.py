@@ -267,3 +267,13 @@ def test_domains_own_their_choices():
         assert callable(getattr(goae.align, d.aligner)) and PRESETS[d.preset].domain == d.name
         assert all(n.startswith(d.direction_prefix or "") for n in d.official_directions)
     assert HUMAN.photo_options_error() is None and CAT.photo_options_error((1, 2, 3, 4), (0, 0)) is None
+
+
+def test_clips_take_the_same_rules():
+    from goae.video import VideoOptions
+
+    assert VideoOptions(view=[10, -0.0], face_index=2.0).view == (10.0, 0.0)
+    with _refused("view yaw must be between -180 and 180, got 400"):
+        VideoOptions(view=(400, 0))
+    with _refused("face index must be between 0 and 10000, got -1"):
+        VideoOptions(face_index=-1)

@@ -46,6 +46,7 @@ from goae.export.bundle import RESULT_FILE, check_finite
 from goae.export.errors import finite, whole
 from goae.export.views import to_uint8
 from goae.io import atomic_dir, atomic_write_bytes, check_output_dir, one_line
+from goae.request import parse_face_index, parse_view
 from goae.video.filters import SmoothingOptions
 from goae.video.media import VideoEncoder, VideoError, add_audio, decode_frames, probe
 from goae.video.track import OK, FaceTracker, TrackedFrame
@@ -71,11 +72,9 @@ class VideoOptions:
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
         set_("batch_size", whole(self.batch_size, "batch size", 1, 256))
-        if self.face_index is not None:
-            set_("face_index", whole(self.face_index, "face index", 0, 10000))
+        set_("face_index", parse_face_index(self.face_index))   # the request's rules (goae.request)
         if self.view is not None:
-            yaw, pitch = self.view
-            set_("view", (finite(yaw, "view yaw", -180, 180) + 0.0, finite(pitch, "view pitch", -90, 90) + 0.0))
+            set_("view", parse_view(self.view))
         set_("orbit_seconds", finite(self.orbit_seconds, "orbit seconds", 0.04, 3600))
         if self.max_frames is not None:
             set_("max_frames", whole(self.max_frames, "max frames", 1, 10_000_000))
