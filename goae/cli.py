@@ -109,7 +109,7 @@ def _parse_clip_view(text: str) -> tuple[float, float] | None:
     try:
         return parse_text("view", text)
     except RequestError as e:
-        raise argparse.ArgumentTypeError(f"{e}, or 'orbit'") from None
+        raise argparse.ArgumentTypeError(f"{e} (or 'orbit')") from None
 
 
 def _parse_level(text: str) -> float | str:

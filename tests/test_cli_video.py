@@ -32,6 +32,9 @@ def test_bad_clip_options(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["invert", "a.mp4", "--out", str(tmp_path / "o"), option])
     assert e.value.code == 2 and not (tmp_path / "o").exists()
+    if option.startswith("--clip-view"):  # the view's own message, and the other choice
+        err = capsys.readouterr().err
+        assert "argument --clip-view: view " in err and "(or 'orbit')" in err, err
 
 
 def test_clip_options_reach_the_library():
