@@ -1,5 +1,6 @@
-"""The app under test: app.py imported with a given environment (as a Space imports it), or started as a server
-process on a free localhost port. Shared by the app tests and the memory soak script."""
+"""The app under test: its service built directly (goae.app.create_app), app.py imported with a given environment
+(as a Space imports it), or started as a server process on a free localhost port. Shared by the app tests and the
+memory soak script."""
 from __future__ import annotations
 
 import importlib
@@ -13,6 +14,20 @@ from pathlib import Path
 from typing import Mapping
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_apps(weights: str = "random-small", directions: str | None = None, examples: str | None = None):
+    """The app's service (goae.app.AppDomains: one GOAEApp per domain) as create_app builds it, with none of the
+    environment's GOAE_* settings in play (GOAE_EXAMPLES unset: the project's examples/)."""
+    from goae.app import create_app
+
+    names = ("GOAE_WEIGHTS", "GOAE_CAT_WEIGHTS", "GOAE_DIRECTIONS", "GOAE_EXAMPLES", "GOAE_CACHE_MB", "GOAE_FAST",
+             "SPACES_ZERO_GPU")
+    saved = {k: os.environ.pop(k, None) for k in names}
+    try:
+        return create_app(weights, directions, examples)
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
 
 
 def import_app(env: Mapping[str, str | None]):

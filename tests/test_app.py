@@ -1,7 +1,7 @@
-"""The Gradio app's callbacks called directly (no browser), on the small random model."""
+"""The app's steps (goae.app.service) called directly (no browser, no Gradio in between), on the small random
+model; and the Space's entry, app.py, imported from the environment."""
 from __future__ import annotations
 
-import sys
 import types
 import zlib
 from pathlib import Path
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from appserver import import_app
+from appserver import build_apps, import_app
+from goae.app.start import load_model, parse_args
+from goae.app.service import USER_ERRORS, Aligned, Inverted, Session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,27 +23,24 @@ def no_progress(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def app_module(examples_dir: Path):
-    """Import app.py the way a Space does (module-level `demo` from the environment)."""
-    return import_app({"GOAE_WEIGHTS": "random-small", "GOAE_DIRECTIONS": str(examples_dir / "goae" / "ws_edit"),
-                       "GOAE_EXAMPLES": str(examples_dir / "wild")})
+def goae_app(examples_dir: Path):
+    """The human pipeline's steps, built as the app builds them."""
+    return build_apps(directions=str(examples_dir / "goae" / "ws_edit"), examples=str(examples_dir / "wild")).default
 
 
 @pytest.fixture(scope="module")
-def goae_app(app_module):
-    return app_module.goae_app
-
-
-@pytest.fixture(scope="module")
-def inverted(goae_app, examples_dir):
+def inverted(goae_app, examples_dir) -> Inverted:
     """One session with obama.jpg aligned and inverted."""
-    session = goae_app.align(examples_dir / "wild" / "obama.jpg", None)[0]
-    out = goae_app.invert(session, 0, 0, 64, progress=no_progress)
-    return out
+    session = goae_app.align(examples_dir / "wild" / "obama.jpg", None).session
+    return goae_app.invert(session, 0, 0, 64, progress=no_progress)
 
 
-def test_module_level_demo(app_module, goae_app):
-    assert isinstance(app_module.demo, gr.Blocks)
+def test_module_level_demo(examples_dir):
+    """app.py imported the way a Space does: the page and the app from the environment."""
+    app_module = import_app({"GOAE_WEIGHTS": "random-small", "GOAE_DIRECTIONS": str(examples_dir / "goae" / "ws_edit"),
+                             "GOAE_EXAMPLES": str(examples_dir / "wild")})
+    goae_app = app_module.goae_app
+    assert isinstance(app_module.demo, gr.Blocks) and goae_app is app_module.goae_apps.default
     assert "random weights" in goae_app.banner and "random-small" in goae_app.banner
     assert {"age", "anger", "glass"} <= set(goae_app.directions)
     assert all(d.tensor.shape == (14, 32) for d in goae_app.directions.values())
@@ -71,63 +70,64 @@ def test_bad_photos_give_clear_errors(goae_app, examples_dir, tmp_path):
         tmp_path / "missing.jpg": "does not exist",
     }
     for photo, message in cases.items():
-        with pytest.raises(gr.Error, match=message) as e:
+        with pytest.raises(USER_ERRORS, match=message) as e:
             goae_app.align(photo, None)
-        assert "Traceback" not in e.value.message
+        assert "Traceback" not in str(e.value)
 
 
 def test_steps_in_the_wrong_order_give_clear_errors(goae_app):
-    with pytest.raises(gr.Error, match="Upload a photo with a face first"):
+    with pytest.raises(USER_ERRORS, match="Upload a photo with a face first"):
         goae_app.invert(None, 0, 0, 64, progress=no_progress)
     empty = goae_app.new_session()
     for call in (lambda: goae_app.video(empty, 4, 24, 64, progress=no_progress),
                  lambda: goae_app.mesh(empty, 32, progress=no_progress),
                  lambda: goae_app.edit(empty, 0, 0, 64, *[1.0] * len(goae_app.directions), progress=no_progress)):
-        with pytest.raises(gr.Error, match="Run the inversion first"):
+        with pytest.raises(USER_ERRORS, match="Run the inversion first"):
             call()
-    with pytest.raises(gr.Error, match="Upload a photo first"):
+    with pytest.raises(USER_ERRORS, match="Upload a photo first"):
         goae_app.choose_face(0, empty)
     # Moving the view sliders before any inversion is not an error: nothing to show yet.
-    assert goae_app.view(empty, 10, 0, 64)[1] is None
+    assert goae_app.view(empty, 10, 0, 64).view is None
 
 
 def test_session_keeps_working_after_an_error(goae_app, examples_dir):
-    session = goae_app.align(examples_dir / "wild" / "obama.jpg", None)[0]
-    with pytest.raises(gr.Error):
+    session = goae_app.align(examples_dir / "wild" / "obama.jpg", None).session
+    with pytest.raises(USER_ERRORS):
         goae_app.align(examples_dir / "wild" / "coffee.png", session)
-    session, image, text, radio, path = goae_app.align(examples_dir / "wild" / "astronaut.png", session)
-    assert image.shape == (512, 512, 3) and "512×512 photo" in text
-    assert goae_app.invert(session, 0, 0, 32, progress=no_progress)[1].shape == (512, 512, 3)
+    out = goae_app.align(examples_dir / "wild" / "astronaut.png", session)
+    assert out.image.shape == (512, 512, 3) and "512×512 photo" in out.camera_text
+    assert goae_app.invert(out.session, 0, 0, 32, progress=no_progress).reconstruction.shape == (512, 512, 3)
 
 
 def test_align_outputs(goae_app, examples_dir):
-    session, image, text, radio, path = goae_app.align(examples_dir / "wild" / "obama.jpg", None)
-    assert isinstance(session, sys.modules["app"].Session)
-    assert image.dtype == np.uint8 and image.shape == (512, 512, 3)
-    assert "Estimated camera" in text and "Face** 1 of 1" in text
-    assert radio["visible"] is False and radio["value"] == 0
-    assert Path(path).is_file() and Path(path).parent == session.folder
+    out = goae_app.align(examples_dir / "wild" / "obama.jpg", None)
+    assert isinstance(out, Aligned) and isinstance(out.session, Session)
+    assert out.image.dtype == np.uint8 and out.image.shape == (512, 512, 3)
+    assert "Estimated camera" in out.camera_text and "Face** 1 of 1" in out.camera_text
+    assert out.several_faces is False and out.face_index == 0
+    assert Path(out.path).is_file() and Path(out.path).parent == out.session.folder
 
 
 def test_face_choice(goae_app, examples_dir):
-    session, _, text, radio, _ = goae_app.align(examples_dir / "wild" / "t1.jpg", None)
-    n = len(radio["choices"])
-    assert n > 1 and radio["visible"] is True
-    largest = max(range(n), key=lambda i: session.face.faces[i].area)
-    assert radio["value"] == largest and "(largest)" in radio["choices"][largest][0]
+    first = goae_app.align(examples_dir / "wild" / "t1.jpg", None)
+    n = len(first.choices)
+    assert n > 1 and first.several_faces is True
+    largest = max(range(n), key=lambda i: first.session.face.faces[i].area)
+    assert first.face_index == largest and "(largest)" in first.choices[largest][0]
     other = (largest + 1) % n
-    session, image, text2, radio2, _ = goae_app.choose_face(other, session)
-    assert session.face.face_index == other and radio2["value"] == other
-    assert f"Face** {other + 1} of {n}" in text2 and text2 != text
+    second = goae_app.choose_face(other, first.session)
+    assert second.session.face.face_index == other and second.face_index == other
+    assert f"Face** {other + 1} of {n}" in second.camera_text and second.camera_text != first.camera_text
 
 
 def test_invert_and_views_from_cache(goae_app, inverted, monkeypatch):
-    session, recon, recon_path, latent, status, view, view_path, depth, preview, depth16 = inverted
+    session, recon, latent, view = inverted.session, inverted.reconstruction, inverted.latent_path, inverted.view.image
     assert recon.dtype == np.uint8 and recon.shape == (512, 512, 3)
-    assert Path(recon_path).is_file() and Path(latent).is_file() and "Inverted in" in status
+    assert Path(inverted.reconstruction_path).is_file() and Path(latent).is_file() and "Inverted in" in inverted.status
     # The library's bundle writer made the session's inversion folder (as `goae invert` does).
     assert (Path(latent).parent / "result.json").is_file() and Path(latent).parent.parent == session.folder
-    assert view.shape == (512, 512, 3) and Path(depth16).is_file() and Path(preview).is_file()
+    assert view.shape == (512, 512, 3) and Path(inverted.view.depth16).is_file()
+    assert Path(inverted.view.depth_preview).is_file() and Path(inverted.view.path).is_file()
 
     # Slider moves re-render the cached tri-planes: the encoder must not run again.
     from goae.models.goae import GOAE
@@ -135,41 +135,44 @@ def test_invert_and_views_from_cache(goae_app, inverted, monkeypatch):
     def no_encoding(*args, **kwargs):
         raise AssertionError("a view re-ran the encoder")
     monkeypatch.setattr(GOAE, "encode", no_encoding)
-    turned = goae_app.view(session, 35, 10, 64)[1]
+    turned = goae_app.view(session, 35, 10, 64).view.image
     assert turned.shape == (512, 512, 3) and np.abs(turned.astype(int) - view.astype(int)).mean() > 1
-    again = goae_app.view(session, 35, 10, 64)[1]
+    again = goae_app.view(session, 35, 10, 64).view.image
     assert np.array_equal(turned, again)                # deterministic renderer
-    assert goae_app.view(session, 35, 10, 32)[1].shape == (512, 512, 3)   # a lower resolution
+    assert goae_app.view(session, 35, 10, 32).view.image.shape == (512, 512, 3)   # a lower resolution
     # The slider preview: neural rendering without super-resolution, with its depth.
-    _, preview, depth_preview = goae_app.preview(session, 36, 10)
-    assert preview.shape == depth_preview.shape == (512, 512, 3) and preview.dtype == np.uint8
+    quick = goae_app.preview(session, 36, 10)
+    preview = quick.image
+    assert preview.shape == quick.depth.shape == (512, 512, 3) and preview.dtype == np.uint8
     assert np.abs(preview.astype(int) - turned.astype(int)).mean() < 60   # roughly the same picture
     # A late preview of the position whose full render is shown (35, 10 above) is not shown over it.
-    assert goae_app.preview(session, 35, 10)[1:] == (None, None)
+    late = goae_app.preview(session, 35, 10)
+    assert late.image is None and late.depth is None
 
 
 def test_video_mesh_edit(goae_app, inverted):
     import av
 
-    session = inverted[0]
-    _, video, dl = goae_app.video(session, 4, 12, 32, progress=no_progress)
-    assert video == dl and video.endswith(".mp4")
+    session = inverted.session
+    video = goae_app.video(session, 4, 12, 32, progress=no_progress).path
+    assert video.endswith(".mp4") and Path(video).parent == session.folder
     with av.open(video) as f:
         assert sum(1 for _ in f.decode(video=0)) == 4
 
-    _, glb, glb_dl, ply, msg = goae_app.mesh(session, 32, progress=no_progress)
-    assert Path(glb).read_bytes()[:4] == b"glTF" and Path(ply).read_bytes()[:3] == b"ply"
-    assert "vertices" in msg
+    mesh = goae_app.mesh(session, 32, progress=no_progress)
+    assert Path(mesh.glb).read_bytes()[:4] == b"glTF" and Path(mesh.ply).read_bytes()[:3] == b"ply"
+    assert "vertices" in mesh.text
 
     names = list(goae_app.directions)
     strengths = [2.0 if n == "age" else 0.0 for n in names]
-    _, edited, path, view, *_ = goae_app.edit(session, 0, 0, 64, *strengths, progress=no_progress)
-    recon = inverted[1]
+    out = goae_app.edit(session, 0, 0, 64, *strengths, progress=no_progress)
+    edited, path = out.image, out.path
+    recon = inverted.reconstruction
     assert edited.shape == (512, 512, 3) and np.abs(edited.astype(int) - recon.astype(int)).mean() > 0.5
     assert session.edits == {"age": 2.0} and session.current != session.inversion
     assert "age+2" in Path(path).name
     # All strengths zero: back to the inversion itself.
-    _, back, *_ = goae_app.edit(session, 0, 0, 64, *[0.0] * len(names), progress=no_progress)
+    back = goae_app.edit(session, 0, 0, 64, *[0.0] * len(names), progress=no_progress).image
     assert session.current == session.inversion and session.edits == {}
     assert np.array_equal(back, recon)
 
@@ -177,12 +180,12 @@ def test_video_mesh_edit(goae_app, inverted):
 def test_two_sessions_do_not_share_state(goae_app, examples_dir):
     a = goae_app.align(examples_dir / "wild" / "obama.jpg", None)
     b = goae_app.align(examples_dir / "wild" / "astronaut.png", None)
-    assert a[0] is not b[0] and a[0].folder != b[0].folder and a[2] != b[2]
-    ra = goae_app.invert(a[0], 0, 0, 32, progress=no_progress)
-    rb = goae_app.invert(b[0], 0, 0, 32, progress=no_progress)
-    assert a[0].inversion != b[0].inversion
-    assert not torch.equal(goae_app.cache.get(a[0].inversion)["ws"], goae_app.cache.get(b[0].inversion)["ws"])
-    assert not np.array_equal(ra[1], rb[1])
+    assert a.session is not b.session and a.session.folder != b.session.folder and a.camera_text != b.camera_text
+    ra = goae_app.invert(a.session, 0, 0, 32, progress=no_progress)
+    rb = goae_app.invert(b.session, 0, 0, 32, progress=no_progress)
+    assert a.session.inversion != b.session.inversion
+    assert not torch.equal(goae_app.cache.get(a.session.inversion)["ws"], goae_app.cache.get(b.session.inversion)["ws"])
+    assert not np.array_equal(ra.reconstruction, rb.reconstruction)
 
 
 def test_directions_that_do_not_fit_real_weights_are_skipped(examples_dir):
@@ -201,7 +204,7 @@ def test_directions_that_do_not_fit_real_weights_are_skipped(examples_dir):
 
 def test_non_finite_inputs_are_refused(goae_app, inverted):
     """#15.7: NaN reaching a camera rendered a black image; every numeric input is checked."""
-    session = inverted[0]
+    session = inverted.session
     nan, inf = float("nan"), float("inf")
     calls = {
         "yaw": lambda: goae_app.view(session, nan, 0, 64),
@@ -213,9 +216,8 @@ def test_non_finite_inputs_are_refused(goae_app, inverted):
         "strength": lambda: goae_app.edit(session, 0, 0, 64, *[nan] * len(goae_app.directions), progress=no_progress),
     }
     for what, call in calls.items():
-        with pytest.raises(gr.Error, match=what) as e:
+        with pytest.raises(USER_ERRORS, match=what):  # a user error with its message, not an internal one
             call()
-        assert "Internal error" not in e.value.message
     assert session.current == session.inversion  # nothing changed
 
 
@@ -229,14 +231,18 @@ def test_fit_direction():
     assert torch.equal(fit_direction(f, 32), f)
 
 
-def test_unloadable_weights_fall_back_to_random_with_banner(app_module, monkeypatch):
-    monkeypatch.setattr(app_module, "FALLBACK_WEIGHTS", "random-small")
-    pipe, banner = app_module.load_model("/nonexistent/weights", "cpu")
+def test_unloadable_weights_fall_back_to_random_with_banner(monkeypatch):
+    import goae.app.start
+
+    monkeypatch.setattr(goae.app.start, "FALLBACK_WEIGHTS", "random-small")
+    pipe, banner = load_model("/nonexistent/weights", "cpu")
     assert "random weights" in banner and "could not be loaded" in banner
-    pipe, banner = app_module.load_model(None, "cpu")
+    assert pipe.weights_label.startswith("random-small")
+    monkeypatch.setattr(goae.app.start, "default_weights_folder", lambda: None)  # no `goae download` folder here
+    pipe, banner = load_model(None, "cpu")
     assert "no weights configured" in banner
 
 
-def test_cli_arguments(app_module):
-    args = app_module.parse_args(["--weights", "random-small", "--host", "0.0.0.0", "--port", "7000", "--share"])
+def test_cli_arguments():
+    args = parse_args(["--weights", "random-small", "--host", "0.0.0.0", "--port", "7000", "--share"])
     assert (args.weights, args.host, args.port, args.share) == ("random-small", "0.0.0.0", 7000, True)

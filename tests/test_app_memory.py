@@ -28,11 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from appserver import import_app, start_app
+from appserver import start_app
 
 try:  # the fast tests need these; the soak script only the standard library and gradio_client
-    import gradio as gr
     import torch
+
+    from goae.app.service import USER_ERRORS, GOAEApp
+    from goae.app.state import API_FILES_TTL_S, AppError, Folders, InversionCache
 except ImportError:  # pragma: no cover
     pass
 
@@ -49,19 +51,13 @@ def _fake_pipe():
                                  domain=HUMAN)
 
 
-@pytest.fixture
-def app_module():
-    return sys.modules.get("app") or import_app({"GOAE_WEIGHTS": "random-small", "GOAE_EXAMPLES": None,
-                                                 "GOAE_DIRECTIONS": None})
-
-
 def _entry(mb: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {"planes": torch.randn(mb * 2**18, generator=g), "ws": torch.randn(14, 32, generator=g)}
 
 
-def test_cache_keeps_recent_entries_in_ram_and_spills_the_rest(app_module, tmp_path):
-    cache = app_module.InversionCache(max_bytes=25 * 2**20)
+def test_cache_keeps_recent_entries_in_ram_and_spills_the_rest(tmp_path):
+    cache = InversionCache(max_bytes=25 * 2**20)
     keys = []
     for i in range(4):  # four sessions' inversions of ~10 MB each
         folder = tmp_path / f"s{i}"
@@ -75,14 +71,14 @@ def test_cache_keeps_recent_entries_in_ram_and_spills_the_rest(app_module, tmp_p
     assert Path(keys[2]).is_file() and cache.ram_bytes <= 25 * 2**20
     cache.forget(keys[1])
     assert not Path(keys[1]).exists()
-    with pytest.raises(app_module.AppError, match="invert the photo again"):
+    with pytest.raises(AppError, match="invert the photo again"):
         cache.get(keys[1])
     cache.discard(tmp_path / "s3")
     assert keys[3] not in cache._ram and not Path(keys[3]).exists()  # RAM only, the file never existed
 
 
-def test_cache_does_not_write_for_sessions_that_ended(app_module, tmp_path):
-    cache = app_module.InversionCache(max_bytes=1)
+def test_cache_does_not_write_for_sessions_that_ended(tmp_path):
+    cache = InversionCache(max_bytes=1)
     gone = tmp_path / "gone"
     (gone / "cache").mkdir(parents=True)
     key = cache.put(gone / "cache" / "inversion.safetensors", _entry(1, 0))
@@ -92,25 +88,25 @@ def test_cache_does_not_write_for_sessions_that_ended(app_module, tmp_path):
     assert not gone.exists() and key not in cache._ram
 
 
-def test_session_folders_come_and_go(app_module, tmp_path):
-    folders = app_module.Folders(str(tmp_path))
-    app = app_module.GOAEApp(_fake_pipe(), folders=folders)
+def test_session_folders_come_and_go(tmp_path):
+    folders = Folders(str(tmp_path))
+    app = GOAEApp(_fake_pipe(), folders=folders)
     assert folders.root.parent == tmp_path and folders.root.name.startswith(f"goae-app-{os.getpid()}-")
     # A session's folder is made with its first file; a photo that fails leaves none (issue #15.11).
-    with pytest.raises(gr.Error, match="No face found"):
+    with pytest.raises(USER_ERRORS, match="No face found"):
         app.align(ROOT / "examples" / "coffee.png", None, session_id="tab-1")
-    with pytest.raises(gr.Error, match="not an image"):
+    with pytest.raises(USER_ERRORS, match="not an image"):
         app.align(b"not a photo at all" * 20, None, session_id="tab-1")     # an inline data: URL
     assert not (folders.root / "sessions").exists() or not any((folders.root / "sessions").iterdir())
-    session = app.align(ROOT / "examples" / "astronaut.png", None, session_id="tab-1")[0]
+    session = app.align(ROOT / "examples" / "astronaut.png", None, session_id="tab-1").session
     assert session.folder == folders.session("tab-1") and (session.folder / "aligned.png").is_file()
     assert "tab-1" not in str(session.folder)                  # the client's session id is never a file name
     session.inversion = session.current = app.cache.put(session.cache_keys[0], _entry(1, 0))
     # A new photo that fails: the previous photo's files and tri-planes go too.
-    with pytest.raises(gr.Error):
+    with pytest.raises(USER_ERRORS):
         app.align(ROOT / "examples" / "coffee.png", session, session_id="tab-1")
     assert not session.folder.exists() and not app.cache._ram
-    session = app.align(ROOT / "examples" / "astronaut.png", session, session_id="tab-1")[0]
+    session = app.align(ROOT / "examples" / "astronaut.png", session, session_id="tab-1").session
     session.inversion = session.current = app.cache.put(session.cache_keys[0], _entry(1, 0))
     app.end_session(session)                                   # state expired or the tab closed
     assert not session.folder.exists() and not app.cache._ram
@@ -118,7 +114,7 @@ def test_session_folders_come_and_go(app_module, tmp_path):
     assert not folders.root.exists()
 
 
-def test_stale_roots_of_dead_processes_are_removed(app_module, tmp_path):
+def test_stale_roots_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = tmp_path / f"goae-app-{dead.pid}-abc"
@@ -126,16 +122,16 @@ def test_stale_roots_of_dead_processes_are_removed(app_module, tmp_path):
     other = tmp_path / "goae-app-old_style"
     for folder in (stale, alive, other):
         (folder / "sessions").mkdir(parents=True)
-    folders = app_module.Folders(str(tmp_path))
+    folders = Folders(str(tmp_path))
     assert not stale.exists() and alive.exists() and other.exists()
     folders.remove_all()
 
 
-def test_api_call_folders_are_pruned(app_module, tmp_path, monkeypatch):
-    folders = app_module.Folders(str(tmp_path))
+def test_api_call_folders_are_pruned(tmp_path, monkeypatch):
+    folders = Folders(str(tmp_path))
     old = folders.api_call()
     old.mkdir(parents=True)
-    past = time.time() - app_module.API_FILES_TTL_S - 5
+    past = time.time() - API_FILES_TTL_S - 5
     os.utime(old, (past, past))
     recent = folders.api_call()
     recent.mkdir()

@@ -1,7 +1,7 @@
 """Where the app runs (ZeroGPU, a GPU Space, a CPU) and what it lets in, on the small random model.
 
-Needs nothing from ../shared: the app is imported as on a fresh clone (GOAE_EXAMPLES unset, so the
-project's examples/ are used).
+Needs nothing from ../shared: the app is built as on a fresh clone (GOAE_EXAMPLES unset, so the project's
+examples/ are used). The page's tests import app.py as a Space does.
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from appserver import import_app
+from appserver import build_apps, import_app
+from goae.app import components, gpu, server
+from goae.app.server import QuickHead, RequestSizeLimit
+from goae.app.service import USER_ERRORS, GOAEApp, parse_views
 from goae.domains import HUMAN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,18 +30,24 @@ def no_progress(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
+def apps():
+    return build_apps()
+
+
+@pytest.fixture(scope="module")
+def goae_app(apps):
+    return apps.default
+
+
+@pytest.fixture(scope="module")
 def app_module():
+    """app.py imported as a Space imports it: the page (`demo`) built from the environment."""
     return import_app({"GOAE_WEIGHTS": "random-small", "GOAE_EXAMPLES": None, "GOAE_DIRECTIONS": None,
                        "SPACES_ZERO_GPU": None})
 
 
-@pytest.fixture(scope="module")
-def goae_app(app_module):
-    return app_module.goae_app
-
-
 # ------------------------------------------------------------------------------------------ examples
-def test_examples_ship_with_the_project(app_module, goae_app):
+def test_examples_ship_with_the_project(goae_app):
     """With GOAE_EXAMPLES unset the app shows examples/ (no ../shared needed), each listed in SOURCES.md."""
     names = [Path(p).name for p in goae_app.examples]
     assert names == ["astronaut.png", "chelsea.png", "coffee.png"]
@@ -50,17 +59,16 @@ def test_examples_ship_with_the_project(app_module, goae_app):
 
 
 def test_example_photos_behave_as_described(goae_app):
-    session = goae_app.align(ROOT / "examples" / "astronaut.png", None)[0]
+    session = goae_app.align(ROOT / "examples" / "astronaut.png", None).session
     assert len(session.face.faces) == 1
-    with pytest.raises(gr.Error, match="No face found"):
+    with pytest.raises(USER_ERRORS, match="No face found"):
         goae_app.align(ROOT / "examples" / "coffee.png", None)
 
 
-def test_the_cat_example_is_a_cat(app_module):
-    apps = app_module.goae_apps
-    session = apps.align(ROOT / "examples" / "chelsea.png", None, "cat")[0]
+def test_the_cat_example_is_a_cat(apps):
+    session = apps.align(ROOT / "examples" / "chelsea.png", None, "cat").session
     assert session.domain == "cat" and session.face.detector == "cascade" and len(session.face.faces) == 1
-    with pytest.raises(gr.Error, match="No cat face found.*closer, frontal photo"):
+    with pytest.raises(USER_ERRORS, match="No cat face found.*closer, frontal photo"):
         apps.align(ROOT / "examples" / "coffee.png", None, "cat")
 
 
@@ -68,12 +76,12 @@ def test_the_cat_example_is_a_cat(app_module):
 def test_the_app_inverts_through_the_pipeline_and_reports_its_stages(goae_app, tmp_path):
     """The app's inversion is one pipe() call (no copy of the method): the same tensors as pipe(), and the
     page's progress bar hears every stage of the method in order, then the app's own file step."""
-    face = goae_app.align(ROOT / "examples" / "astronaut.png", None)[0].face
+    face = goae_app.align(ROOT / "examples" / "astronaut.png", None).session.face
     stages = []
-    out = goae_app._gpu_invert(face, tmp_path, 0.0, 0.0, None, lambda fraction, desc=None: stages.append((fraction, desc)))
+    out = goae_app.model.invert(face, tmp_path, 0.0, 0.0, None, lambda fraction, desc=None: stages.append((fraction, desc)))
     ref = goae_app.pipe(face.image, face.camera, output_type=None).to_cache()
     for name, value in ref.items():
-        assert torch.equal(out["entry"][name], value), name
+        assert torch.equal(out.entry[name], value), name
     descriptions = [d for _, d in stages]
     for word in ("Encoding", "first reconstruction", "AFA", "occlusion-aware", "Final render", "Writing"):
         assert any(word in d for d in descriptions), (word, descriptions)
@@ -81,17 +89,17 @@ def test_the_app_inverts_through_the_pipeline_and_reports_its_stages(goae_app, t
 
 
 # ------------------------------------------------------------------------------------------ ZeroGPU
-def test_gpu_decorator_is_the_function_itself_without_zerogpu(app_module, monkeypatch):
+def test_gpu_decorator_is_the_function_itself_without_zerogpu(monkeypatch):
     def f(x):
         return x + 1
 
-    monkeypatch.setattr(app_module, "spaces", None)        # `spaces` not installed
+    monkeypatch.setattr(gpu, "spaces", None)        # `spaces` not installed
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert not app_module.on_zero_gpu() and app_module.gpu(10)(f) is f
+    assert not gpu.on_zero_gpu() and gpu.gpu(10)(f) is f
     fake = types.SimpleNamespace(GPU=lambda **k: pytest.fail("spaces.GPU used outside ZeroGPU"))
-    monkeypatch.setattr(app_module, "spaces", fake)         # installed, but not a ZeroGPU Space
+    monkeypatch.setattr(gpu, "spaces", fake)         # installed, but not a ZeroGPU Space
     monkeypatch.delenv("SPACES_ZERO_GPU")
-    assert not app_module.on_zero_gpu() and app_module.gpu(10)(f) is f
+    assert not gpu.on_zero_gpu() and gpu.gpu(10)(f) is f
 
 
 def test_real_spaces_decorator_is_a_no_op_outside_zerogpu(monkeypatch):
@@ -104,12 +112,12 @@ def test_real_spaces_decorator_is_a_no_op_outside_zerogpu(monkeypatch):
     assert spaces.GPU(duration=10)(f) is f and spaces.GPU(f)(3) == 6
 
 
-def test_device_is_chosen_per_call(app_module, monkeypatch):
+def test_device_is_chosen_per_call(monkeypatch):
     moved = []
     pipe = types.SimpleNamespace(device=torch.device("cpu"), to=lambda d: moved.append(d))
-    assert app_module.call_device(pipe).type == "cpu" and moved == []
+    assert gpu.call_device(pipe).type == "cpu" and moved == []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)   # inside a ZeroGPU call, or a GPU Space
-    assert app_module.call_device(pipe).type == "cuda" and moved == [torch.device("cuda")]
+    assert gpu.call_device(pipe).type == "cuda" and moved == [torch.device("cuda")]
 
 
 class ForkingSpaces:
@@ -150,47 +158,47 @@ class ForkingSpaces:
         return decorate
 
 
-def test_every_model_step_works_through_zerogpu(app_module, goae_app, monkeypatch):
+def test_every_model_step_works_through_zerogpu(goae_app, monkeypatch):
     """All model work goes through `gpu` as pure functions: the same results when each call runs in a
     forked worker, the session's state kept in the main process as CPU tensors."""
     from goae.edit import EditDirection
 
     g = goae_app.pipe.generator
     directions = {"age": EditDirection("age", torch.randn(g.num_ws, g.w_dim, generator=torch.Generator().manual_seed(1)))}
-    local = app_module.GOAEApp(goae_app.pipe, directions, folders=goae_app.folders)
+    local = GOAEApp(goae_app.pipe, directions, folders=goae_app.folders)
     fake = ForkingSpaces()
-    monkeypatch.setattr(app_module, "spaces", fake)
+    monkeypatch.setattr(gpu, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    zero = app_module.GOAEApp(goae_app.pipe, directions, folders=goae_app.folders)
+    zero = GOAEApp(goae_app.pipe, directions, folders=goae_app.folders)
     photo = ROOT / "examples" / "astronaut.png"
     results = {}
     for name, a in (("zero", zero), ("local", local)):
-        s = a.align(photo, None)[0]
+        s = a.align(photo, None).session
         inv = a.invert(s, 20, 0, 64, progress=no_progress)
-        s = inv[0]
+        s = inv.session
         entry = a.cache.get(s.inversion)
         assert all(t.device.type == "cpu" for t in entry.values())
         assert a.cache.get(s.inversion)["planes"].shape[-1] == 256
         results[name] = dict(
-            recon=inv[1], view=inv[5], preview=a.preview(s, -20, 5)[1], render=a.view(s, -20, 5, 64)[1],
-            video=Path(a.video(s, 3, 12, 64, progress=no_progress)[1]).stat().st_size > 0,
-            mesh=a.mesh(s, 32, progress=no_progress)[4].startswith("Mesh:"),
-            edit=a.edit(s, 0, 0, 64, 2.0, progress=no_progress)[1],
-            api=[Path(f).name for f in a.api_invert(photo, None, [[30, 0]], False, False, {}, progress=no_progress)[4]])
+            recon=inv.reconstruction, view=inv.view.image, preview=a.preview(s, -20, 5).image,
+            render=a.view(s, -20, 5, 64).view.image,
+            video=Path(a.video(s, 3, 12, 64, progress=no_progress).path).stat().st_size > 0,
+            mesh=a.mesh(s, 32, progress=no_progress).text.startswith("Mesh:"),
+            edit=a.edit(s, 0, 0, 64, 2.0, progress=no_progress).image,
+            api=[Path(f).name for f in a.api_invert(photo, None, [[30, 0]], False, False, {}, progress=no_progress).files])
         assert s.edits == {"age": 2.0} and s.current != s.inversion
         a.end_session(s)
     called = [name for name, _ in fake.calls]
     # The turntable's frames are rendered in the GPU call and encoded outside it (off the GPU's time).
-    assert called == ["_gpu_invert", "_gpu_preview", "_gpu_view", "_gpu_video_frames", "_gpu_mesh", "_gpu_edit",
-                      "_gpu_api"]
-    assert all(0 < seconds <= app_module.GPU_SECONDS_MAX for _, seconds in fake.calls)
+    assert called == ["invert", "preview", "view", "video_frames", "mesh", "edit", "api"]
+    assert all(0 < seconds <= gpu.GPU_SECONDS_MAX for _, seconds in fake.calls)
     z, l = results["zero"], results["local"]
     for key in ("recon", "view", "preview", "render", "edit"):
         assert z[key].shape == l[key].shape and np.abs(z[key].astype(int) - l[key].astype(int)).max() <= 2, key
     assert z["video"] and z["mesh"] and z["api"] == l["api"]
 
 
-def test_durations_grow_with_the_work(app_module, monkeypatch):
+def test_durations_grow_with_the_work(goae_app, monkeypatch):
     fake = ForkingSpaces()
     seen = {}
 
@@ -201,55 +209,56 @@ def test_durations_grow_with_the_work(app_module, monkeypatch):
         return decorate
 
     fake.GPU = record
-    monkeypatch.setattr(app_module, "spaces", fake)
+    monkeypatch.setattr(gpu, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
     pipe = types.SimpleNamespace(generator=types.SimpleNamespace(neural_rendering_resolution=128, ray_range=(2.25, 3.3)),
                                  domain=HUMAN)
-    app_module.GOAEApp(pipe, folders=app_module.goae_app.folders)
-    video, mesh, api = seen["_gpu_video_frames"], seen["_gpu_mesh"], seen["_gpu_api"]
-    assert video(None, 24, None, None) < video(None, 120, None, None) <= app_module.GPU_SECONDS_MAX
+    GOAEApp(pipe, folders=goae_app.folders)
+    video, mesh, api = seen["video_frames"], seen["mesh"], seen["api"]
+    assert video(None, 24, None, None) < video(None, 120, None, None) <= gpu.GPU_SECONDS_MAX
     assert mesh(None, 64, None) < mesh(None, 256, None)
     from goae.export import ExportOptions
     assert api(None, None, ExportOptions()) < api(None, None, ExportOptions(views=[(30, 0)] * 8, video_frames=48,
                                                                            mesh_resolution=128))
     # Sized from GPU work plus a worker's set-up, not from CPU times: an inversion asks for seconds, not minutes.
-    s = app_module.GPU_SECONDS
-    assert seen["_gpu_invert"] == seen["_gpu_entry"] == app_module.GPU_SETUP_SECONDS + s["invert"] <= 10
-    assert seen["_gpu_preview"] < seen["_gpu_view"] < seen["_gpu_invert"]
+    s = gpu.GPU_SECONDS
+    assert seen["invert"] == seen["entry"] == gpu.GPU_SETUP_SECONDS + s["invert"] <= 10
+    assert seen["preview"] < seen["view"] < seen["invert"]
     assert video(None, 240, None, None) < 60 and mesh(None, 256, None) < 10
 
     # A Space's own measured times override the estimates; a malformed value is one clear error.
     monkeypatch.setenv("GOAE_GPU_SECONDS", '{"invert": 1.5, "video_frame": 0.05}')
-    app_module.GOAEApp(pipe, folders=app_module.goae_app.folders)
-    assert seen["_gpu_invert"] == app_module.GPU_SETUP_SECONDS + 1.5
-    assert seen["_gpu_video_frames"](None, 100, None, None) == app_module.GPU_SETUP_SECONDS + 5
+    GOAEApp(pipe, folders=goae_app.folders)
+    assert seen["invert"] == gpu.GPU_SETUP_SECONDS + 1.5
+    assert seen["video_frames"](None, 100, None, None) == gpu.GPU_SETUP_SECONDS + 5
     for bad in ('{"invert": -1}', '{"nope": 1}', '[1]', 'not json', '{"invert": "nan"}'):
         monkeypatch.setenv("GOAE_GPU_SECONDS", bad)
         with pytest.raises(ValueError, match="GOAE_GPU_SECONDS must be"):
-            app_module.gpu_seconds()
+            gpu.gpu_seconds()
 
 
 # ------------------------------------------------------------------------------------------ what comes in, what goes out
-def test_messages_never_show_server_paths(app_module, goae_app, tmp_path):
+def test_messages_never_show_server_paths(goae_app, tmp_path):
     from gradio.utils import get_upload_folder
 
     upload = Path(get_upload_folder()) / "0123abcd" / "photo.jpg"
     text = f"cannot read {upload}: broken; see {tmp_path / 'x' / 'y.png'} and {ROOT / 'app.py'}"
-    hidden = app_module.hide_paths(text)
+    hidden = components.hide_paths(text)
     assert "photo.jpg" in hidden and "y.png" in hidden and "app.py" in hidden
     assert str(upload.parent) not in hidden and str(tmp_path) not in hidden and str(ROOT) not in hidden
+    align = components.user_errors(goae_app.align)  # as the page calls it
     for bad in (tmp_path / "missing.jpg", tmp_path):
         with pytest.raises(gr.Error) as e:
-            goae_app.align(bad, None)
+            align(bad, None)
         assert str(tmp_path) not in e.value.message and "/" not in e.value.message.replace("1/", "")
 
 
-def test_photo_input_enforces_the_size_limit_and_upload_folder(app_module, tmp_path, monkeypatch):
+def test_photo_input_enforces_the_size_limit_and_upload_folder(tmp_path, monkeypatch):
     from gradio.data_classes import FileData
     from gradio.utils import get_upload_folder
 
     examples = ROOT / "examples"
-    image = app_module.photo_input([examples], type="filepath")
+    image = components.photo_input([examples], type="filepath")
     png = (examples / "astronaut.png").read_bytes()
     inline = f"data:image/png;base64,{base64.b64encode(png).decode()}"
     assert image.preprocess(FileData(path="photo.png", url=inline)) == png
@@ -258,8 +267,8 @@ def test_photo_input_enforces_the_size_limit_and_upload_folder(app_module, tmp_p
         image.preprocess(FileData(path="/etc/hostname"))
     with pytest.raises(gr.Error, match="as an upload"):
         image.preprocess(FileData(path=str(Path(get_upload_folder()) / ".." / "etc" / "passwd")))
-    monkeypatch.setattr(app_module, "MAX_UPLOAD_MB", 1)
-    image = app_module.photo_input([examples], type="filepath")
+    monkeypatch.setattr(server, "MAX_UPLOAD_MB", 1)
+    image = components.photo_input([examples], type="filepath")
     big = "A" * (2 * 2**20)
     with pytest.raises(gr.Error, match="too large") as e:
         image.preprocess(FileData(path="photo.png", url=f"data:image/png;base64,{big}"))
@@ -279,7 +288,7 @@ def test_photo_input_enforces_the_size_limit_and_upload_folder(app_module, tmp_p
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_request_size_limit_middleware(app_module):
+def test_request_size_limit_middleware():
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import PlainTextResponse
@@ -290,7 +299,7 @@ def test_request_size_limit_middleware(app_module):
         return PlainTextResponse(str(len(await request.body())))
 
     web = Starlette(routes=[Route("/", echo, methods=["POST"])],
-                    middleware=[Middleware(app_module.RequestSizeLimit, max_bytes=1000)])
+                    middleware=[Middleware(RequestSizeLimit, max_bytes=1000)])
     client = TestClient(web)
     assert client.post("/", content=b"x" * 1000).text == "1000"
     refused = client.post("/", content=b"x" * 1001)
@@ -303,20 +312,20 @@ def test_request_size_limit_middleware(app_module):
 
 
 def test_api_options_are_checked_before_any_work(goae_app, monkeypatch):
-    monkeypatch.setattr(goae_app, "_gpu_api", lambda *a, **k: pytest.fail("the model ran"))
+    monkeypatch.setattr(goae_app.model, "api", lambda *a, **k: pytest.fail("the model ran"))
     photo = ROOT / "examples" / "astronaut.png"
     for kwargs, message in (({"edits": [1]}, "edits must be strengths"), ({"edits": {"age": 2}}, "unknown edit"),
                             ({"views": "30:0"}, "views must be a list"), ({"face_index": -1}, "face index"),
                             ({"face_index": 3}, "face_index 3 is not valid")):
-        with pytest.raises(gr.Error, match=message):
+        with pytest.raises(USER_ERRORS, match=message):
             goae_app.api_invert(photo, progress=no_progress, **kwargs)
 
 
-def test_api_views_are_checked(app_module):
-    assert app_module._view_list(None) == [] and app_module._view_list([[30, 0], [-30.5, 10]]) == [(30, 0), (-30.5, 10)]
+def test_api_views_are_checked():
+    assert parse_views(None) == [] and parse_views([[30, 0], [-30.5, 10]]) == [(30, 0), (-30.5, 10)]
     for bad in ([30, 0], [[1, 2, 3]], "30:0", [[float("nan"), 0]], [[0, 0]] * 17, [[400, 0]]):
-        with pytest.raises((app_module.AppError, ValueError)):
-            app_module._view_list(bad)
+        with pytest.raises(USER_ERRORS):
+            parse_views(bad)
 
 
 # ------------------------------------------------------------------------------------------ start-up
@@ -340,7 +349,7 @@ def test_page_config_holds_only_data(app_module):
         assert copy.deepcopy(leaf) is leaf, leaf
 
 
-def test_head_of_the_page_answers_at_once(app_module):
+def test_head_of_the_page_answers_at_once():
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import HTMLResponse
@@ -354,7 +363,7 @@ def test_head_of_the_page_answers_at_once(app_module):
         return HTMLResponse("<html>the page</html>")
 
     web = Starlette(routes=[Route("/", page, methods=["GET", "HEAD"]), Route("/x", page, methods=["GET", "HEAD"])],
-                    middleware=[Middleware(app_module.QuickHead)])
+                    middleware=[Middleware(QuickHead)])
     client = TestClient(web)
     head = client.head("/")
     assert head.status_code == 200 and head.headers["content-type"].startswith("text/html") and rendered == []
@@ -489,14 +498,16 @@ def test_stateless_view_and_edit_reuse_the_inversion(goae_app, monkeypatch):
     """/render_view and /edit (MCP tools) keep nothing per caller, but the inversion of the same photo, face and
     options stays in the app's tri-plane cache: a second view of it only renders."""
     photo = str(ROOT / "examples" / "astronaut.png")
-    view, depth, edited, camera = goae_app.api_view(photo, None, 30, 0, progress=no_progress)
-    assert view.shape == (512, 512, 3) and Path(depth).is_file() and edited is None and len(camera["label"]) == 25
-    monkeypatch.setattr(goae_app, "_gpu_entry", lambda *a, **k: pytest.fail("inverted the same photo again"))
-    other = goae_app.api_view(photo, 0, -30, 5, progress=no_progress)[0]   # face 0 is the largest: the same face
+    first = goae_app.api_view(photo, None, 30, 0, progress=no_progress)
+    view = first.view
+    assert view.shape == (512, 512, 3) and Path(first.depth).is_file() and first.edited is None
+    assert len(first.camera["label"]) == 25
+    monkeypatch.setattr(goae_app.model, "entry", lambda *a, **k: pytest.fail("inverted the same photo again"))
+    other = goae_app.api_view(photo, 0, -30, 5, progress=no_progress).view   # face 0 is the largest: the same face
     assert np.abs(other.astype(int) - view.astype(int)).mean() > 1
-    with pytest.raises(gr.Error, match="unknown edit"):
+    with pytest.raises(USER_ERRORS, match="unknown edit"):
         goae_app.api_view(photo, None, 0, 0, {"no-such": 1}, progress=no_progress)
-    with pytest.raises(gr.Error, match="yaw"):
+    with pytest.raises(USER_ERRORS, match="yaw"):
         goae_app.api_view(photo, None, 400, 0, progress=no_progress)
 
 

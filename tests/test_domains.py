@@ -159,35 +159,36 @@ def test_cli_inverts_a_cat_photo(repo_examples, tmp_path, capsys):
 
 
 def test_app_routes_each_session_to_its_domain(examples_dir):
-    from appserver import import_app
+    from appserver import build_apps
+    from goae.app.service import USER_ERRORS
 
-    app = import_app({"GOAE_WEIGHTS": "random-small", "GOAE_DIRECTIONS": str(examples_dir / "goae" / "ws_edit"),
-                      "GOAE_EXAMPLES": None})
-    apps = app.goae_apps
-    assert sorted(apps.apps) == ["cat", "human"] and apps.default is app.goae_app
+    apps = build_apps(directions=str(examples_dir / "goae" / "ws_edit"))
+    assert sorted(apps.apps) == ["cat", "human"] and apps.default is apps.get("human") is apps.get(None)
     # Random weights: each domain gets only its own directions (projected to the small width).
     assert sorted(apps.get("cat").directions) == ["cat_black", "cat_smalleyes"]
     assert sorted(apps.get("human").directions) == ["age", "anger", "glass"]
     quiet = lambda *a, **k: None  # noqa: E731
-    cat, _, text, radio, _ = apps.align(examples_dir / "wild" / "chelsea.png", None, "cat", None, "", 12, 0)
-    assert cat.domain == "cat" and "not estimated" in text and "yaw +12.0°" in text and radio["visible"] is False
-    human, _, text, _, _ = apps.align(examples_dir / "wild" / "obama.jpg", None, "human", None, "", 0, 0)
-    assert human.domain == "human" and "Estimated camera" in text
+    aligned = apps.align(examples_dir / "wild" / "chelsea.png", None, "cat", None, "", 12, 0)
+    cat, text = aligned.session, aligned.camera_text
+    assert cat.domain == "cat" and "not estimated" in text and "yaw +12.0°" in text and aligned.several_faces is False
+    aligned = apps.align(examples_dir / "wild" / "obama.jpg", None, "human", None, "", 0, 0)
+    human = aligned.session
+    assert human.domain == "human" and "Estimated camera" in aligned.camera_text
     assert apps.of(cat) is apps.get("cat") and apps.of(human) is apps.get("human")
     apps.of(cat).invert(cat, 20, 0, 32, progress=quiet)
     apps.of(human).invert(human, 20, 0, 32, progress=quiet)
-    edited = apps.get("cat").edit(cat, 0, 0, 32, 1.0, 0.0, progress=quiet)[1]
+    edited = apps.get("cat").edit(cat, 0, 0, 32, 1.0, 0.0, progress=quiet).image
     assert edited.shape == (512, 512, 3)
     # The wrong aligner says what to do instead.
-    with pytest.raises(app.gr.Error, match="human portrait. Use the human domain"):
+    with pytest.raises(USER_ERRORS, match="human portrait. Use the human domain"):
         apps.align(examples_dir / "wild" / "obama.jpg", None, "cat", None, "", 0, 0)
-    with pytest.raises(app.gr.Error, match="If it is a cat, choose 'Cat face'"):
+    with pytest.raises(USER_ERRORS, match="If it is a cat, choose 'Cat face'"):
         apps.align(examples_dir / "wild" / "chelsea.png", None, "human", None, "", 0, 0)
-    with pytest.raises(app.gr.Error, match="box must be left,top,right,bottom"):
+    with pytest.raises(USER_ERRORS, match="box must be left,top,right,bottom"):
         apps.align(examples_dir / "wild" / "chelsea.png", None, "cat", None, "1,2,3", 0, 0)
-    with pytest.raises(app.gr.Error, match="box and camera are for cat photos"):
+    with pytest.raises(USER_ERRORS, match="box and camera are for cat photos"):
         apps.api_invert(examples_dir / "wild" / "obama.jpg", box=[1, 2, 30, 40])
     boxed = apps.api_invert(examples_dir / "wild" / "chelsea.png", domain="cat", box=[70, 0, 440, 300],
                             camera=[0, 5])
-    assert boxed[1]["domain"] == "cat" and boxed[1]["camera_estimated"] is False
-    assert boxed[1]["pitch_deg"] == pytest.approx(5, abs=1e-3)
+    assert boxed.camera["domain"] == "cat" and boxed.camera["camera_estimated"] is False
+    assert boxed.camera["pitch_deg"] == pytest.approx(5, abs=1e-3)

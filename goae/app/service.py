@@ -1,0 +1,449 @@
+"""The app's steps, without Gradio: align a photo, choose a face, invert, view, preview, edit, video, mesh, and the
+stateless API calls. Each step takes the browser session's `Session` (goae.app.state) and plain values and
+returns a named result; bad input or state raises one of USER_ERRORS with a readable message (the UI shows it).
+
+`GOAEApp` serves one pipeline (one domain: its aligner, cameras and edit directions); `AppDomains` holds one per
+domain and sends each photo, and every later step of its session, to the pipeline of the domain it was aligned for.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from goae import export
+from goae.align import AlignError
+from goae.align.errors import NoFaceError
+from goae.app.model import ModelSteps, Progress
+from goae.app.results import (Aligned, ApiInversion, ApiView, Edited, Inverted, Mesh, Preview, Shown,
+                              Video)
+from goae.app.state import AppError, Folders, InversionCache, Session
+from goae.camera import CameraError, yaw_pitch_from_label
+from goae.domains import DomainError
+from goae.edit import DirectionError, EditDirection, edit_offset, how_to_get_directions, resolve_names
+from goae.io import atomic_write_bytes
+from goae.runtime import release_cpu_memory
+
+# The errors a step raises for bad input or state: their message is for the visitor (anything else is a bug).
+USER_ERRORS = (AlignError, AppError, CameraError, DirectionError, DomainError, export.ExportError)
+MAX_API_VIEWS = 16
+
+
+def no_progress(*args, **kwargs) -> None:
+    pass
+
+
+def releases_memory(fn: Callable) -> Callable:
+    """After each call, the C heap's free memory goes back to the system: a model step frees hundreds of MB
+    of tensors, which otherwise stay with the process, scattered over the request threads' arenas."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            release_cpu_memory()
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------ request values
+def parse_box(box) -> tuple[float, float, float, float] | None:
+    """A cat box from the page ('l,t,r,b' text) or the API ([l, t, r, b]); empty -> None (detect)."""
+    if box in (None, "", []):
+        return None
+    parts = box.replace(" ", "").split(",") if isinstance(box, str) else box
+    if not isinstance(parts, (list, tuple)) or len(parts) != 4:
+        raise AppError(f"the box must be left,top,right,bottom in pixels, e.g. 120,40,330,260; got {box!r}")
+    return tuple(export.finite(v, "box coordinate") for v in parts)
+
+
+def parse_camera(camera) -> tuple[float | None, float | None]:
+    """A cat photo's camera [yaw, pitch] in degrees; empty -> (None, None) (AFHQ frontal)."""
+    if camera in (None, "", []):
+        return None, None
+    if not isinstance(camera, (list, tuple)) or len(camera) != 2:
+        raise AppError(f"camera must be [yaw, pitch] in degrees; got {camera!r}")
+    return export.finite(camera[0], "camera yaw"), export.finite(camera[1], "camera pitch")  # ranges: align_cat
+
+
+def parse_views(views) -> list[tuple[float, float]]:
+    """[[yaw, pitch], ...] in degrees (the API's `views`), checked."""
+    if views in (None, "", []):
+        return []
+    if not isinstance(views, (list, tuple)) or not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in views):
+        raise AppError(f"views must be a list of [yaw, pitch] pairs in degrees, e.g. [[-30, 0], [30, 0]]; got {views!r}")
+    if len(views) > MAX_API_VIEWS:
+        raise AppError(f"at most {MAX_API_VIEWS} views per call, got {len(views)}")
+    return [(export.finite(y, "view yaw", -180, 180), export.finite(p, "view pitch", -90, 90)) for y, p in views]
+
+
+def parse_edits(edits) -> dict[str, float]:
+    if edits not in (None, "") and not isinstance(edits, dict):
+        raise AppError(f'edits must be strengths by direction name, e.g. {{"age": 2}}; got {edits!r}')
+    return {name: export.finite(a, f"strength of {name!r}") for name, a in (edits or {}).items()}
+
+
+def parse_angles(yaw, pitch) -> tuple[float, float]:
+    return export.finite(yaw, "yaw", -180, 180), export.finite(pitch, "pitch", -90, 90)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# ------------------------------------------------------------------------------------------ one pipeline
+class GOAEApp:
+    """The steps of one pipeline (one domain). Session steps take the session and return a named result with
+    the session in it; the model work runs in `self.model` (pure steps, through ZeroGPU where the app runs on it)."""
+
+    def __init__(self, pipe, directions: dict[str, EditDirection] | None = None, banner: str = "",
+                 notes: list[str] | None = None, examples: list[str] | None = None,
+                 cache_bytes: int = 512 * 2**20, folders: Folders | None = None,
+                 cache: InversionCache | None = None):
+        self.pipe = pipe
+        self.domain = pipe.domain  # the aligner, cameras and edit directions of this pipeline
+        self.directions = directions or {}
+        self.banner, self.notes, self.examples = banner, notes or [], examples or []
+        self.cache = cache or InversionCache(cache_bytes)
+        self.folders = folders or Folders()
+        self.model = ModelSteps(pipe, self.directions)
+        native = int(pipe.generator.neural_rendering_resolution)
+        # The model's own resolution by default; lower ones are an explicit preview choice (fewer rays,
+        # the super-resolution still gives 512). Slider drags preview at half of it without super-resolution.
+        self.resolutions = sorted({32, 64, native})
+        self.default_resolution = native
+        self.preview_resolution = self.model.preview_resolution
+        self.default_frames = 120 if torch.cuda.is_available() else 24
+        self.mesh_resolution = 128
+
+    # -- sessions
+    def new_session(self, session_id: str | None = None) -> Session:
+        return Session(folder=self.folders.session(session_id))
+
+    def end_session(self, session: Session | None) -> None:
+        """A session ended (closed tab, expired state) or starts over with a new photo: its tri-plane caches
+        and files go."""
+        if isinstance(session, Session):
+            self.end_folder(session.folder)
+
+    def end_folder(self, folder: Path) -> None:
+        self.cache.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    @staticmethod
+    def _need_result(session: Session | None) -> Session:
+        if not isinstance(session, Session) or session.current is None:
+            raise AppError("Run the inversion first: upload a photo, then press 'Invert'.")
+        return session
+
+    def _resolution(self, resolution) -> int | None:
+        """The neural rendering resolution chosen in the options (None = the model's own)."""
+        if resolution is None or export.finite(resolution, "neural rendering resolution") not in self.resolutions:
+            raise AppError(f"neural rendering resolution must be one of {self.resolutions}, got {resolution!r}")
+        return None if int(resolution) == self.default_resolution else int(resolution)
+
+    # -- what the page and the API say about a face
+    def _yaw_pitch(self, face) -> tuple[float, float]:
+        yaw, pitch = yaw_pitch_from_label(torch.as_tensor(face.camera)[None], lookat=self.domain.label_lookat)
+        # + 0.0: no "-0.0°" on the page
+        return round(float(np.degrees(float(yaw[0]))), 6) + 0.0, round(float(np.degrees(float(pitch[0]))), 6) + 0.0
+
+    def _camera_text(self, face) -> str:
+        yaw, pitch = self._yaw_pitch(face)
+        l, t, r, b = face.box
+        what = "Estimated camera" if self.domain.camera_estimated else \
+            "Camera (not estimated for cats: AFHQ frontal unless set under Cat options)"
+        if face.face_index is None:  # a cat from a box the user gave, or a photo taken as the crop
+            how = {"user box": "the box you gave", "as given": "the whole photo (already a 512×512 crop)"}
+            which = f"**Cat face** from {how.get(getattr(face, 'detector', ''), 'the photo')}"
+        else:
+            which = (f"**{'Face' if self.domain.camera_estimated else 'Cat face'}** {face.face_index + 1} of "
+                     f"{len(face.faces)}")
+        return (f"**{what}**: yaw {yaw:+.1f}°, pitch {pitch:+.1f}° (radius 2.7, focal 4.2647)  \n"
+                f"{which} (crop box {l:.0f},{t:.0f} – {r:.0f},{b:.0f} px in a "
+                f"{face.source_size[0]}×{face.source_size[1]} photo)")
+
+    def _camera_json(self, face) -> dict:
+        yaw, pitch = self._yaw_pitch(face)
+        return {"label": [float(x) for x in face.camera], "yaw_deg": yaw, "pitch_deg": pitch,
+                "camera_estimated": self.domain.camera_estimated, "domain": self.domain.name,
+                "face_index": face.face_index, "faces_found": face.faces_found or len(face.faces),
+                "face_box": [float(x) for x in face.box], "photo_size": list(face.source_size)}
+
+    @staticmethod
+    def _face_choices(face) -> list[tuple[str, int]]:
+        def area(f):  # a human Face, or a cat's (l, t, r, b) box
+            if hasattr(f, "area"):
+                return f.area
+            l, t, r, b = f
+            return (r - l) * (b - t)
+        if not face.faces:
+            return []
+        largest = max(range(len(face.faces)), key=lambda i: area(face.faces[i]))
+        return [(f"Face {i + 1}" + (" (largest)" if i == largest else ""), i) for i in range(len(face.faces))]
+
+    # -- session steps
+    def _align(self, photo, face_index: int | None, options: dict):
+        """The domain's aligner (goae.domains.Domain.align); a cat's box and camera come in `options`."""
+        if self.domain.camera_estimated:
+            return self.domain.align(photo, face_index=face_index)
+        return self.domain.align(photo, face_index=face_index, **options)
+
+    @releases_memory
+    def align(self, photo, session: Session | None, face_index: int | None = None, session_id: str | None = None,
+              box=None, yaw=None, pitch=None) -> Aligned:
+        """Find the faces, crop the chosen one (largest by default), estimate its camera (for cats: a box given
+        or detected, the camera set or AFHQ frontal). A new photo starts the session over; a photo that fails
+        leaves nothing behind."""
+        options = {"box": box, "yaw": yaw, "pitch": pitch} if face_index is None else \
+            (session.align_options if isinstance(session, Session) else {})
+        if face_index is None:  # a new photo: the previous one's results and files go
+            folder = session.folder if isinstance(session, Session) else self.folders.session(session_id)
+            self.end_session(session)
+            session = Session(folder=folder)
+        if photo is None:
+            return Aligned(session)
+        try:
+            if isinstance(photo, bytes):  # an inline data: URL: kept as a file, for choosing another face
+                photo = str(atomic_write_bytes(session.path("photo"), photo))
+            face = self._align(photo, face_index, options)
+            session.photo, session.face, session.edits = str(photo), face, {}
+            session.domain, session.align_options = self.domain.name, options
+            session.inversion = session.current = None
+            aligned = str(export.save_png(face.image, session.path("aligned.png")))
+        except Exception:
+            if face_index is None:
+                self.end_session(session)
+            raise
+        return Aligned(session, np.asarray(face.image), self._camera_text(face), self._face_choices(face),
+                       face.face_index, face.face_index is not None and len(face.faces) > 1, aligned)
+
+    def choose_face(self, face_index, session: Session | None) -> Aligned:
+        if not isinstance(session, Session) or session.photo is None:
+            raise AppError("Upload a photo first.")
+        if face_index is None:
+            raise AppError("Choose a face.")
+        return self.align(session.photo, session, export.whole(face_index, "face index", 0))
+
+    @releases_memory
+    def invert(self, session: Session | None, yaw: float, pitch: float, resolution: int,
+               progress: Progress = no_progress) -> Inverted:
+        """One encoder pass + AFA refinement + occlusion-aware mix; the tri-planes go to the session's cache."""
+        if not isinstance(session, Session) or session.face is None:
+            raise AppError("Upload a photo with a face first.")
+        resolution, (yaw, pitch) = self._resolution(resolution), parse_angles(yaw, pitch)  # before the slow part
+        if (reused := self._reuse_inversion(session, yaw, pitch, resolution)) is not None:
+            return reused
+        t0 = time.perf_counter()
+        out = self.model.invert(session.face, session.path(), yaw, pitch, resolution, progress)
+        if session.current != session.inversion:
+            self.cache.forget(session.current)  # the previous inversion's edit
+        session.inversion = session.current = self.cache.put(session.cache_keys[0], out.entry)
+        session.edits, session.shown = {}, (session.current, yaw, pitch)
+        return Inverted(session, out.reconstruction, str(out.bundle / "reconstruction.png"),
+                        str(out.bundle / "ws.safetensors"), f"Inverted in {time.perf_counter() - t0:.1f} s ({out.device}).",
+                        out.view)
+
+    def _reuse_inversion(self, session: Session, yaw: float, pitch: float, resolution) -> Inverted | None:
+        """The same photo, face and options were already inverted in this session (a new photo, face or crop
+        clears `inversion`): back to that inversion (without its edit) and its view, without inverting again."""
+        try:
+            entry = self.cache.get(session.inversion) if session.inversion else None
+        except AppError:  # no longer kept: invert again
+            return None
+        if entry is None:
+            return None
+        if session.current != session.inversion:
+            self.cache.forget(session.current)
+        session.current, session.edits = session.inversion, {}
+        view = self.model.view(entry, yaw, pitch, resolution, session.path())
+        session.shown = (session.current, yaw, pitch)
+        rec = session.path("inversion/reconstruction.png")
+        return Inverted(session, _read_rgb(rec), str(rec), str(session.path("inversion/ws.safetensors")),
+                        "Already inverted (the same photo, face and crop): shown again, not re-run.", view)
+
+    @releases_memory
+    def view(self, session: Session | None, yaw: float, pitch: float, resolution: int) -> Shown:
+        """Novel view + its depth from the cached tri-planes (the inversion or its edit)."""
+        if not isinstance(session, Session) or session.current is None:
+            return Shown(session)  # nothing inverted yet: the sliders just move
+        resolution, (yaw, pitch) = self._resolution(resolution), parse_angles(yaw, pitch)
+        view = self.model.view(self.cache.get(session.current), yaw, pitch, resolution, session.path())
+        session.shown = (session.current, yaw, pitch)
+        return Shown(session, view)
+
+    @releases_memory
+    def preview(self, session: Session | None, yaw: float, pitch: float) -> Preview:
+        """The fast preview while a slider moves; nothing before an inversion."""
+        if not isinstance(session, Session) or session.current is None:
+            return Preview(session)
+        yaw, pitch = parse_angles(yaw, pitch)
+        if session.shown == (session.current, yaw, pitch):
+            # A late preview (the page sends the last one held back while the previous ran) of the position
+            # whose full render is already shown: it would cover the full render with the blurry preview.
+            return Preview(session)
+        return Preview(session, *self.model.preview(self.cache.get(session.current), yaw, pitch))
+
+    @releases_memory
+    def video(self, session: Session | None, frames: int, fps: int, resolution: int,
+              progress: Progress = no_progress) -> Video:
+        """Turntable (the official orbit) rendered frame by frame from the cached tri-planes, H.264 MP4."""
+        session = self._need_result(session)
+        frames, fps = export.whole(frames, "video frames", 1, 240), export.finite(fps, "fps", 1, 60)
+        resolution = self._resolution(resolution)
+        return Video(session, self.model.video(self.cache.get(session.current), frames, fps, resolution,
+                                               session.path("turntable.mp4"), progress))
+
+    @releases_memory
+    def mesh(self, session: Session | None, resolution: int, progress: Progress = no_progress) -> Mesh:
+        """Marching cubes of the cached tri-planes' density -> .glb (shown) and .ply."""
+        session = self._need_result(session)
+        resolution = export.whole(resolution, "mesh grid resolution", 16, 256)
+        progress(0.1, desc=f"Sampling density on a {resolution}³ grid, marching cubes")
+        out = self.model.mesh(self.cache.get(session.current), resolution, session.path())
+        return Mesh(session, out.glb, out.ply, f"Mesh: {out.vertices:,} vertices, {out.faces:,} triangles.")
+
+    @releases_memory
+    def edit(self, session: Session | None, yaw: float, pitch: float, resolution: int, *strengths: float,
+             progress: Progress = no_progress) -> Edited:
+        """W+ edit of the inversion (GOAEPipeline.edit); views, video and mesh then follow the edited face."""
+        session = self._need_result(session)
+        if not self.directions:
+            raise AppError(how_to_get_directions(self.domain.name))
+        edits = {name: export.finite(a, f"strength of {name!r}") for name, a in zip(self.directions, strengths)}
+        resolution, (yaw, pitch) = self._resolution(resolution), parse_angles(yaw, pitch)
+        session.edits = {k: v for k, v in edits.items() if v}
+        if not session.edits:  # all zero: back to the inversion itself
+            self.cache.forget(session.current if session.current != session.inversion else None)
+            session.current = session.inversion
+            view = self.model.view(self.cache.get(session.inversion), yaw, pitch, resolution, session.path())
+            session.shown = (session.current, yaw, pitch)
+            path = session.path("inversion/reconstruction.png")
+            return Edited(session, _read_rgb(path), str(path), view)
+        progress(0.1, desc="Editing")
+        out = self.model.edit(self.cache.get(session.inversion), edit_offset(self.directions, edits), yaw, pitch,
+                              resolution, session.path(), export.edit_file_name(session.edits))
+        session.current = self.cache.put(session.cache_keys[1], out.entry)
+        session.shown = (session.current, yaw, pitch)
+        return Edited(session, out.image, out.path, out.view)
+
+    # -- stateless API calls
+    def _cat_options(self, box, camera) -> dict:
+        if box in (None, "", []) and camera in (None, "", []):
+            return {}
+        if self.domain.camera_estimated:
+            raise AppError(f"box and camera are for cat photos; the {self.domain.title.lower()} pipeline "
+                           "finds the face and estimates its camera")
+        return {"box": parse_box(box), **dict(zip(("yaw", "pitch"), parse_camera(camera)))}
+
+    @releases_memory
+    def api_view(self, photo, face_index=None, yaw=0.0, pitch=0.0, edits=None, box=None, camera=None,
+                 progress: Progress = no_progress) -> ApiView:
+        """Stateless: the photo's head at yaw/pitch, edited by `edits` ({name: strength}) if given. The inversion
+        of the same photo, face and options is kept in the app's tri-plane cache, so later calls only render."""
+        if photo is None:
+            raise AppError("Send a photo.")
+        index = None if face_index in (None, "") else export.whole(face_index, "face index", 0)
+        yaw, pitch = parse_angles(yaw, pitch)
+        edits = parse_edits(edits)
+        resolve_names(edits, self.directions)
+        cat = self._cat_options(box, camera)
+        face = self._align(photo, index, cat)
+        data = photo if isinstance(photo, bytes) else Path(photo).read_bytes()
+        key = hashlib.sha256(data + repr((self.domain.name, face.face_index, cat)).encode()).hexdigest()[:32]
+        cached = self.folders.api_cache(key)
+        try:
+            entry = self.cache.get(str(cached))
+        except AppError:
+            entry = self.cache.get(self.cache.put(cached, self.model.entry(face, progress)))
+        folder = self.folders.api_call()
+        if any(edits.values()):
+            offset = edit_offset(self.directions, {k: v for k, v in edits.items() if v})
+            out = self.model.edit(entry, offset, yaw, pitch, None, folder, export.edit_file_name(edits))
+            view, edited = out.view, out.image
+        else:
+            view, edited = self.model.view(entry, yaw, pitch, None, folder), None
+        return ApiView(view.image, view.depth_preview, edited, self._camera_json(face))
+
+    @releases_memory
+    def api_invert(self, photo, face_index=None, views=None, video: bool = False, mesh: bool = False,
+                   edits=None, box=None, camera=None, progress: Progress = no_progress) -> ApiInversion:
+        """The stateless endpoint: one photo in; crop, camera, reconstruction, views and files out. `box`
+        ([l, t, r, b]) and `camera` ([yaw, pitch] degrees) are for cat photos."""
+        if photo is None:
+            raise AppError("Send a photo.")
+        index = None if face_index in (None, "") else export.whole(face_index, "face index", 0)
+        views = parse_views(views)
+        edits = parse_edits(edits)
+        options = export.ExportOptions(views=views, video_frames=self.default_frames if video else 0, fps=24,
+                                       mesh_resolution=self.mesh_resolution if mesh else 0, edits=edits)
+        resolve_names(options.edits, self.directions)  # unknown names fail before any work
+        face = self._align(photo, index, self._cat_options(box, camera))
+        folder = self.folders.api_call()
+        try:
+            reconstruction = self.model.api(face, folder, options, progress)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        views_out = [(str(folder / export.view_file_name(y, p)), f"yaw {y:+g}°, pitch {p:+g}°") for y, p in views]
+        files = sorted(str(p) for p in folder.iterdir() if p.is_file())
+        return ApiInversion(np.asarray(face.image), self._camera_json(face), reconstruction, views_out, files)
+
+
+# ------------------------------------------------------------------------------------------ the domains
+class AppDomains:
+    """The app's pipelines, one per domain (goae.domains: human portraits, cats), sharing the session folders
+    and the tri-plane cache. A session belongs to the domain its photo was aligned for; every later step
+    (views, video, mesh, edits) goes to that pipeline."""
+
+    def __init__(self, apps: dict[str, GOAEApp]):
+        if not apps:
+            raise AppError("no pipeline loaded")
+        self.apps = apps
+        self.default = apps.get("human") or next(iter(apps.values()))
+
+    def get(self, domain: str | None) -> GOAEApp:
+        name = domain or self.default.domain.name
+        if name not in self.apps:
+            raise AppError(f"no {name!r} pipeline is loaded here; this app inverts: "
+                           f"{', '.join(a.domain.title.lower() + 's' for a in self.apps.values())}")
+        return self.apps[name]
+
+    def of(self, session) -> GOAEApp:
+        """The app of the session's domain (the default one before any photo)."""
+        return self.get(session.domain) if isinstance(session, Session) and session.domain in self.apps else self.default
+
+    @property
+    def choices(self) -> list[tuple[str, str]]:
+        return [(a.domain.title, name) for name, a in self.apps.items()]
+
+    def align(self, photo, session, domain: str | None = None, session_id: str | None = None, box=None,
+              yaw=None, pitch=None) -> Aligned:
+        """A new photo (or a new domain for it) with the chosen domain's aligner; the cat options only for cats."""
+        app = self.get(domain)
+        if app.domain.camera_estimated:
+            try:
+                return app.align(photo, session, session_id=session_id)
+            except NoFaceError as e:
+                if "cat" in self.apps:
+                    raise NoFaceError(f"{e} If it is a cat, choose 'Cat face' above.") from None
+                raise
+        return app.align(photo, session, session_id=session_id, box=parse_box(box),
+                         yaw=export.finite(yaw or 0, "cat camera yaw"),
+                         pitch=export.finite(pitch or 0, "cat camera pitch"))  # ranges: align_cat
+
+    def api_view(self, photo, face_index=None, yaw=0.0, pitch=0.0, edits=None, domain=None, box=None, camera=None,
+                 progress: Progress = no_progress) -> ApiView:
+        return self.get(domain or None).api_view(photo, face_index, yaw, pitch, edits, box, camera, progress=progress)
+
+    def api_invert(self, photo, face_index=None, views=None, video=False, mesh=False, edits=None, domain=None,
+                   box=None, camera=None, progress: Progress = no_progress) -> ApiInversion:
+        return self.get(domain or None).api_invert(photo, face_index, views, video, mesh, edits, box, camera,
+                                                   progress=progress)
