@@ -50,7 +50,7 @@ from safetensors.torch import save as st_save_bytes
 from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_direction_name, get_domain
 from goae.io import atomic_write_bytes, one_line
 from goae.paths import DIRECTIONS_DIR, downloads_folder
-from goae.weights.checks import PipelineInfo, check_pipeline_folder
+from goae.weights.checks import check_pipeline_folder
 
 NUM_WS = 14  # EG3D backbone at 256^2 tri-planes: b4..b256 -> 14 W+ rows
 DIRECTIONS_FOLDER = "directions"  # inside a pipeline folder (goae.pipeline reads it from there)
@@ -272,14 +272,12 @@ def write_directions(folder: str | os.PathLike, found: Mapping[str, EditDirectio
     return list(found)
 
 
-def add_directions(pipeline_folder: str | os.PathLike, files, info: PipelineInfo | None = None
-                   ) -> tuple[list[str], list[str]]:
+def add_directions(pipeline_folder: str | os.PathLike, files) -> tuple[list[str], list[str]]:
     """Put the direction files that fit a pipeline folder (its domain and W+ shape, read from the folder) into
     its `directions/` as .safetensors tagged with the domain, each written atomically (files already there
-    stay; one of the same name is replaced). `info`: what check_pipeline_folder read, when the caller has just
-    checked the folder. Returns (names added, one note per file left out)."""
+    stay; one of the same name is replaced). Returns (names added, one note per file left out)."""
     folder = Path(pipeline_folder)
-    info = info or check_pipeline_folder(folder)
+    info = check_pipeline_folder(folder)
     found, notes = _usable(sorted(Path(f) for f in files), info.num_ws, info.w_dim, False, info.domain)
     return write_directions(folder / DIRECTIONS_FOLDER, found, info.num_ws), notes
 

@@ -53,3 +53,33 @@ def test_tiny_run_logs_evaluation_and_keeps_best(data, tmp_path):
     card = (out / "final" / "README.md").read_text()
     assert "## Evaluation" in card and "step 4, 2 images (heldout.json)" in card
     assert f"| lpips | {evals[4]['eval_lpips']:.4f} |" in card and "random weights" in card
+
+
+def test_a_nan_evaluation_does_not_pick_best(data, tmp_path):
+    # A held-out mean is over the finite values only (goae.eval.finite_mean): before, a plain sum made one NaN
+    # image a NaN mean, best.json kept NaN as the best value, and no later evaluation could beat it.
+    import math
+
+    import torch
+
+    from train.checkpoint import load_checkpoint, read_best
+    from train.stages import HeldOutEval
+
+    cfg = {"seed": 0, "data": {"path": str(data)},
+           "eval": {"labels": "heldout.json", "networks": "random", "best": "lpips", "resolution": 64}}
+    held = HeldOutEval(cfg, torch.device("cpu"))
+    run = tmp_path / "run"
+
+    def keep(step, lpips):
+        logged = held.record(step, {"lpips": lpips, "mse": [0.5, 0.5]})
+        return logged, held.keep_best(run, lambda: {"step": step})
+
+    logged, kept = keep(1, [math.nan, math.nan])  # a diverged step: no lpips mean at all
+    assert not kept and read_best(run) is None and "eval_lpips" not in logged and logged["eval_mse"] == 0.5
+    logged, kept = keep(2, [0.4, 0.2])
+    assert kept and logged["eval_lpips"] == pytest.approx(0.3) and read_best(run)["step"] == 2
+    logged, kept = keep(3, [math.inf, 0.1])  # the finite image counts, the other is left out
+    assert kept and logged["eval_lpips"] == pytest.approx(0.1)
+    assert read_best(run)["value"] == pytest.approx(0.1) and load_checkpoint(run / "checkpoints" / "best.pt")["step"] == 3
+    logged, kept = keep(4, [0.2, 0.2])  # worse: best.pt stays
+    assert not kept and read_best(run)["step"] == 3

@@ -38,6 +38,7 @@ from PIL import Image
 
 from goae.align import AlignError, load_image
 from goae.align.image import MAX_PIXELS, readable_formats
+from goae.io import one_line
 
 FLIP_ENTRIES = [1, 2, 3, 4, 8]  # cam2world entries that change sign under a horizontal mirror (EG3D, FFHQ and AFHQ)
 MIN_SIZE = 64  # px: below this an image is no face crop, whatever the resolution
@@ -77,7 +78,7 @@ def _header(path: Path) -> tuple[int, int] | str:
     except Image.UnidentifiedImageError:
         return f"cannot read image {path}: not an image file goae can read ({', '.join(readable_formats())})"
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        return f"cannot read image {path}: {' '.join(str(e).split()) or type(e).__name__}"
+        return f"cannot read image {path}: {one_line(e)}"
     w, h = size
     if w != h:
         return f"image {path} is {w}x{h}; EG3D crops are square"

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from goae.camera import camera_label
 from goae.domains import get_domain
+from goae.eval.metrics import finite_mean, higher_is_better
 from goae.models.encoder import STAGES as ROW_GROUPS
 from goae.models.goae import GOAE, resize
 from train import data as D
@@ -358,14 +359,19 @@ class HeldOutEval:
         finally:
             for m, w in zip(modules, was):
                 m.train(w)
-        means = {k: float(sum(v) / len(v)) for k, v in values.items()}
+        return self.record(step, values)
+
+    def record(self, step: int, values: dict[str, list[float]]) -> dict[str, float]:
+        """The means of one evaluation's per-image values, kept as `last` and returned as log entries. NaN/inf
+        images are left out of a mean (goae.eval's finite_mean), and a metric with no finite value has no mean:
+        one diverged image must not make a NaN the best value, which no later evaluation could beat."""
+        means = {k: m for k, v in values.items() if (m := finite_mean(v)) is not None}
         self.last = {"step": step, "images": len(self.indices), "labels": str(self.e["labels"]),
                      "resolution": self.e["resolution"], "metrics": means, "networks": dict(self.nets.described)}
         return {f"eval_{k}": v for k, v in means.items()}
 
     def keep_best(self, run_dir, state_fn) -> bool:
         """After `run`: write checkpoints/best.pt when `eval.best` improved on best.json's value."""
-        from goae.eval.metrics import higher_is_better
         from train.checkpoint import read_best, save_best
 
         metric = self.e["best"]

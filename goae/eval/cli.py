@@ -10,6 +10,8 @@ import json
 import sys
 from typing import Sequence
 
+from goae.io import one_line
+
 
 def _yaws(text: str) -> tuple[float, ...]:
     out = []
@@ -58,7 +60,7 @@ def build_parser(prog: str = "goae eval") -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "goae eval") -> int:
-    from goae.cli import native_log_filter, one_line, quiet_native_logs
+    from goae.cli import native_log_filter, quiet_native_logs
 
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.resolution < 16 or args.resolution > 1024:
@@ -66,10 +68,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "goae eval") -> int:
         return 2
     quiet_native_logs(args.verbose)
     with native_log_filter(enabled=not args.verbose):
-        return _run(args, prog, one_line)
+        return _run(args, prog)
 
 
-def _run(args, prog: str, one_line) -> int:
+def _run(args, prog: str) -> int:
     from goae.edit import random_weights
     from goae.eval.runner import EvalOptions, evaluate, load_networks
     from goae.export import check_weights

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from goae.io import one_line
+
 
 class MissingWeightsError(FileNotFoundError):
     """A metric-network file is not there: says which file, what it is and how to give its path."""
@@ -44,7 +46,7 @@ def read_state_dict(path: str | os.PathLike | None, desc: str, hint: str) -> Map
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsFileError(f"cannot read {path} as {desc}: the file is truncated or not a PyTorch state dict "
-                               f"({type(e).__name__}: {' '.join(str(e)[:200].split())})") from None
+                               f"({type(e).__name__}: {one_line(str(e)[:200])})") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsFileError(f"{path} is not a state dict of tensors (expected {desc}); got {type(sd).__name__}")
     return sd

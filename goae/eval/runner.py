@@ -33,6 +33,7 @@ from PIL import Image
 
 from goae.eval import metrics as M
 from goae.eval import networks as N
+from goae.io import NotARegularFile, atomic_dir, atomic_write_bytes, check_regular_file, one_line, sha256_file
 
 LABEL_FILES = ("dataset.json",)
 
@@ -63,7 +64,6 @@ class MetricNetworks:
 
 
 def _describe(paths: Sequence) -> str:
-    from goae.io import sha256_file
     return ", ".join(f"{Path(p).name} (sha256 {sha256_file(p)[:12]})" for p in paths)
 
 
@@ -97,8 +97,8 @@ def load_networks(lpips_trunk=None, lpips_lin=None, lpips_net: str = "alex", id_
             setattr(nets, name, make())
             nets.described[name] = _describe(paths)
         except (N.MissingWeightsError, N.WeightsFileError) as e:
-            nets.described[name] = f"not measured: {' '.join(str(e).split())}"
-            warn(f"{title} is not measured: {' '.join(str(e).split())}")
+            nets.described[name] = f"not measured: {one_line(e)}"
+            warn(f"{title} is not measured: {one_line(e)}")
     if nets.lpips is not None:
         nets.described["lpips"] = f"{lpips_net}: {nets.described['lpips']}"
     return nets
@@ -130,8 +130,7 @@ def _label_array(label) -> np.ndarray | None:
 
 def _labelled_items(label_path: Path, out_root: Path) -> list[EvalItem]:
     """Items of an EG3D labels file; images of its folder without a label are skipped items."""
-    from goae.cli import PHOTO_SUFFIXES, one_line
-    from goae.io import NotARegularFile, check_regular_file
+    from goae.cli import PHOTO_SUFFIXES
 
     root = label_path.parent
     try:
@@ -142,7 +141,7 @@ def _labelled_items(label_path: Path, out_root: Path) -> list[EvalItem]:
             raise TypeError("'labels' is not a list")
     except (OSError, ValueError, KeyError, TypeError) as e:
         return [EvalItem(0, str(label_path), None, error=f"not an EG3D labels file ({{\"labels\": [[relpath, "
-                                                                f"[25 floats]], ...]}}): {' '.join(str(e).split())[:200]}")]
+                                                                f"[25 floats]], ...]}}): {one_line(e)[:200]}")]
     items, listed = [], set()
     for entry in entries:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
@@ -326,13 +325,10 @@ def read_record(out_root: Path, name: str) -> dict | None:
 
 
 def _write_record(out_root: Path, rec: dict) -> None:
-    from goae.io import atomic_write_bytes
     atomic_write_bytes(_record_path(out_root, rec["name"]), json.dumps(rec, indent=1).encode())
 
 
 def _process(pipe, nets, item: EvalItem, out_root: Path, opts: EvalOptions, key: str) -> dict:
-    from goae.io import atomic_dir
-
     rec = {"index": item.index, "name": item.name, "input": item.source, "status": "skipped", "reason": None,
            "aligned_by": "labels" if item.camera is not None else "goae", "metrics": {}, "settings": key}
     if item.error is not None:
@@ -352,7 +348,6 @@ def _process(pipe, nets, item: EvalItem, out_root: Path, opts: EvalOptions, key:
             image, camera = face.image, face.camera
         values, tiles, feats = measure(pipe, nets, image, camera, opts)
     except Exception as e:  # one image's failure is its own record (no face, unreadable file, ...)
-        from goae.cli import one_line
         rec["reason"] = one_line(e)
         return rec
     rec.update(status="ok", metrics=values, seconds=round(time.perf_counter() - t0, 3))

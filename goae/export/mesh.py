@@ -42,12 +42,7 @@ def density_grid(generator, planes: torch.Tensor, resolution: int = 128, bounds:
     dev = planes.device
     chunk = chunk_points_for(dev) if chunk is None else whole(chunk, "chunk", low=1)
     axis = torch.linspace(-bounds, bounds, r, device=dev)
-    sigma = torch.empty(r ** 3, dtype=torch.float32, device=dev)
-    for s in range(0, r ** 3, chunk):
-        idx = torch.arange(s, min(s + chunk, r ** 3), device=dev)
-        pts = torch.stack([axis[idx // r ** 2], axis[(idx // r) % r], axis[idx % r]], dim=-1)[None]
-        sigma[s:s + idx.numel()] = field.density(pts)[0]
-    return sigma.reshape(r, r, r).cpu().numpy()
+    return _densities(field, axis, 0, r, None, chunk).reshape(r, r, r).cpu().numpy()
 
 
 def marching_cubes(volume: np.ndarray, level: float, bounds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -80,11 +75,13 @@ def resolve_mesh_level(sigma: np.ndarray, level: float | str = EG3D_MESH_LEVEL, 
     return finite(level, "mesh level")
 
 
-def _densities(field, axis: torch.Tensor, offset: int, n: int, flat: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Density at flat indices of the n^3 sub-grid whose first point is axis[offset] on every axis."""
-    out = torch.empty(flat.numel(), dtype=torch.float32, device=axis.device)
-    for s in range(0, flat.numel(), chunk):
-        idx = flat[s:s + chunk]
+def _densities(field, axis: torch.Tensor, offset: int, n: int, flat: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """Density at flat indices of the n^3 sub-grid whose first point is axis[offset] on every axis; flat None: at
+    every point in order (each chunk's indices made as it goes: 512^3 of them would be 1 GB)."""
+    total = n ** 3 if flat is None else flat.numel()
+    out = torch.empty(total, dtype=torch.float32, device=axis.device)
+    for s in range(0, total, chunk):
+        idx = torch.arange(s, min(s + chunk, total), device=axis.device) if flat is None else flat[s:s + chunk]
         pts = torch.stack([axis[offset + idx // n ** 2], axis[offset + (idx // n) % n], axis[offset + idx % n]], dim=-1)
         out[s:s + idx.numel()] = field.density(pts[None])[0]
     return out
