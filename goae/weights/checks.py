@@ -13,14 +13,13 @@ import contextlib
 import json
 import math
 import os
-import stat
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from goae.io import one_line
+from goae.io import NotARegularFile, check_regular_file, one_line
 from goae.weights.errors import DomainMismatchWarning, StateDictMismatchError, WeightsFolderError
 
 # ----------------------------------------------------------------------------- checking a weights folder
@@ -226,14 +225,13 @@ def shape_map(module_or_sd) -> dict[str, tuple[int, ...]]:
 def _regular_file(path: Path, what: str) -> Path:
     # A FIFO or device would block or never end when read: only regular files (links to them are fine).
     try:
-        st = path.stat()
+        return check_regular_file(path, what)
     except FileNotFoundError:
         raise WeightsFolderError(f"{path}: {what} is missing") from None
+    except NotARegularFile:
+        raise WeightsFolderError(f"{path}: {what} is not a regular file") from None
     except OSError as e:
-        raise WeightsFolderError(f"{path}: cannot read {what} ({e.strerror or e})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise WeightsFolderError(f"{path}: {what} is not a regular file")
-    return path
+        raise WeightsFolderError(f"{path}: cannot read {what} ({one_line(e)})") from None
 
 
 def _read_json(path: Path) -> dict:

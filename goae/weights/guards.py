@@ -11,13 +11,13 @@ from __future__ import annotations
 import pickle
 import pickletools
 import reprlib
-import stat
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from goae.io import NotARegularFile, check_regular_file, one_line
 from goae.weights.checks import preview
 from goae.weights.errors import (CheckpointError, CheckpointNotFoundError, OversizedCheckpointError,
                                  TruncatedCheckpointError, WrongCheckpointError)
@@ -47,16 +47,13 @@ def checkpoint_size(path: Path) -> int:
     """Refuse what is not a regular file before opening it (a FIFO blocks forever, /dev/zero never
     ends); links to files are fine. Returns the size in bytes."""
     try:
-        st = path.stat()
+        return check_regular_file(path, "checkpoint").stat().st_size
     except FileNotFoundError:
         raise CheckpointNotFoundError(f"{path}: no such file") from None
+    except NotARegularFile as e:
+        raise WrongCheckpointError(str(e)) from None
     except OSError as e:
-        raise WrongCheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise WrongCheckpointError(f"{path} is a folder, expected a checkpoint file")
-    if not stat.S_ISREG(st.st_mode):
-        raise WrongCheckpointError(f"{path} is not a regular file (a FIFO, socket or device?), expected a checkpoint file")
-    return st.st_size
+        raise WrongCheckpointError(f"{path}: cannot read it ({one_line(e)})") from None
 
 
 # Limits on what a network pickle may describe. A released EG3D pickle is far below them: G_ema has
