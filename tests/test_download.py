@@ -350,6 +350,23 @@ def test_corrupted_file(home, server, official, run, how):
         assert paths.default_weights_folder() is not None
 
 
+def test_file_the_converter_refuses_is_moved_aside(home, official, run):
+    # Readable, so it passes the per-file check, but not the encoder (the AFA weights under its name): the
+    # converter's error names the file (CheckpointError.path), and only that file is moved aside and forgotten.
+    downloads = home / "downloads"
+    downloads.mkdir(parents=True)
+    for name, data in official.items():
+        (downloads / name).write_bytes(official[AFA_FILE] if name == ENCODER_FILE else data)
+    code, out, err = run("--mirror", "http://127.0.0.1:9/never-used", "--no-directions")
+    assert code == 1
+    line = error_line(err)
+    assert "conversion failed, nothing was written" in line and "does not match the model" in line, line
+    assert sorted(p.name for p in downloads.glob("*.rejected")) == [ENCODER_FILE + ".rejected"]
+    assert (downloads / EG3D_FILE).is_file() and (downloads / AFA_FILE).is_file()
+    assert sorted(dl.read_sums(downloads / SUMS_NAME)) == sorted([EG3D_FILE, AFA_FILE])
+    assert not (home / "weights" / "goae-ffhq").exists() and leftovers(home) == []
+
+
 def test_bad_file_put_there_by_hand(home, official, run):
     # Offline: the files are in the downloads folder already, one of them damaged (a truncated copy).
     downloads = home / "downloads"

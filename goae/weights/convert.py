@@ -14,6 +14,7 @@ CLI:  goae convert eg3d ffhqrebalanced512-128.pkl weights/generator [--domain hu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -96,6 +97,16 @@ def choose_domain(domain: str | None, generator, source: str | os.PathLike) -> t
     return want.name, []
 
 
+@contextlib.contextmanager
+def _blame(path: str | os.PathLike):
+    """A CheckpointError raised in the block is about the file `path` (its `path`), for callers that act on it."""
+    try:
+        yield
+    except CheckpointError as e:
+        e.path = e.path or Path(path)
+        raise
+
+
 # ----------------------------------------------------------------------------- edit directions
 
 
@@ -151,10 +162,13 @@ def convert_goae(
     _check_domain_name(domain)
     direction_files = _direction_files(directions)
     # Every file and config is checked (models on the meta device) before a real model is built.
-    enc = load_goae_checkpoint(encoder_pt, "encoder", encoder_config)
-    afa_ck = load_goae_checkpoint(afa_pt, "afa", afa_config)
-    generator = load_official_generator(eg3d_pkl)
-    domain, notes = choose_domain(domain, generator, eg3d_pkl)
+    with _blame(encoder_pt):
+        enc = load_goae_checkpoint(encoder_pt, "encoder", encoder_config)
+    with _blame(afa_pt):
+        afa_ck = load_goae_checkpoint(afa_pt, "afa", afa_config)
+    with _blame(eg3d_pkl):
+        generator = load_official_generator(eg3d_pkl)
+        domain, notes = choose_domain(domain, generator, eg3d_pkl)
     key_mapping = enc.key_mapping + afa_ck.key_mapping
     for line in key_mapping:
         _warn(line)

@@ -20,8 +20,8 @@ What it does, in order:
    `<cache>/downloads/SHA256SUMS` (`sha256sum -c` format) and in the pipeline's model card.
    Files already in the downloads folder (e.g. fetched by hand from Google Drive) are used as they are,
    after the same checks.
-3. Conversion with `goae.weights.convert.convert_goae` into `<cache>/weights/goae-ffhq` (or `--out`), published
-   atomically; the command prints the folder. `default_weights_folder()` returns it once it is complete,
+3. Conversion with `goae.weights.convert.convert_goae` into `<cache>/weights/goae-ffhq` (or `--out`),
+   published atomically; the command prints the folder. `default_weights_folder()` returns it once it is complete,
    for the app and `goae invert` to use when no weights are configured.
 4. The official edit directions (age, anger, glass; cat_black, cat_smalleyes for the cat model), which
    the GOAE authors publish in their git repository (example/ws_edit), come from GitHub at a fixed commit
@@ -32,8 +32,6 @@ What it does, in order:
 The transfers: goae.weights.fetch (resume, deadlines, redirects, a full disk); the hosts and licences:
 goae.weights.sources. Importing this module does not import torch.
 """
-
-from __future__ import annotations
 
 from __future__ import annotations
 
@@ -49,7 +47,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from goae.io import atomic_dir, atomic_write_bytes, one_line, sha256_file
 from goae.paths import DIRECTIONS_DIR, downloads_folder, weights_folder
 from goae.weights.cards import Provenance, current_command, write_model_card
-from goae.weights.errors import (CheckpointError, CorruptDownloadError, DownloadError, LicenceNotAcceptedError)
+from goae.weights.errors import CheckpointError, CorruptDownloadError, DownloadError, LicenceNotAcceptedError
 from goae.weights.fetch import MIN_RATE, download_file, new_opener, read_text, to_stderr
 from goae.weights.sources import (AFA_FILE, COMMAND, DIRECTION_FILES, DIRECTIONS_PAGE, EG3D_FILE, EG3D_LICENCE_NAME,
                                   EG3D_LICENCE_URL, ENCODER_FILE, FILES, GOAE_REPO_URL, KNOWN_SHA256, MIRROR_ENV, NGC_PAGE,
@@ -386,13 +384,12 @@ def _convert(downloads: Path, out: Path, overwrite: bool, digests: Mapping[str, 
             write_model_card(tmp, "pipeline", Provenance(sources=sources, command=current_command(),
                                                          note=f"official checkpoints downloaded from {origin}", notes=notes))
     except CheckpointError as e:
-        msg = one_line(e)
         for f in FILES:  # a file the converter refuses is not kept as good
-            if str(paths[f.name]) in msg and paths[f.name].is_file():
+            if e.path == paths[f.name] and paths[f.name].is_file():
                 _reject(paths[f.name], log)
                 recorded.pop(f.name, None)
                 _write_sums(downloads / SUMS_NAME, recorded)
-        raise CorruptDownloadError(f"conversion failed, nothing was written to {out}: {msg}") from None
+        raise CorruptDownloadError(f"conversion failed, nothing was written to {out}: {one_line(e)}") from None
 
 
 # ----------------------------------------------------------------------------- command line

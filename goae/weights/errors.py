@@ -19,7 +19,10 @@ class DomainMismatchWarning(UserWarning):
 
 
 class CheckpointError(Exception):
-    """A checkpoint file cannot be used (base class of all converter errors)."""
+    """A checkpoint file cannot be used (base class of all converter errors). path: the file, where the converter
+    knows which one it is (goae.weights.convert.convert_goae sets it)."""
+
+    path = None
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):

@@ -66,7 +66,7 @@ KNOWN_SHA256: dict[str, str] = {f"{DIRECTIONS_DIR}/{n}": d for n, d in DIRECTION
 
 MIRROR_ENV = "GOAE_WEIGHTS_MIRROR"
 SUMS_NAME = "SHA256SUMS"
-COMMAND = "python -m goae.download --accept-licences"
+COMMAND = "goae download --accept-licences"
 
 
 @dataclasses.dataclass(frozen=True)
