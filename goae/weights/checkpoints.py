@@ -15,8 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from goae.weights.checks import check_config, check_finite, check_state_dict, describe_mismatch, meta_module, preview, shape_map
-from goae.weights.errors import (NonFiniteWeightsError, StateDictMismatchError, UnsupportedArchitectureError)
+from goae.weights.checks import (check_config, check_finite, check_state_dict, describe_mismatch, meta_module, preview,
+                                 shape_map)
+from goae.weights.errors import NonFiniteWeightsError, StateDictMismatchError, UnsupportedArchitectureError
 from goae.weights.unpickle import flat_state_dict, read_official_generator, read_torch_file
 
 # ----------------------------------------------------------------------------- EG3D

@@ -32,6 +32,9 @@ from goae.weights.checks import check_pipeline_folder
 from goae.weights.errors import (CheckpointError, CheckpointNotFoundError, DomainMismatchError, DomainMismatchWarning,
                                  WeightsFolderError, WrongCheckpointError)
 
+# ----------------------------------------------------------------------------- EG3D
+
+
 def convert_eg3d(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False,
                  domain: str | None = None) -> Path:
     """Write a diffusers-style folder (config.json + diffusion_pytorch_model.safetensors) atomically. `domain`
@@ -58,7 +61,7 @@ def _provenance(sources: Mapping[str, str | os.PathLike], domain: str = "human",
                 notes: Sequence[str] = ()) -> "Provenance":
     """Model-card provenance of a conversion: each source file's name and sha256, and the command."""
     return Provenance(sources={Path(p).name: sha256_file(p) for p in sources.values()}, command=current_command(),
-                      note="converted from the official checkpoints by goae.convert", domain=domain,
+                      note="converted from the official checkpoints by goae convert", domain=domain,
                       key_mapping=list(key_mapping), notes=list(notes))
 
 
