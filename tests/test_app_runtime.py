@@ -19,8 +19,9 @@ import torch
 from appserver import build_apps, import_app
 from goae.app import components, gpu, server
 from goae.app.server import QuickHead, RequestSizeLimit
-from goae.app.service import USER_ERRORS, GOAEApp, parse_views
+from goae.app.service import MAX_API_VIEWS, USER_ERRORS, GOAEApp
 from goae.domains import HUMAN
+from goae.request import parse_views
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -322,10 +323,13 @@ def test_api_options_are_checked_before_any_work(goae_app, monkeypatch):
 
 
 def test_api_views_are_checked():
-    assert parse_views(None) == [] and parse_views([[30, 0], [-30.5, 10]]) == [(30, 0), (-30.5, 10)]
+    """The API's views, as the service reads them (goae.request, at most MAX_API_VIEWS)."""
+    assert MAX_API_VIEWS == 16
+    assert parse_views(None, MAX_API_VIEWS) == [] and \
+        parse_views([[30, 0], [-30.5, 10]], MAX_API_VIEWS) == [(30, 0), (-30.5, 10)]
     for bad in ([30, 0], [[1, 2, 3]], "30:0", [[float("nan"), 0]], [[0, 0]] * 17, [[400, 0]]):
         with pytest.raises(USER_ERRORS):
-            parse_views(bad)
+            parse_views(bad, MAX_API_VIEWS)
 
 
 # ------------------------------------------------------------------------------------------ start-up

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import shutil
 import time
 from pathlib import Path
@@ -26,13 +27,14 @@ from goae.app.results import (Aligned, ApiInversion, ApiView, Edited, Inverted, 
                               Video)
 from goae.app.state import AppError, Folders, InversionCache, Session
 from goae.camera import CameraError, yaw_pitch_from_label
-from goae.domains import DomainError
-from goae.edit import DirectionError, EditDirection, edit_offset, how_to_get_directions, resolve_names
+from goae.domains import DEFAULT_DOMAIN, DomainError
+from goae.edit import DirectionError, EditDirection, edit_offset, how_to_get_directions
 from goae.io import atomic_write_bytes
+from goae.request import Request, RequestError, check_angles, parse_box, parse_edits
 from goae.runtime import release_cpu_memory
 
 # The errors a step raises for bad input or state: their message is for the visitor (anything else is a bug).
-USER_ERRORS = (AlignError, AppError, CameraError, DirectionError, DomainError, export.ExportError)
+USER_ERRORS = (AlignError, AppError, CameraError, DirectionError, DomainError, export.ExportError, RequestError)
 MAX_API_VIEWS = 16
 
 
@@ -50,47 +52,6 @@ def releases_memory(fn: Callable) -> Callable:
         finally:
             release_cpu_memory()
     return wrapper
-
-
-# ------------------------------------------------------------------------------------------ request values
-def parse_box(box) -> tuple[float, float, float, float] | None:
-    """A cat box from the page ('l,t,r,b' text) or the API ([l, t, r, b]); empty -> None (detect)."""
-    if box in (None, "", []):
-        return None
-    parts = box.replace(" ", "").split(",") if isinstance(box, str) else box
-    if not isinstance(parts, (list, tuple)) or len(parts) != 4:
-        raise AppError(f"the box must be left,top,right,bottom in pixels, e.g. 120,40,330,260; got {box!r}")
-    return tuple(export.finite(v, "box coordinate") for v in parts)
-
-
-def parse_camera(camera) -> tuple[float | None, float | None]:
-    """A cat photo's camera [yaw, pitch] in degrees; empty -> (None, None) (AFHQ frontal)."""
-    if camera in (None, "", []):
-        return None, None
-    if not isinstance(camera, (list, tuple)) or len(camera) != 2:
-        raise AppError(f"camera must be [yaw, pitch] in degrees; got {camera!r}")
-    return export.finite(camera[0], "camera yaw"), export.finite(camera[1], "camera pitch")  # ranges: align_cat
-
-
-def parse_views(views) -> list[tuple[float, float]]:
-    """[[yaw, pitch], ...] in degrees (the API's `views`), checked."""
-    if views in (None, "", []):
-        return []
-    if not isinstance(views, (list, tuple)) or not all(isinstance(v, (list, tuple)) and len(v) == 2 for v in views):
-        raise AppError(f"views must be a list of [yaw, pitch] pairs in degrees, e.g. [[-30, 0], [30, 0]]; got {views!r}")
-    if len(views) > MAX_API_VIEWS:
-        raise AppError(f"at most {MAX_API_VIEWS} views per call, got {len(views)}")
-    return [(export.finite(y, "view yaw", -180, 180), export.finite(p, "view pitch", -90, 90)) for y, p in views]
-
-
-def parse_edits(edits) -> dict[str, float]:
-    if edits not in (None, "") and not isinstance(edits, dict):
-        raise AppError(f'edits must be strengths by direction name, e.g. {{"age": 2}}; got {edits!r}')
-    return {name: export.finite(a, f"strength of {name!r}") for name, a in (edits or {}).items()}
-
-
-def parse_angles(yaw, pitch) -> tuple[float, float]:
-    return export.finite(yaw, "yaw", -180, 180), export.finite(pitch, "pitch", -90, 90)
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -160,12 +121,12 @@ class GOAEApp:
         l, t, r, b = face.box
         what = "Estimated camera" if self.domain.camera_estimated else \
             "Camera (not estimated for cats: AFHQ frontal unless set under Cat options)"
-        if face.face_index is None:  # a cat from a box the user gave, or a photo taken as the crop
+        noun = self.domain.face_noun
+        if face.face_index is None:  # a face from a box the user gave, or a photo taken as the crop
             how = {"user box": "the box you gave", "as given": "the whole photo (already a 512×512 crop)"}
-            which = f"**Cat face** from {how.get(getattr(face, 'detector', ''), 'the photo')}"
+            which = f"**{noun}** from {how.get(getattr(face, 'detector', ''), 'the photo')}"
         else:
-            which = (f"**{'Face' if self.domain.camera_estimated else 'Cat face'}** {face.face_index + 1} of "
-                     f"{len(face.faces)}")
+            which = f"**{noun}** {face.face_index + 1} of {len(face.faces)}"
         return (f"**{what}**: yaw {yaw:+.1f}°, pitch {pitch:+.1f}° (radius 2.7, focal 4.2647)  \n"
                 f"{which} (crop box {l:.0f},{t:.0f} – {r:.0f},{b:.0f} px in a "
                 f"{face.source_size[0]}×{face.source_size[1]} photo)")
@@ -190,18 +151,12 @@ class GOAEApp:
         return [(f"Face {i + 1}" + (" (largest)" if i == largest else ""), i) for i in range(len(face.faces))]
 
     # -- session steps
-    def _align(self, photo, face_index: int | None, options: dict):
-        """The domain's aligner (goae.domains.Domain.align); a cat's box and camera come in `options`."""
-        if self.domain.camera_estimated:
-            return self.domain.align(photo, face_index=face_index)
-        return self.domain.align(photo, face_index=face_index, **options)
-
     @releases_memory
     def align(self, photo, session: Session | None, face_index: int | None = None, session_id: str | None = None,
               box=None, yaw=None, pitch=None) -> Aligned:
         """Find the faces, crop the chosen one (largest by default), estimate its camera (for cats: a box given
-        or detected, the camera set or AFHQ frontal). A new photo starts the session over; a photo that fails
-        leaves nothing behind."""
+        or detected, the camera set or AFHQ frontal: only where the domain takes them). A new photo starts the
+        session over; a photo that fails leaves nothing behind."""
         options = {"box": box, "yaw": yaw, "pitch": pitch} if face_index is None else \
             (session.align_options if isinstance(session, Session) else {})
         if face_index is None:  # a new photo: the previous one's results and files go
@@ -213,7 +168,7 @@ class GOAEApp:
         try:
             if isinstance(photo, bytes):  # an inline data: URL: kept as a file, for choosing another face
                 photo = str(atomic_write_bytes(session.path("photo"), photo))
-            face = self._align(photo, face_index, options)
+            face = self.domain.align(photo, face_index=face_index, **options)
             session.photo, session.face, session.edits = str(photo), face, {}
             session.domain, session.align_options = self.domain.name, options
             session.inversion = session.current = None
@@ -230,7 +185,7 @@ class GOAEApp:
             raise AppError("Upload a photo first.")
         if face_index is None:
             raise AppError("Choose a face.")
-        return self.align(session.photo, session, export.whole(face_index, "face index", 0))
+        return self.align(session.photo, session, Request.parse(face_index=face_index).face_index)
 
     @releases_memory
     def invert(self, session: Session | None, yaw: float, pitch: float, resolution: int,
@@ -238,7 +193,7 @@ class GOAEApp:
         """One encoder pass + AFA refinement + occlusion-aware mix; the tri-planes go to the session's cache."""
         if not isinstance(session, Session) or session.face is None:
             raise AppError("Upload a photo with a face first.")
-        resolution, (yaw, pitch) = self._resolution(resolution), parse_angles(yaw, pitch)  # before the slow part
+        resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")  # before the slow part
         if (reused := self._reuse_inversion(session, yaw, pitch, resolution)) is not None:
             return reused
         t0 = time.perf_counter()
@@ -274,7 +229,7 @@ class GOAEApp:
         """Novel view + its depth from the cached tri-planes (the inversion or its edit)."""
         if not isinstance(session, Session) or session.current is None:
             return Shown(session)  # nothing inverted yet: the sliders just move
-        resolution, (yaw, pitch) = self._resolution(resolution), parse_angles(yaw, pitch)
+        resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")
         view = self.model.view(self.cache.get(session.current), yaw, pitch, resolution, session.path())
         session.shown = (session.current, yaw, pitch)
         return Shown(session, view)
@@ -284,7 +239,7 @@ class GOAEApp:
         """The fast preview while a slider moves; nothing before an inversion."""
         if not isinstance(session, Session) or session.current is None:
             return Preview(session)
-        yaw, pitch = parse_angles(yaw, pitch)
+        yaw, pitch = check_angles(yaw, pitch, what="")
         if session.shown == (session.current, yaw, pitch):
             # A late preview (the page sends the last one held back while the previous ran) of the position
             # whose full render is already shown: it would cover the full render with the blurry preview.
@@ -317,8 +272,8 @@ class GOAEApp:
         session = self._need_result(session)
         if not self.directions:
             raise AppError(how_to_get_directions(self.domain.name))
-        edits = {name: export.finite(a, f"strength of {name!r}") for name, a in zip(self.directions, strengths)}
-        resolution, (yaw, pitch) = self._resolution(resolution), parse_angles(yaw, pitch)
+        edits = parse_edits(dict(zip(self.directions, strengths)))
+        resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")
         session.edits = {k: v for k, v in edits.items() if v}
         if not session.edits:  # all zero: back to the inversion itself
             self.cache.forget(session.current if session.current != session.inversion else None)
@@ -335,13 +290,10 @@ class GOAEApp:
         return Edited(session, out.image, out.path, out.view)
 
     # -- stateless API calls
-    def _cat_options(self, box, camera) -> dict:
-        if box in (None, "", []) and camera in (None, "", []):
-            return {}
-        if self.domain.camera_estimated:
-            raise AppError(f"box and camera are for cat photos; the {self.domain.title.lower()} pipeline "
-                           "finds the face and estimates its camera")
-        return {"box": parse_box(box), **dict(zip(("yaw", "pitch"), parse_camera(camera)))}
+    def _request(self, **fields) -> Request:
+        """The call's options checked at once (goae.request), against this domain and its directions."""
+        return Request.parse(**fields, domain=self.domain, directions=self.directions, notes=self.notes,
+                             max_views=MAX_API_VIEWS)
 
     @releases_memory
     def api_view(self, photo, face_index=None, yaw=0.0, pitch=0.0, edits=None, box=None, camera=None,
@@ -350,23 +302,20 @@ class GOAEApp:
         of the same photo, face and options is kept in the app's tri-plane cache, so later calls only render."""
         if photo is None:
             raise AppError("Send a photo.")
-        index = None if face_index in (None, "") else export.whole(face_index, "face index", 0)
-        yaw, pitch = parse_angles(yaw, pitch)
-        edits = parse_edits(edits)
-        resolve_names(edits, self.directions)
-        cat = self._cat_options(box, camera)
-        face = self._align(photo, index, cat)
+        req = self._request(face_index=face_index, edits=edits, box=box, camera=camera)
+        yaw, pitch = check_angles(yaw, pitch, what="")
+        face = self.domain.align(photo, face_index=req.face_index, **req.align_options())
         data = photo if isinstance(photo, bytes) else Path(photo).read_bytes()
-        key = hashlib.sha256(data + repr((self.domain.name, face.face_index, cat)).encode()).hexdigest()[:32]
-        cached = self.folders.api_cache(key)
+        key = repr((self.domain.name, face.face_index, req.align_options()))
+        cached = self.folders.api_cache(hashlib.sha256(data + key.encode()).hexdigest()[:32])
         try:
             entry = self.cache.get(str(cached))
         except AppError:
             entry = self.cache.get(self.cache.put(cached, self.model.entry(face, progress)))
         folder = self.folders.api_call()
-        if any(edits.values()):
-            offset = edit_offset(self.directions, {k: v for k, v in edits.items() if v})
-            out = self.model.edit(entry, offset, yaw, pitch, None, folder, export.edit_file_name(edits))
+        if any(req.edits.values()):
+            offset = edit_offset(self.directions, {k: v for k, v in req.edits.items() if v})
+            out = self.model.edit(entry, offset, yaw, pitch, None, folder, export.edit_file_name(req.edits))
             view, edited = out.view, out.image
         else:
             view, edited = self.model.view(entry, yaw, pitch, None, folder), None
@@ -376,23 +325,20 @@ class GOAEApp:
     def api_invert(self, photo, face_index=None, views=None, video: bool = False, mesh: bool = False,
                    edits=None, box=None, camera=None, progress: Progress = no_progress) -> ApiInversion:
         """The stateless endpoint: one photo in; crop, camera, reconstruction, views and files out. `box`
-        ([l, t, r, b]) and `camera` ([yaw, pitch] degrees) are for cat photos."""
+        ([l, t, r, b]) and `camera` ([yaw, pitch] degrees) where the domain takes them (cats)."""
         if photo is None:
             raise AppError("Send a photo.")
-        index = None if face_index in (None, "") else export.whole(face_index, "face index", 0)
-        views = parse_views(views)
-        edits = parse_edits(edits)
-        options = export.ExportOptions(views=views, video_frames=self.default_frames if video else 0, fps=24,
-                                       mesh_resolution=self.mesh_resolution if mesh else 0, edits=edits)
-        resolve_names(options.edits, self.directions)  # unknown names fail before any work
-        face = self._align(photo, index, self._cat_options(box, camera))
+        req = self._request(face_index=face_index, views=views, edits=edits, box=box, camera=camera)
+        options = export.ExportOptions(views=list(req.views), video_frames=self.default_frames if video else 0, fps=24,
+                                       mesh_resolution=self.mesh_resolution if mesh else 0, edits=dict(req.edits))
+        face = self.domain.align(photo, face_index=req.face_index, **req.align_options())
         folder = self.folders.api_call()
         try:
             reconstruction = self.model.api(face, folder, options, progress)
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        views_out = [(str(folder / export.view_file_name(y, p)), f"yaw {y:+g}°, pitch {p:+g}°") for y, p in views]
+        views_out = [(str(folder / export.view_file_name(y, p)), f"yaw {y:+g}°, pitch {p:+g}°") for y, p in req.views]
         files = sorted(str(p) for p in folder.iterdir() if p.is_file())
         return ApiInversion(np.asarray(face.image), self._camera_json(face), reconstruction, views_out, files)
 
@@ -407,7 +353,7 @@ class AppDomains:
         if not apps:
             raise AppError("no pipeline loaded")
         self.apps = apps
-        self.default = apps.get("human") or next(iter(apps.values()))
+        self.default = apps.get(DEFAULT_DOMAIN) or next(iter(apps.values()))
 
     def get(self, domain: str | None) -> GOAEApp:
         name = domain or self.default.domain.name
@@ -426,18 +372,22 @@ class AppDomains:
 
     def align(self, photo, session, domain: str | None = None, session_id: str | None = None, box=None,
               yaw=None, pitch=None) -> Aligned:
-        """A new photo (or a new domain for it) with the chosen domain's aligner; the cat options only for cats."""
+        """A new photo (or a new domain for it) with the chosen domain's aligner; the box and camera only where
+        that domain takes them. A photo without a face says which other loaded domain might fit it."""
         app = self.get(domain)
-        if app.domain.camera_estimated:
-            try:
-                return app.align(photo, session, session_id=session_id)
-            except NoFaceError as e:
-                if "cat" in self.apps:
-                    raise NoFaceError(f"{e} If it is a cat, choose 'Cat face' above.") from None
-                raise
-        return app.align(photo, session, session_id=session_id, box=parse_box(box),
-                         yaw=export.finite(yaw or 0, "cat camera yaw"),
-                         pitch=export.finite(pitch or 0, "cat camera pitch"))  # ranges: align_cat
+        options = {}
+        if app.domain.accepts_box:
+            options["box"] = parse_box(box)
+        if app.domain.accepts_camera:  # the sliders' values; their ranges are the aligner's to check
+            options["yaw"], options["pitch"] = check_angles(yaw or 0, pitch or 0, what="camera")
+        try:
+            return app.align(photo, session, session_id=session_id, **options)
+        except NoFaceError as e:
+            hints = [f"If it is a {d.name}, choose '{d.title}' above." for d in (a.domain for a in self.apps.values())
+                     if d is not app.domain and not re.search(rf"\b{d.name}\b", str(e))]
+            if hints:
+                raise type(e)(" ".join([str(e), *hints])) from None
+            raise
 
     def api_view(self, photo, face_index=None, yaw=0.0, pitch=0.0, edits=None, domain=None, box=None, camera=None,
                  progress: Progress = no_progress) -> ApiView:

@@ -22,6 +22,10 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
     apps = app if isinstance(app, AppDomains) else AppDomains({app.domain.name: app})
     app = apps.default  # the settings the pipelines share (resolutions, frames, folders, cache)
     has_cat = "cat" in apps.apps
+
+    def takes_options(domain: str) -> bool:  # the photo options (a box, the camera) are offered where they are taken
+        return apps.get(domain).domain.accepts_box or apps.get(domain).domain.accepts_camera
+
     with GOAEBlocks(title="GOAE: 3D GAN inversion", delete_cache=(3600, 3600)) as demo:
         def end_state(s):  # a plain function: Gradio deep-copies the page config (and a bound method's app) per page
             app.end_session(s)
@@ -44,7 +48,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                                    visible=len(apps.apps) > 1, elem_id="domain")
                 photo = photo_input(example_dirs, label="Photo", type="filepath", image_mode=None, format="png",
                                     sources=["upload", "webcam", "clipboard"], elem_id="photo")
-                with gr.Accordion("Cat options", open=True, visible=app.domain.name == "cat",
+                with gr.Accordion("Cat options", open=True, visible=takes_options(app.domain.name),
                                   elem_id="cat-options") as cat_options:
                     gr.Markdown("A cat's camera is **not estimated**: it is the AFHQ frontal camera unless you set "
                                 "yaw and pitch here. The cat face is found by a detector; if it misses, give the "
@@ -186,7 +190,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             return None, None, "", gr.update(choices=[], value=None, visible=False), *show(None), *blank()
 
         def choose_domain(domain):  # the cat options and the edit sliders of the chosen domain
-            return [gr.update(visible=domain == "cat"), *(gr.update(visible=d == domain) for d in edit_groups)]
+            return [gr.update(visible=takes_options(domain)), *(gr.update(visible=d == domain) for d in edit_groups)]
 
         @user_errors
         def choose_face(face_index, session):
