@@ -1,8 +1,7 @@
 """`python -m goae.convert ...`: the same command as `goae convert` (goae.weights.convert)."""
 import sys
 
-from goae.weights.checkpoints import load_official_generator  # noqa: F401  (older importers)
-from goae.weights.convert import convert_eg3d, convert_goae, main  # noqa: F401
+from goae.weights.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 import sys
 
 from goae.paths import default_weights_folder  # noqa: F401  (older importers)
-from goae.weights.download import download_weights, main  # noqa: F401
+from goae.weights.download import main
 
 if __name__ == "__main__":
     sys.exit(main())

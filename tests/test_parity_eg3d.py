@@ -1,7 +1,7 @@
 """Parity of goae's EG3D generator with the official NVlabs/eg3d goldens (parity/eg3d/README.md).
 
 Tolerances are README §8 (fp32, CPU). The whole-generator tests load the tiny generator through the
-real converter (`goae.convert.load_official_generator` on the official-format pickle).
+real converter (`goae.weights.checkpoints.load_official_generator` on the official-format pickle).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from goae import camera
-from goae.convert import load_official_generator
 from goae.models import ops
 from goae.models.eg3d import EG3DConfigError, EG3DGenerator
 from goae.models.stylegan2 import InvalidNoiseModeError
+from goae.weights.checkpoints import load_official_generator
 
 import tolerances as T
 
