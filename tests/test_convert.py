@@ -417,7 +417,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, pkl):
     (tmp_path / "bad.pkl").write_bytes(pkl.read_bytes()[:1000])
     assert main(["eg3d", str(tmp_path / "bad.pkl"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "truncated" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("python -m goae.convert: error: ") and "truncated" in err and err.count("\n") == 1 and "Traceback" not in err
     (tmp_path / "exists").mkdir()
     assert main(["eg3d", str(pkl), str(tmp_path / "exists")]) == 2
     assert "--overwrite" in capsys.readouterr().err

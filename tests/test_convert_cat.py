@@ -417,7 +417,7 @@ def test_goae_domain_must_be_said_for_an_afhq_generator(cat_source, small_parts,
             "--afa", str(tmp_path / "afa_AFHQ.pt"), str(tmp_path / "cli")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: ") and "--domain cat" in err and not (tmp_path / "cli").exists()
+    assert err.count("\n") == 1 and err.startswith("python -m goae.convert: error: ") and "--domain cat" in err and not (tmp_path / "cli").exists()
     assert main([*args, "--domain", "cat"]) == 0
     assert json.loads((tmp_path / "cli" / "model_index.json").read_text())["domain"] == "cat"
 

@@ -378,7 +378,7 @@ def test_non_finite_weights_pt(tmp_path):
 def _one_line(capsys, argv, code: int = 2) -> str:
     assert main([str(a) for a in argv]) == code
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("python -m goae.convert: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err
 
 
@@ -431,7 +431,7 @@ def test_main_unexpected_errors_are_one_line(tmp_path, capsys, monkeypatch):
 
     good = _write(tmp_path, "good.pkl", official_pickle(small_generator(), SMALL_KWARGS))
     monkeypatch.setattr(EG3DGenerator, "save_pretrained", full_disk)
-    assert _one_line(capsys, ["eg3d", good, tmp_path / "out"], code=1) == "error: OSError: [Errno 28] No space left on device\n"
+    assert _one_line(capsys, ["eg3d", good, tmp_path / "out"], code=1) == "python -m goae.convert: error: No space left on device\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pkl"]
 
 
@@ -488,5 +488,5 @@ def test_bombs_peak_memory(tmp_path):
         else:
             assert result == 2, path
     errors = r.stderr.strip().splitlines()
-    assert len(errors) == 6 and all(e.startswith("error: ") for e in errors), r.stderr
+    assert len(errors) == 6 and all(e.startswith("python -m goae.convert: error: ") for e in errors), r.stderr
     assert out["peak_mb"] < 1000, out  # torch + goae imports ~350 MB; each bomb was GBs

@@ -229,17 +229,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.convert"
                                directions=args.directions, domain=args.domain)
     except (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
             PermissionError, ImportError) as e:
-        return _fail(str(e), 2)
+        return _fail(prog, e, 2)
     except KeyboardInterrupt:
-        return _fail("interrupted; nothing was written", 130)
+        return _fail(prog, "interrupted; nothing was written", 130)
     except Exception as e:  # a full disk, no memory, or a bug: still one line, and nothing half-written
-        return _fail(f"{type(e).__name__}: {e}", 1)
+        return _fail(prog, e, 1)
     print(f"wrote {out}")
     return 0
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"error: {one_line(message) or 'unknown error'}", file=sys.stderr)
+def _fail(prog: str, message: object, code: int) -> int:
+    print(f"{prog}: error: {one_line(message) or 'unknown error'}", file=sys.stderr)
     return code
 
 

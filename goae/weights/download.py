@@ -439,10 +439,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.download
         return _fail(prog, e, 1)
     except KeyboardInterrupt:
         return _fail(prog, "interrupted; partial downloads are kept as *.part and resume on the next run", 130)
-    except OSError as e:  # a full disk, permissions: one line, and nothing half-written
-        return _fail(prog, f"{e.strerror or type(e).__name__}: {e.filename or e}", 1)
-    except Exception as e:  # out of memory, a bug: still one line (conversion is atomic: nothing half-written)
-        return _fail(prog, f"{type(e).__name__}: {e}", 1)
+    except Exception as e:  # a full disk, no memory, a bug: still one line (conversion is atomic: nothing half-written)
+        return _fail(prog, e, 1)
     print(f"goae weights ready: {out}")
     print(f"use them with: GOAE_WEIGHTS={out} python app.py, or goae invert ... --weights {out}")
     return 0
