@@ -75,15 +75,15 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
-def channels_last_for(requested: bool, device_type: str) -> bool:
-    """Whether the convolutions run NHWC: only where asked and on a CPU (oneDNN, measured up to 2x
-    faster). On a GPU the measured layout is NCHW (the official fp32 one): NHWC there makes the batched
-    modulated convolutions copy layouts in every layer."""
-    return bool(requested) and device_type == "cpu"
+def channels_last_for(requested: bool | None, device_type: str) -> bool:
+    """Whether the convolutions run NHWC: unless refused (False) and only on a CPU (oneDNN, measured up
+    to 2x faster). On a GPU the measured layout is NCHW (the official fp32 one): NHWC there makes the
+    batched modulated convolutions copy layouts in every layer. None (the modules' default) = allowed."""
+    return requested is not False and device_type == "cpu"
 
 
-def memory_format_for(requested: bool, device_type: str) -> torch.memory_format:
-    """The activation memory format `channels_last_for` chooses."""
+def memory_format_for(requested: bool | None, device_type: str) -> torch.memory_format:
+    """The activation memory format `channels_last_for` chooses (the synthesis blocks and AFA use it)."""
     return torch.channels_last if channels_last_for(requested, device_type) else torch.contiguous_format
 
 
@@ -182,7 +182,7 @@ def apply(pipe, fast: FastPath) -> None:
         if problem:
             raise FastPathError(problem)
     # True leaves the layout to the modules' by-device default (None: NHWC on a CPU, NCHW on a GPU, the
-    # rule of channels_last_for), so it follows a later pipe.to(device) too; False forces NCHW.
+    # rule of memory_format_for, which they call), so it follows a later pipe.to(device) too; False: NCHW.
     layout = None if fast.channels_last else False
     for block in _synthesis_blocks(pipe.generator):
         block.channels_last = layout

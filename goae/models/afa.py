@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
+from ..fast import memory_format_for
 from .encoder import CrossAttention
 
 
@@ -127,7 +128,7 @@ class AFA(ModelMixin, ConfigMixin):
         self.cross_att_gamma = CrossAttention(feature_channels, num_heads, ff)
         self.cross_att_beta = CrossAttention(feature_channels, num_heads, ff)
         # Run the residual CNN in NHWC on a CPU (oneDNN is faster on it; same numbers to fp32 rounding);
-        # None = by device (NHWC on a CPU, NCHW on a GPU). A runtime switch (goae.fast), not config.
+        # None = by device (goae.fast.memory_format_for), False = NCHW. A runtime switch (goae.fast), not config.
         self.channels_last: bool | None = None
 
     def forward(self, x_512: torch.Tensor, rec_img_w: torch.Tensor, triplane_x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -146,8 +147,7 @@ class AFA(ModelMixin, ConfigMixin):
                                 f"(feature_channels={C}, feature_resolution={R}); got {tuple(triplane_x.shape)}")
         B = triplane_x.shape[0]
         residual = rec_img_w - x_512
-        if self.channels_last if self.channels_last is not None else residual.device.type == "cpu":
-            residual = residual.contiguous(memory_format=torch.channels_last)
+        residual = residual.contiguous(memory_format=memory_format_for(self.channels_last, residual.device.type))
         features = self.output_layer(self.body(self.input_layer(residual))).contiguous()
         kv = self.norm_kv(features.flatten(2).transpose(1, 2))
         q = self.norm_x(triplane_x.flatten(2).transpose(1, 2))

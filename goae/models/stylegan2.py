@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..fast import memory_format_for
 from .ops import (FullyConnectedLayer, Conv2dLayer, activation_gain, bias_act, modulated_conv2d,
                   no_autocast, normalize_2nd_moment, setup_filter, upsample2d)
 
@@ -180,9 +181,9 @@ class SynthesisBlock(nn.Module):
         self.fused_modconv_default = fused_modconv_default
         self.up = up
         # NHWC activations: oneDNN's convolutions (transposed and depthwise FIR above all) run up to
-        # 2x faster on them; results agree with NCHW to fp32 rounding. None = by device: NHWC on a CPU
-        # (measured), NCHW on a GPU (the official fp32 layout; no GPU measurement here yet). A runtime
-        # switch (goae.fast), not config, so checkpoints are unaffected.
+        # 2x faster on them; results agree with NCHW to fp32 rounding. None = by device (the rule of
+        # goae.fast.memory_format_for: NHWC on a CPU, NCHW on a GPU), False = NCHW. A runtime switch
+        # (goae.fast), not config, so checkpoints are unaffected.
         self.channels_last: bool | None = None
         self.register_buffer("resample_filter", setup_filter(list(resample_filter)))
         self.num_conv = 0
@@ -211,8 +212,7 @@ class SynthesisBlock(nn.Module):
             raise ValueError(f"block b{self.resolution} needs ws [N, {expected}, {self.w_dim}], got {tuple(ws.shape)}")
         w_iter = iter(ws.unbind(dim=1))
         fused = _resolve_fused(self.fused_modconv_default if fused_modconv is None else fused_modconv, self.training)
-        nhwc = self.channels_last if self.channels_last is not None else ws.device.type == "cpu"
-        memory_format = torch.channels_last if nhwc else torch.contiguous_format
+        memory_format = memory_format_for(self.channels_last, ws.device.type)
         if self.in_channels == 0:
             x = self.const.to(torch.float32).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
             x = self.conv1(x.contiguous(memory_format=memory_format), next(w_iter), fused_modconv=fused,
