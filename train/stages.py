@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from goae.camera import camera_label
 from goae.domains import get_domain
 from goae.eval.metrics import finite_mean, higher_is_better
+from goae.eval.runner import load_networks, measure_batch
 from goae.models.encoder import STAGES as ROW_GROUPS
 from goae.models.goae import GOAE, resize
 from train import data as D
@@ -325,8 +326,6 @@ class HeldOutEval:
         return bool((cfg.get("eval") or {}).get("labels"))
 
     def __init__(self, cfg: dict, device):
-        from goae.eval.runner import load_networks
-
         e = self.e = {**self.DEFAULTS, **(cfg.get("eval") or {})}
         self.device = device
         self.dataset = D.EG3DDataset(e["path"] or cfg["data"]["path"], e["labels"], xflip=False)  # fail fast
@@ -346,8 +345,6 @@ class HeldOutEval:
 
     @torch.no_grad()
     def run(self, pipe, modules, step: int) -> dict[str, float]:
-        from goae.eval.runner import measure_batch
-
         was = [m.training for m in modules]
         for m in modules:
             m.eval()

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from goae import __version__
 from goae.io import atomic_write_bytes
 
 CARD_NAME = "README.md"
@@ -53,8 +54,6 @@ def current_command() -> str:
 
 def model_card(kind: str, provenance: Provenance, repo_hint: str = "path/to/this/folder") -> str:
     """The card text. kind: 'pipeline' (GOAEPipeline folder) or 'generator' (EG3DGenerator folder)."""
-    from goae import __version__
-
     tags = ["goae", "eg3d", "gan-inversion", "3d-gan-inversion", "tri-plane", "image-to-3d", provenance.domain]
     front = {"library_name": "goae", "pipeline_tag": "image-to-3d", "license": "other",
              "license_name": EG3D_LICENSE_NAME, "license_link": EG3D_LICENSE_LINK, "tags": tags}
