@@ -65,13 +65,13 @@ def test_eps_never_reaches_ghostscript(tmp_path):
             except InvalidImageError as e:
                 print("refused:", e)
     """)
-    res = subprocess.run([sys.executable, "-c", ours, str(eps)], env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", ours, str(eps)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("refused:") and "EPS" in line for line in lines), res.stdout
     assert not marker.exists()
     control = "import sys; from PIL import Image\ntry: Image.open(sys.argv[1]).load()\nexcept Exception: pass"
-    subprocess.run([sys.executable, "-c", control, str(eps)], env=env, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-c", control, str(eps)], env=env, capture_output=True, timeout=300)
     assert marker.exists(), "control: Pillow did not call the fake gs, so the test proves nothing"
 
 

@@ -44,7 +44,7 @@ def bench(tmp_path_factory):
     # One timed call per stage and no warm-up: this checks the harness, not the speed.
     cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--preset", "small", "--quick", "--repeats", "1",
            "--warmup", "0", "--threads", "2", "--mesh", str(MESH), "--reference", str(ref), "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, json.loads(out.read_text()), rows
 
@@ -121,7 +121,7 @@ def test_bad_reference_is_one_clear_error(tmp_path):
     bad.write_text('{"timings": {}}')
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--preset", "small", "--quick",
                            "--reference", str(bad), "--out", str(tmp_path / "x.json")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no end-to-end row" in proc.stderr and not (tmp_path / "x.json").exists()
 
 
@@ -131,8 +131,8 @@ def test_peak_rss_reset_sets_an_earlier_peak_aside():
             "m = u.module_from_spec(s); s.loader.exec_module(m)\n"
             "buf = bytearray(b'x') * (400 << 20); del buf\n"
             "high = m.peak_rss_bytes(); ok = m.reset_peak_rss(); print(high, ok, m.peak_rss_bytes(), m.rss_bytes())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     high, ok, low, now = proc.stdout.split()
     assert ok == "True" and int(high) > int(now) + 350e6
-    assert int(now) <= int(low) < int(high) - 350e6
+    assert int(now) - (16 << 20) <= int(low) < int(high) - 350e6   # a few pages may come between the reads

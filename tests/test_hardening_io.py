@@ -40,7 +40,7 @@ print(json.dumps(out))
 
 def test_written_modes_follow_the_umask(tmp_path):
     r = subprocess.run([sys.executable, "-c", _MODES, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     for mask, modes in json.loads(r.stdout).items():
         mask = int(mask, 8)
