@@ -148,9 +148,12 @@ class AFA(ModelMixin, ConfigMixin):
         B = triplane_x.shape[0]
         residual = rec_img_w - x_512
         residual = residual.contiguous(memory_format=memory_format_for(self.channels_last, residual.device.type))
-        features = self.output_layer(self.body(self.input_layer(residual))).contiguous()
-        kv = self.norm_kv(features.flatten(2).transpose(1, 2))
+        features = self.output_layer(self.body(self.input_layer(residual)))
+        # Tokens (B, HW, C): a view of NHWC features (on a CPU), else the one copy LayerNorm made of the
+        # transposed NCHW view before. `features` is returned plain NCHW.
+        kv = self.norm_kv(features.permute(0, 2, 3, 1).reshape(B, -1, C))
         q = self.norm_x(triplane_x.flatten(2).transpose(1, 2))
         gamma = self.cross_att_gamma(q, kv).transpose(1, 2).reshape(B, C, R, R)
         beta = self.cross_att_beta(q, kv).transpose(1, 2).reshape(B, C, R, R)
-        return {"feature_map_adain": gamma * triplane_x + beta, "gamma": gamma, "beta": beta, "features": features}
+        return {"feature_map_adain": gamma * triplane_x + beta, "gamma": gamma, "beta": beta,
+                "features": features.contiguous()}
