@@ -4,7 +4,9 @@ Builds the released architecture (random weights, `model.preset=ffhq` of the con
 optimiser and random-weight loss networks, and runs one optimiser step on `--images` random photos per
 micro-batch (real + synthetic together, as the loop's batch holds them). Prints one JSON line: the peak
 over the step (CUDA: max_memory_allocated; CPU: the growth of this process's resident-set high-water mark,
-reset before the step where Linux allows it, else the lifetime peak: run each size in its own process) and the persistent part (weights, gradients, optimiser state) after it. Used to size
+reset before the step where Linux allows it, else the lifetime peak: run each size in its own process), the process's growth after it (after a gc and malloc_trim; it also holds the libraries'
+caches and what the allocator keeps) and the exact bytes of what the step must keep: gradients and
+optimiser state. Used to size
 `train.accum_steps` per card (README "Training", train/configs/goae_ffhq.yaml).
 """
 from __future__ import annotations
@@ -98,10 +100,16 @@ def measure(stage: str, images: int, nrr: int | None, device: str = "auto", pres
         peak, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
     else:
         peak, after = _cpu_peak(), _rss()
+        gc.collect()
+        release_cpu_memory()
+        after = _rss()
     trained = sum(p.numel() for p in st.trained.parameters())
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in st.trained.parameters() if p.grad is not None)
+    states = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
     return {"stage": stage, "images": images, "nrr": nrr or G.neural_rendering_resolution, "device": str(dev),
             "step_s": round(time.perf_counter() - t0, 1), "peak_over_start_GB": round((peak - before) / 1e9, 3),
-            "persistent_growth_GB": round((after - before) / 1e9, 3), "trained_params_M": round(trained / 1e6, 2)}
+            "persistent_growth_GB": round((after - before) / 1e9, 3), "state_GB": round((grads + states) / 1e9, 4),
+            "trained_params_M": round(trained / 1e6, 2)}
 
 
 def main(argv=None) -> int:
