@@ -621,8 +621,8 @@ def native_log_filter(enabled: bool = True) -> Iterator[None]:
 # The other subcommands of `goae`: (module whose main(argv, prog) runs it, what it does). Each module also runs
 # as `python -m MODULE`; they are imported only when called (a download needs no torch start-up, for instance).
 TOOLS = {
-    "download": ("goae.download", "fetch and convert the official weights after you accept their licences"),
-    "convert": ("goae.convert", "convert official EG3D/GOAE checkpoints into goae folders (no pickle code is run)"),
+    "download": ("goae.weights.download", "fetch and convert the official weights after you accept their licences"),
+    "convert": ("goae.weights.convert", "convert official EG3D/GOAE checkpoints into goae folders (no pickle code is run)"),
     "eval": ("goae.eval.cli", "measure inversion quality: MSE, LPIPS, SSIM, identity, FID (the paper's table)"),
     "build-kernels": ("goae.models.kernels", "build the fused CPU render kernel now (set-up, a Space's start)"),
     "landmarker": ("goae.landmarker", "fetch mediapipe's face landmarker model into the cache"),

@@ -67,7 +67,7 @@ __all__ = ["DirectionError", "EditDirection", "load_direction", "load_directions
            "DIRECTIONS_FOLDER", "usable_directions", "write_directions"]
 
 # The official files (GOAE repository, example/ws_edit) by domain; `goae download` fetches them.
-OFFICIAL_DIRECTIONS = {"human": ("age", "anger", "glass"), "cat": ("cat_black", "cat_smalleyes")}
+OFFICIAL_DIRECTIONS = {d.name: d.official_directions for d in DOMAINS.values()}
 
 
 class DirectionError(ValueError):

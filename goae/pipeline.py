@@ -375,7 +375,7 @@ class GOAEPipeline(DiffusersBase):
         """
         torch.manual_seed(seed)
         if generator is None:  # the released generator of the domain
-            p = preset("afhq" if get_domain(config.get("domain")).name == "cat" else "ffhq")
+            p = preset(get_domain(config.get("domain")).preset)
             generator = EG3DGenerator.from_official_kwargs(p.generator, p.neural_rendering_resolution)
         encoder = encoder or GOAEncoder()
         afa = afa or AFA()

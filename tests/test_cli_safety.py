@@ -103,7 +103,7 @@ def test_nan_weights_are_one_clear_line(parity_dir, examples_dir, tmp_path, caps
                      "--weights", str(tmp_path / "nan-weights")])
     err = capsys.readouterr().err
     line = [x for x in err.splitlines() if "goae: error:" in x]
-    # the loader (goae.hub) or check_weights names the damaged component, whichever notices first
+    # the loader (goae.weights.checks) or check_weights names the damaged component, whichever notices first
     assert code == 2 and len(line) == 1 and "nan or inf" in line[0].lower() and "encoder" in line[0], err
     assert "Traceback" not in err
 

@@ -12,7 +12,8 @@ from safetensors import safe_open
 from goae.camera import camera_label_degrees, orbit_cameras, yaw_pitch_from_label
 from goae.domains import CAT, HUMAN, DomainError, domain_of_direction_name, get_domain
 from goae.edit import load_direction, load_direction_folder, save_direction
-from goae.hub import WeightsFolderError, check_pipeline_folder
+from goae.weights.checks import check_pipeline_folder
+from goae.weights.errors import WeightsFolderError
 from goae.models.eg3d import AFHQ512_KWARGS, FFHQ512_KWARGS
 from goae.pipeline import GOAEPipeline
 from goae.presets import PRESETS, RANDOM_WEIGHTS

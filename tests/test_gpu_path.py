@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from goae import export, fast
 from goae.camera import camera_label
 from goae.export.bundle import check_weights
-from goae.export.errors import nonfinite_names
+from goae.weights.checks import nonfinite_names
 from goae.export.video import write_turntable
 from goae.export.views import view_batch_size
 from goae.models.goae import GOAE

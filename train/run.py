@@ -301,7 +301,7 @@ class Trainer:
 
     def save_final(self) -> None:
         self.encoder.eval(), self.afa.eval()
-        from goae.card import Provenance, current_command
+        from goae.weights.cards import Provenance, current_command
 
         pipe = self.pipeline()
         pipe.provenance = Provenance(command=current_command(), note=f"trained by train/run.py, stage {self.stage.name}, "

@@ -14,7 +14,7 @@ from goae.app.server import launch
 from goae.app.service import AppDomains, GOAEApp
 from goae.app.state import Folders, InversionCache
 from goae.app.ui import build_demo
-from goae.download import default_weights_folder
+from goae.paths import default_weights_folder
 from goae.edit import directions_for, random_weights
 from goae.landmarker import LandmarkerModelMissing, download_landmarker, find_landmarker
 from goae.pipeline import load_pipeline

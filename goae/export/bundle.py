@@ -29,7 +29,8 @@ from safetensors.torch import save as st_save_bytes
 from goae.camera import yaw_pitch_from_label
 from goae.edit import EditDirection, edit_offset, resolve_names
 from goae.export.depth import save_depth
-from goae.export.errors import ExportError, finite, nonfinite_names, whole
+from goae.export.errors import ExportError, finite, whole
+from goae.weights.checks import nonfinite_names
 from goae.export.mesh import extract_mesh
 from goae.export.mesh_files import save_glb, save_ply
 from goae.export.video import write_video

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 import numbers
 
-from goae.weights.checks import nonfinite_names  # noqa: F401  (export.bundle reads it from here)
-
 
 class ExportError(ValueError):
     """Bad input to an export function (shapes, options, empty meshes, unreadable files)."""
