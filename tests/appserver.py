@@ -52,7 +52,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(app: Path, env: Mapping[str, str], log, timeout_s: float = 180,
+def start_app(app: Path, env: Mapping[str, str], log, timeout_s: float = 480,
               weights: str = "random-small") -> tuple[subprocess.Popen, str]:
     """`python app.py` (random-small weights by default) on a free port, answering HTTP -> (process, URL).
     RuntimeError, with the process killed, if it exits or does not answer within timeout_s."""

@@ -135,7 +135,7 @@ def _wait_inverted(page) -> None:
     page.wait_for_selector("#view img")
 
 
-def _wait_rendered(locator, timeout_s: float = 60) -> None:
+def _wait_rendered(locator, timeout_s: float = STEP_TIMEOUT_MS / 1000) -> None:
     """Poll screenshots of an element until it is not one flat colour."""
     import numpy as np
     from PIL import Image

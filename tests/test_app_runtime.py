@@ -407,7 +407,7 @@ def _start_while_busy(command: list[str], env: dict, port: int, log_path: Path) 
     for t in visitors:
         t.start()
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 540  # 3 busy loops on 2 cores: a start can take minutes
         while proc.poll() is None and len(served) < 6 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2)  # Gradio's own check runs right after the server answers: give it time to fail

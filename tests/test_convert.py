@@ -429,9 +429,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys, pkl):
 
 def test_cli_module_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "goae.convert", "eg3d", str(tmp_path / "missing.pkl"), str(tmp_path / "out")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "goae.convert", "eg3d"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "goae.convert", "eg3d"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "usage" in r.stderr
 
 
@@ -542,7 +542,7 @@ def _hub_subprocess(hf_home: Path, code: str) -> subprocess.CompletedProcess:
     # huggingface_hub reads HF_HOME/HF_HUB_OFFLINE at import time: use a fresh interpreter.
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HF_HUB_CACHE", None)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
 def test_hub_offline_not_cached(tmp_path):

@@ -388,7 +388,7 @@ def test_cli_fifo(tmp_path):
     fifo = tmp_path / "fifo.pkl"
     os.mkfifo(fifo)
     r = subprocess.run([sys.executable, "-m", "goae.convert", "goae", "--eg3d", str(fifo), "--encoder", str(fifo),
-                        "--afa", str(fifo), str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                        "--afa", str(fifo), str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a regular file" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.pkl"]
@@ -478,7 +478,7 @@ def test_bombs_peak_memory(tmp_path):
     }
     paths = [str(_write(tmp_path, name, data)) for name, data in bombs.items()]
     assert max(len(d) for d in bombs.values()) < 5_000_000
-    r = subprocess.run([sys.executable, "-c", _PEAK, *paths], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    r = subprocess.run([sys.executable, "-c", _PEAK, *paths], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])

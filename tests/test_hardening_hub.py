@@ -232,7 +232,7 @@ def test_no_large_allocation(small_folder, tmp_path):
         _edit_json(p / "generator" / "config.json", **{key: value})
         paths.append(str(p))
     r = subprocess.run([sys.executable, "-c", _PEAK, str(small_folder), *paths], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     results = list(out["results"].values())

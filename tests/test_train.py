@@ -107,9 +107,9 @@ def test_ddp_two_processes_equal_one(dataset_dir, tmp_path):
 
     Adam's update is lr * g / (|g| + eps): for elements whose gradient is ~0, fp32 summation-order noise
     (a batch mean vs. an all-reduce of two half-batch means) can flip the sign and move them by up to lr.
-    A small lr keeps such flips below the tolerance; the gradients themselves (Adam's exp_avg) must agree."""
+    A small lr (the encoder's and the latent discriminator's) keeps such flips below the tolerance; the gradients themselves (Adam's exp_avg) must agree."""
     args = ["--stage", "encoder", "--max-steps", "2", "--set", "data.synthetic_per_batch=2", "--set", "log.progress=false",
-            "--set", "encoder_stage.lr=1e-6", "--set", "encoder_stage.lambda_id=0.5"]
+            "--set", "encoder_stage.lr=1e-6", "--set", "encoder_stage.d_lr=1e-6", "--set", "encoder_stage.lambda_id=0.5"]
     run_train(dataset_dir, tmp_path / "one", *args)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     run_train(dataset_dir, tmp_path / "two", *args, launcher=launcher)
