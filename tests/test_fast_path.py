@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from goae import fast, runtime
 from goae.camera import camera_label
 from goae.models import ops
+from goae.models.afa import AFA
+from goae.models.encoder import CrossAttention
 from goae.pipeline import GOAEPipeline
 
 FIELDS = ("ws", "planes", "image", "image_raw", "image_depth", "mask")
@@ -219,6 +221,44 @@ def test_channels_last_layout_reaches_the_convolutions():
     y_ref = ops.modulated_conv2d(x.contiguous(), w, s, up=2, padding=1,
                                  resample_filter=ops.setup_filter([1, 3, 3, 1]), flip_weight=False)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last, nhwc", [(None, True), (False, False)])
+def test_afa_layout_follows_memory_format_for(channels_last, nhwc):
+    """AFA's residual CNN runs in the layout goae.fast.memory_format_for gives (NHWC on a CPU unless refused);
+    the outputs agree across layouts to fp32 rounding, and `features` comes back plain NCHW."""
+    torch.manual_seed(0)
+    afa = AFA(stage_channels=(16, 16, 32), units_per_stage=1, feature_channels=32, feature_resolution=8,
+              num_heads=2).eval()
+    seen = []
+    afa.input_layer[0].register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous()))
+    x, rec, tri = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64), torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        afa.channels_last = channels_last
+        out = afa(x, rec, tri)
+        afa.channels_last = False if channels_last is None else None
+        other = afa(x, rec, tri)
+    assert fast.memory_format_for(channels_last, "cpu") == (torch.channels_last if nhwc else torch.contiguous_format)
+    assert seen == [nhwc, not nhwc]
+    assert out["features"].is_contiguous() and out["features"].shape == (2, 32, 8, 8)
+    for k in out:
+        torch.testing.assert_close(out[k], other[k], atol=1e-5, rtol=1e-5)
+
+
+def test_cross_attention_equals_packed_key_value_projection():
+    """CrossAttention hands MHA its values as their own tensor (k and v projected apart, no packed copy):
+    the same result as MHA's packed key/value projection of one memory tensor."""
+    torch.manual_seed(0)
+    ca = CrossAttention(32, 4, 64).eval()
+    q, kv = torch.randn(2, 5, 32), torch.randn(2, 40, 32)
+    with torch.no_grad():
+        got = ca(q, kv)
+        mem = kv.transpose(0, 1).contiguous()
+        att = ca.multihead_attn(q.transpose(0, 1).contiguous(), mem, mem, need_weights=False)[0].transpose(0, 1)
+        t = ca.norm2(q + att)
+        want = t + ca.linear2(torch.relu(ca.linear1(t)))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
 
 def test_precision_resolution_and_errors(pipe):
