@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO_STAGES = ("encode", "first_render", "generator", "volume_rendering", "superresolution", "afa_mix",
-                "final_render", "end_to_end")
+                "afa", "fuse", "final_render", "end_to_end")
 VIEW_STAGES = ("novel_view", "preview_view", "preview_fast")
 MESH = 24  # a tiny grid keeps the test quick; the real runs use 128^3 and 256^3
 
@@ -27,7 +27,9 @@ def bench_module():
 def official_json(path: Path) -> dict:
     """An official_speed.py JSON in its own layout (timings rows, memory, machine), with chosen times."""
     rows = {"1_encoder": 0.5, "2_first_render": 6.0, "2a_backbone_4to32": 0.2, "2b_backbone_64to256": 0.4,
-            "2c_volume_render_128": 3.0, "2d_superres_to_512": 2.4, "3_afa_plus_mix": 1.3, "4_final_render": 6.5,
+            "2c_volume_render_128": 3.0, "2d_superres_to_512": 2.4, "3_afa_plus_mix": 1.3, "3a_afa": 1.25,
+            "3b_occlusion_mix": 0.05, "4_final_render": 6.5, "4a_backbone_64to256": 0.4, "4b_volume_render_128": 3.0,
+            "4c_superres_to_512": 2.4,
             "5_end_to_end": 14.0, "6_novel_view_frame": 6.1}
     raw = {"what": "official GOAE inference path (test copy)", "threads": 2, "device": "cpu",
            "machine": {"cpu_model": "Test CPU"}, "memory": {"peak_rss_inference_mib": 2048.0},
@@ -63,6 +65,7 @@ def check_run(run):
         assert s["median_s"] > 0 and s["per_item_s"] == pytest.approx(s["median_s"] / s["items"])
     sub = sum(run["stages"][k]["median_s"] for k in ("generator", "volume_rendering", "superresolution"))
     assert run["stages"]["first_render"]["median_s"] == pytest.approx(sub)
+    assert run["stages"]["afa_mix"]["median_s"] == pytest.approx(run["stages"]["afa"]["median_s"] + run["stages"]["fuse"]["median_s"])
     assert run["stages"][f"mesh_{MESH}"]["vertices"] > 0
     assert run["peak_rss_total_bytes"] >= run["peak_rss_bytes"] > 100e6  # torch + the model at least
     # The build's peak is set aside (as official_speed does): the peaks are the inference's, over the built model.
@@ -90,6 +93,11 @@ def test_reference_column_speedups_and_verdicts(bench):
     assert ref["cpu_model"] == "Test CPU" and ref["threads"] == 2
     assert ref["stages_s"]["generator"] == pytest.approx(rows["2a_backbone_4to32"] + rows["2b_backbone_64to256"])
     assert ref["stages_s"]["end_to_end"] == rows["5_end_to_end"]
+    # Like for like: the official F backbone (4a) runs in its final render, goae's in fuse (AFA + mix).
+    assert ref["stages_s"]["afa_mix"] == pytest.approx(rows["3_afa_plus_mix"] + rows["4a_backbone_64to256"])
+    assert ref["stages_s"]["fuse"] == pytest.approx(rows["3b_occlusion_mix"] + rows["4a_backbone_64to256"])
+    assert ref["stages_s"]["afa"] == rows["3a_afa"]
+    assert ref["stages_s"]["final_render"] == pytest.approx(rows["4b_volume_render_128"] + rows["4c_superres_to_512"])
     assert ref["peak_rss_gb"] == pytest.approx(2048 * 2 ** 20 / 1e9)
     fp32, fast = run_of(report, "fp32"), run_of(report, "fast")
     check_run(fp32), check_run(fast)

@@ -87,7 +87,7 @@ def test_each_bad_case_is_one_clear_error(pipe, portrait, repo_examples, inverte
         (lambda: pipe([portrait, repo_examples / "chelsea.png"]), NoFaceError, "photo 2 of 2: No face found"),
         (lambda: pipe(portrait, face_index=1), FaceIndexError, r"found 1 face\(s\), choose 0..0"),
         (lambda: pipe([portrait], face_index=[0, 0]), ValueError, "2 entries for 1 photos"),
-        (lambda: pipe(portrait, box=(0, 0, 100, 100)), DomainError, "only for cat photos"),
+        (lambda: pipe(portrait, box=(0, 0, 100, 100)), DomainError, "box and camera are for cat photos"),
         (lambda: pipe(crop, aligned=True), ValueError, "give the crops' camera too"),
         (lambda: pipe(portrait, camera, aligned=False), ValueError, "camera= is for aligned crops"),
         (lambda: pipe(crop, camera, face_index=0), ValueError, "already aligned crops"),
