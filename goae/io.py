@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -176,3 +177,9 @@ def one_line(what: object) -> str:
     else:
         text = str(what)
     return " ".join(text.split())
+
+
+def exit_with_error(prog: str, what: object, code: int) -> int:
+    """A command's failure as its one stderr line, `<prog>: error: <one_line>` -> the exit code to return."""
+    print(f"{prog}: error: {one_line(what) or 'unknown error'}", file=sys.stderr)
+    return code

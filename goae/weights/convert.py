@@ -25,7 +25,7 @@ import torch
 
 from goae.domains import DEFAULT_DOMAIN, DOMAINS, domain_of_pivot, get_domain
 from goae.edit import DIRECTION_SUFFIXES, DIRECTIONS_FOLDER, usable_directions, write_directions
-from goae.io import atomic_dir, check_output_dir, one_line, sha256_file
+from goae.io import atomic_dir, check_output_dir, exit_with_error, sha256_file
 from goae.weights.cards import Provenance, current_command, write_model_card
 from goae.weights.checkpoints import component_class, load_goae_checkpoint, load_official_generator
 from goae.weights.checks import check_pipeline_folder
@@ -229,18 +229,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.convert"
                                directions=args.directions, domain=args.domain)
     except (CheckpointError, FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
             PermissionError, ImportError) as e:
-        return _fail(prog, e, 2)
+        return exit_with_error(prog, e, 2)
     except KeyboardInterrupt:
-        return _fail(prog, "interrupted; nothing was written", 130)
+        return exit_with_error(prog, "interrupted; nothing was written", 130)
     except Exception as e:  # a full disk, no memory, or a bug: still one line, and nothing half-written
-        return _fail(prog, e, 1)
+        return exit_with_error(prog, e, 1)
     print(f"wrote {out}")
     return 0
-
-
-def _fail(prog: str, message: object, code: int) -> int:
-    print(f"{prog}: error: {one_line(message) or 'unknown error'}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

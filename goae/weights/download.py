@@ -44,7 +44,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from goae.io import atomic_dir, atomic_write_bytes, one_line, sha256_file
+from goae.io import atomic_dir, atomic_write_bytes, exit_with_error, one_line, sha256_file
 from goae.paths import DIRECTIONS_DIR, downloads_folder, weights_folder
 from goae.weights.cards import Provenance, current_command, write_model_card
 from goae.weights.errors import CheckpointError, CorruptDownloadError, DownloadError, LicenceNotAcceptedError
@@ -434,21 +434,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.download
                                downloads_dir=args.downloads, overwrite=args.overwrite, retries=args.retries,
                                timeout=args.timeout, min_rate=args.min_rate, directions=args.directions)
     except LicenceNotAcceptedError as e:
-        return _fail(prog, e, 2)
+        return exit_with_error(prog, e, 2)
     except DownloadError as e:
-        return _fail(prog, e, 1)
+        return exit_with_error(prog, e, 1)
     except KeyboardInterrupt:
-        return _fail(prog, "interrupted; partial downloads are kept as *.part and resume on the next run", 130)
+        return exit_with_error(prog, "interrupted; partial downloads are kept as *.part and resume on the next run", 130)
     except Exception as e:  # a full disk, no memory, a bug: still one line (conversion is atomic: nothing half-written)
-        return _fail(prog, e, 1)
+        return exit_with_error(prog, e, 1)
     print(f"goae weights ready: {out}")
     print(f"use them with: GOAE_WEIGHTS={out} python app.py, or goae invert ... --weights {out}")
     return 0
-
-
-def _fail(prog: str, message: object, code: int) -> int:
-    print(f"{prog}: error: {one_line(message) or 'unknown error'}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":
