@@ -150,36 +150,6 @@ def test_invert_and_views_from_cache(goae_app, inverted, monkeypatch):
     assert late.image is None and late.depth is None
 
 
-
-def test_a_preview_that_a_full_render_overtakes_is_dropped(goae_app, inverted, monkeypatch):
-    """Previews run beside the model queue: a full render (or a new result) that lands while a preview is
-    being drawn makes that preview stale, so it is not shown over the render."""
-    session = inverted.session
-    real = goae_app.model.preview
-
-    def overtaken(entry, yaw, pitch):   # the page released the slider: its full render lands meanwhile
-        goae_app.view(session, yaw - 5, pitch, 32)
-        return real(entry, yaw, pitch)
-
-    monkeypatch.setattr(goae_app.model, "preview", overtaken)
-    stale = goae_app.preview(session, 20, 0)
-    assert stale.image is None and stale.depth is None
-    monkeypatch.setattr(goae_app.model, "preview", real)
-    fresh = goae_app.preview(session, 21, 0)   # nothing lands meanwhile: shown
-    assert fresh.image is not None and fresh.image.shape == (512, 512, 3)
-
-
-def test_previews_have_their_own_queue_and_never_write_the_session(examples_dir):
-    """The page's wiring: /preview is outside the model queue's single slot, and its outputs do not include
-    the session state (an inversion running at the same time owns it)."""
-    demo = import_app({"GOAE_WEIGHTS": "random-small", "GOAE_DIRECTIONS": str(examples_dir / "goae" / "ws_edit"),
-                       "GOAE_EXAMPLES": str(examples_dir / "wild")}).demo
-    by_name = {fn.api_name: fn for fn in demo.fns.values()}
-    preview, render = by_name["preview"], by_name["render"]
-    assert preview.concurrency_id != render.concurrency_id and preview.concurrency_limit == 1
-    assert not any(isinstance(block, gr.State) for block in preview.outputs)
-    assert any(isinstance(block, gr.State) for block in render.outputs)
-
 def test_video_mesh_edit(goae_app, inverted):
     import av
 

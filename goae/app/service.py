@@ -201,8 +201,7 @@ class GOAEApp:
         if session.current != session.inversion:
             self.cache.forget(session.current)  # the previous inversion's edit
         session.inversion = session.current = self.cache.put(session.cache_keys[0], out.entry)
-        session.edits = {}
-        session.show(yaw, pitch)
+        session.edits, session.shown = {}, (session.current, yaw, pitch)
         return Inverted(session, out.reconstruction, str(out.bundle / "reconstruction.png"),
                         str(out.bundle / "ws.safetensors"), f"Inverted in {time.perf_counter() - t0:.1f} s ({out.device}).",
                         out.view)
@@ -220,7 +219,7 @@ class GOAEApp:
             self.cache.forget(session.current)
         session.current, session.edits = session.inversion, {}
         view = self.model.view(entry, yaw, pitch, resolution, session.path())
-        session.show(yaw, pitch)
+        session.shown = (session.current, yaw, pitch)
         rec = session.path("inversion/reconstruction.png")
         return Inverted(session, _read_rgb(rec), str(rec), str(session.path("inversion/ws.safetensors")),
                         "Already inverted (the same photo, face and crop): shown again, not re-run.", view)
@@ -232,7 +231,7 @@ class GOAEApp:
             return Shown(session)  # nothing inverted yet: the sliders just move
         resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")
         view = self.model.view(self.cache.get(session.current), yaw, pitch, resolution, session.path())
-        session.show(yaw, pitch)
+        session.shown = (session.current, yaw, pitch)
         return Shown(session, view)
 
     @releases_memory
@@ -245,13 +244,7 @@ class GOAEApp:
             # A late preview (the page sends the last one held back while the previous ran) of the position
             # whose full render is already shown: it would cover the full render with the blurry preview.
             return Preview(session)
-        # Previews run beside the model queue (a slider does not wait behind an inversion): a full render or a
-        # new result that lands while this one runs makes it stale.
-        seen = (session.current, session.renders)
-        image, depth = self.model.preview(self.cache.get(session.current), yaw, pitch)
-        if (session.current, session.renders) != seen:
-            return Preview(session)
-        return Preview(session, image, depth)
+        return Preview(session, *self.model.preview(self.cache.get(session.current), yaw, pitch))
 
     @releases_memory
     def video(self, session: Session | None, frames: int, fps: int, resolution: int,
@@ -286,14 +279,14 @@ class GOAEApp:
             self.cache.forget(session.current if session.current != session.inversion else None)
             session.current = session.inversion
             view = self.model.view(self.cache.get(session.inversion), yaw, pitch, resolution, session.path())
-            session.show(yaw, pitch)
+            session.shown = (session.current, yaw, pitch)
             path = session.path("inversion/reconstruction.png")
             return Edited(session, _read_rgb(path), str(path), view)
         progress(0.1, desc="Editing")
         out = self.model.edit(self.cache.get(session.inversion), edit_offset(self.directions, edits), yaw, pitch,
                               resolution, session.path(), export.edit_file_name(session.edits))
         session.current = self.cache.put(session.cache_keys[1], out.entry)
-        session.show(yaw, pitch)
+        session.shown = (session.current, yaw, pitch)
         return Edited(session, out.image, out.path, out.view)
 
     # -- stateless API calls

@@ -164,11 +164,6 @@ class Session:
     current: str | None = None     # cache key of what is shown: the inversion or its edit
     edits: dict[str, float] = field(default_factory=dict)
     shown: tuple | None = None     # (cache key, yaw, pitch) of the last full render: a later preview of it is stale
-    renders: int = 0               # full renders shown so far: a preview that saw one land while it ran is stale
-
-    def show(self, yaw: float, pitch: float) -> None:
-        """A full render of `current` at (yaw, pitch) is on its way to the page."""
-        self.shown, self.renders = (self.current, yaw, pitch), self.renders + 1
 
     def path(self, name: str = "") -> Path:
         """The session's folder, or a file in it; the folder is made on first use."""

@@ -15,8 +15,7 @@ from goae.app.state import SESSION_TTL_S, Session
 from goae.edit import how_to_get_directions
 
 EDIT_LABELS = {"glass": "glasses"}
-MODEL_QUEUE = "model"  # every event that runs the networks shares this one queue slot...
-PREVIEW_QUEUE = "preview"  # ...but slider previews: cheap, read-only, they run beside it
+MODEL_QUEUE = "model"  # every event that runs the networks shares this one queue slot
 
 
 def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
@@ -233,8 +232,8 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             """
             out = apps.of(session).preview(session, yaw, pitch)
             if out.image is None:
-                return gr.skip(), gr.skip(), gr.skip()
-            return out.image, out.depth, shown(yaw, pitch, preview=True)
+                return out.session, gr.skip(), gr.skip(), gr.skip()
+            return out.session, out.image, out.depth, shown(yaw, pitch, preview=True)
 
         @user_errors
         def render(session, yaw, pitch, resolution):
@@ -297,11 +296,8 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             api_name="reconstruct_after_choice", **then_invert)
         invert_btn.click(reconstruct, [session, yaw, pitch, resolution], inverted_out, api_name="reconstruct", **model)
         # A head that follows the slider: quick previews while it moves, the full render when it is let go.
-        # Previews read the session and never write it back (an inversion running meanwhile owns it), so they
-        # can have their own queue slot: a slider answers while an inversion, video or mesh runs.
-        gr.on([yaw.input, pitch.input], preview, [session, yaw, pitch], [view, depth, view_info],
-              api_name="preview", trigger_mode="always_last", show_progress="hidden",
-              concurrency_id=PREVIEW_QUEUE, concurrency_limit=1)
+        gr.on([yaw.input, pitch.input], preview, [session, yaw, pitch], [session, view, depth, view_info],
+              api_name="preview", trigger_mode="always_last", show_progress="hidden", **model)
         gr.on([yaw.release, pitch.release], render, [session, yaw, pitch, resolution], [session, *view_outputs],
               api_name="render", trigger_mode="always_last", show_progress="minimal", **model)
         video_btn.click(make_video, [session, frames, fps, resolution], [session, video, dl_video], api_name="video",
