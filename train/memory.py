@@ -99,7 +99,7 @@ def measure(stage: str, images: int, nrr: int | None, device: str = "auto", pres
         torch.cuda.synchronize()
         peak, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
     else:
-        peak, after = _cpu_peak(), _rss()
+        peak = _cpu_peak()
         gc.collect()
         release_cpu_memory()
         after = _rss()

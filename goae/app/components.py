@@ -16,9 +16,9 @@ from typing import Callable
 
 import gradio as gr
 
-from goae import export
 from goae.app import server
 from goae.app.service import USER_ERRORS
+from goae.request import RequestError, parse_face_index
 
 log = logging.getLogger("goae.app")
 ROOT = Path(__file__).resolve().parents[2]  # the project (app.py, examples/)
@@ -113,21 +113,15 @@ def json_input(value, example, schema: dict, **kwargs) -> gr.JSON:
     return component
 
 
-def _numbers(n: int, what: str) -> dict:
-    return {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n, "description": what}
-
-
 def index_input(**kwargs) -> gr.Number:
     """gr.Number for a face index that may be empty: anything else than a whole number gets a clear message
     (Gradio's own conversion fails without one)."""
     number = gr.Number(**kwargs)
 
     def preprocess(payload):
-        if payload in (None, ""):
-            return None
         try:
-            return export.whole(payload, "face_index", 0)
-        except (TypeError, ValueError) as e:
+            return parse_face_index(payload, what="face_index")
+        except RequestError as e:
             raise gr.Error(f"{e} (face_index: 0-based from the left, or empty for the largest face)",
                            print_exception=False) from None
 

@@ -30,7 +30,7 @@ from goae.camera import CameraError, yaw_pitch_from_label
 from goae.domains import DEFAULT_DOMAIN, DomainError
 from goae.edit import DirectionError, EditDirection, edit_offset, how_to_get_directions
 from goae.io import atomic_write_bytes
-from goae.request import Request, RequestError, check_angles, parse_box, parse_edits
+from goae.request import Request, RequestError, check_angles, parse_box, parse_edits, parse_face_index
 from goae.runtime import release_cpu_memory
 
 # The errors a step raises for bad input or state: their message is for the visitor (anything else is a bug).
@@ -185,7 +185,7 @@ class GOAEApp:
             raise AppError("Upload a photo first.")
         if face_index is None:
             raise AppError("Choose a face.")
-        return self.align(session.photo, session, Request.parse(face_index=face_index).face_index)
+        return self.align(session.photo, session, parse_face_index(face_index))
 
     @releases_memory
     def invert(self, session: Session | None, yaw: float, pitch: float, resolution: int,

@@ -427,8 +427,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m goae.download
     not accepted, 130 on Ctrl-C. Errors are one line on stderr; the folder is printed on stdout."""
     args = build_parser(prog).parse_args(argv)
     if args.retries < 0 or not (0 < args.timeout < 1e6) or not (0 <= args.min_rate < 1e12):
-        print(f"{prog}: error: --retries must be >= 0, --timeout > 0 and --min-rate >= 0", file=sys.stderr)
-        return 2
+        return exit_with_error(prog, "--retries must be >= 0, --timeout > 0 and --min-rate >= 0", 2)
     try:
         out = download_weights(accept_licences=args.accept_licences, mirror=args.mirror, out_dir=args.out,
                                downloads_dir=args.downloads, overwrite=args.overwrite, retries=args.retries,

@@ -206,19 +206,23 @@ class OfficialUnpickler(pickle.Unpickler):
         raise WrongCheckpointError("the pickle uses persistent ids (a torch.save file?), not an EG3D network pickle")
 
 
-
-
 # ----------------------------------------------------------------------------- reading a network pickle
 
 
-def read_network_pickle(pkl_path: str | os.PathLike) -> dict:
-    """Unpickle an official network pickle safely; modules come back as `PickledObject`s."""
-    path = Path(pkl_path)
+def _size_and_head(path: Path) -> tuple[int, bytes]:
+    """(size, first 16 bytes) of a checkpoint that is a non-empty regular file: what tells its format."""
     size = checkpoint_size(path)
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:
         raise WrongCheckpointError(f"{path} is empty (0 bytes); re-download the checkpoint")
+    return size, head
+
+
+def read_network_pickle(pkl_path: str | os.PathLike) -> dict:
+    """Unpickle an official network pickle safely; modules come back as `PickledObject`s."""
+    path = Path(pkl_path)
+    size, head = _size_and_head(path)
     if head.startswith(ZIP_MAGIC):
         raise WrongCheckpointError(f"{path} is a torch .pt (zip) file, not an EG3D network pickle (.pkl)")
     if head.startswith(TORCH_LEGACY_MAGIC):
@@ -323,7 +327,6 @@ def read_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema") -> 
     return off
 
 
-
 # ----------------------------------------------------------------------------- reading a torch.save file
 
 
@@ -331,11 +334,7 @@ def read_torch_file(pt_path: str | os.PathLike) -> tuple[Path, int, Any]:
     """(path, size, object) of a torch.save file, read with torch.load(weights_only=True) after the
     checks that keep a damaged or hostile file from costing more than its size."""
     path = Path(pt_path)
-    size = checkpoint_size(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise WrongCheckpointError(f"{path} is empty (0 bytes); re-download the checkpoint")
+    size, head = _size_and_head(path)
     is_zip = head.startswith(ZIP_MAGIC)
     if not is_zip and not head.startswith(TORCH_LEGACY_MAGIC):
         kind = "a plain pickle (an EG3D .pkl?)" if head[0] == 0x80 else "not a torch checkpoint"
