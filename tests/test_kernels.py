@@ -180,6 +180,70 @@ def test_kernel_refuses_other_devices_and_dtypes():
         torch.ops.goae_kernels.triplane_decode(*bad)
 
 
+# ----------------------------------------------------------------------------------- the fused layer epilogue
+def _epilogue_inputs(layout, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 24, 9, 11, generator=g) * 300  # past the clamp on both sides
+    x[0, 0, 0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0])
+    x[1, 3, 2, 5] = 1e-40  # a subnormal
+    b = torch.randn(24, generator=g)
+    noise = torch.randn(9, 11, generator=g)
+    return x.contiguous(memory_format=layout), b, noise
+
+
+@needs_kernel
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("with_noise", [True, False])
+@pytest.mark.parametrize("clamp", [256.0, None])
+def test_fused_epilogue_is_bit_identical(layout, with_noise, clamp, monkeypatch):
+    """bias_act in place (noise + bias + lrelu + gain + clamp) through the fused op equals the op-by-op path
+    bit for bit, NaN, infinities, -0 and subnormals included, in both memory layouts."""
+    from goae.models.ops import bias_act
+    x, b, noise = _epilogue_inputs(layout)
+    noise = noise if with_noise else None
+    calls = []
+    real = kernels.bias_lrelu_
+    monkeypatch.setattr(kernels, "bias_lrelu_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        got = bias_act(x.clone(memory_format=layout), b, act="lrelu", gain=2 ** 0.5, clamp=clamp, inplace=True,
+                       noise=noise)
+        monkeypatch.setenv("GOAE_NO_KERNELS", "1")
+        want = bias_act(x.clone(memory_format=layout), b, act="lrelu", gain=2 ** 0.5, clamp=clamp, inplace=True,
+                        noise=noise)
+    assert calls == [1]
+    assert got.is_contiguous(memory_format=layout)
+    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)) and torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(torch.signbit(got), torch.signbit(want))
+
+
+@needs_kernel
+def test_fused_epilogue_leaves_other_cases_to_pytorch(monkeypatch):
+    """Out of place, under autograd, bfloat16, per-sample noise and other activations keep the op-by-op path."""
+    from goae.models.ops import bias_act
+    monkeypatch.setattr(kernels, "bias_lrelu_", lambda *a, **k: pytest.fail("the fused epilogue must not run here"))
+    x, b, noise = _epilogue_inputs(torch.channels_last)
+    x = x.nan_to_num(0.0)
+    bias_act(x.clone(), b, act="lrelu", inplace=False)
+    bias_act(x.clone().requires_grad_(True), b, act="lrelu", inplace=True)
+    bias_act(x.clone().bfloat16(), b.bfloat16(), act="lrelu", inplace=True, noise=noise)
+    bias_act(x.clone(), b, act="lrelu", inplace=True, noise=torch.randn(2, 1, 9, 11))
+    bias_act(x.clone(), b, act="relu", inplace=True)
+
+
+@needs_kernel
+def test_fused_epilogue_refuses_bad_inputs():
+    x, b, noise = _epilogue_inputs(torch.contiguous_format)
+    op = torch.ops.goae_kernels.bias_lrelu_
+    with pytest.raises(RuntimeError, match="float32 CPU tensor"):
+        op(x.double(), noise.double(), b.double(), 0.2, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="b must be"):
+        op(x, noise, b[:5], 0.2, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="noise must be"):
+        op(x, noise[:4], b, 0.2, 1.0, -1.0)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(x.transpose(2, 3), None, b, 0.2, 1.0, -1.0)
+
+
 # ----------------------------------------------------------------------------------- building: no hang, ever
 ROOT = Path(__file__).resolve().parents[1]
 # A process that renders would do this on first use: build (or find) the kernel, load it, say whether it runs.

@@ -1,10 +1,14 @@
-"""Optional fused CPU kernel for the fused renderer (inference only).
+"""Optional fused CPU kernels (inference only), one library with two ops.
 
-`goae/csrc/triplane_decode.cpp` does, per tile of 16 points, what `FusedImportanceRenderer._decode`
-does with ~20 PyTorch ops per chunk: points o + t*d, the bilinear taps of the three planes (summed),
-the OSGDecoder MLP (32 -> 64, softplus, -> 1 + 32) and the widened sigmoid, without the
-intermediate [points, 64] / [points, 12] tensors. It is used only for CPU float32 inference without
-autocast; autograd, CUDA and bf16 keep the PyTorch path. GOAE_NO_KERNELS=1 disables it.
+- `goae/csrc/triplane_decode.cpp` does, per tile of 16 points, what `FusedImportanceRenderer._decode`
+  does with ~20 PyTorch ops per chunk: points o + t*d, the bilinear taps of the three planes (summed),
+  the OSGDecoder MLP (32 -> 64, softplus, -> 1 + 32) and the widened sigmoid, without the
+  intermediate [points, 64] / [points, 12] tensors. CPU float32 inference without autocast only;
+  autograd, CUDA and bf16 keep the PyTorch path.
+- `goae/csrc/bias_act.cpp` is a synthesis layer's epilogue, noise + bias + leaky ReLU + gain + clamp,
+  in one pass over float32 activations instead of five (`bias_lrelu_`), bit-identical to the op-by-op
+  path (`ops.bias_act` uses it).
+GOAE_NO_KERNELS=1 disables both.
 
 Building: `python -m goae.models.kernels` (setup.sh runs it) or, failing that, the first render of a
 process, compiles it with torch.utils.cpp_extension (about half a minute, once) into
@@ -55,10 +59,12 @@ try:
 except ImportError:   # Windows: no flock, no process groups; the PyTorch path is used there
     fcntl = None
 
-__all__ = ["available", "build", "decode_rays", "main", "BuildResult"]
+__all__ = ["available", "bias_lrelu_", "bias_lrelu_applicable", "build", "decode_rays", "main", "BuildResult"]
 
 logger = logging.getLogger(__name__)
-_SOURCE = Path(__file__).resolve().parent.parent / "csrc" / "triplane_decode.cpp"
+_CSRC = Path(__file__).resolve().parent.parent / "csrc"
+_SOURCES = (_CSRC / "triplane_decode.cpp", _CSRC / "bias_act.cpp")
+_OPS = ("triplane_decode", "bias_lrelu_")  # what the library must register
 _state: dict = {"loaded": False, "ok": False}
 _fake_registered: list = []
 _state_lock = threading.Lock()   # the app renders from several threads; one of them builds and loads
@@ -85,10 +91,11 @@ import torch
 from torch.utils import cpp_extension
 if os.path.dirname(torch.__file__) != a["torch"]:
     sys.exit("the build would use the torch in %s, not %s" % (os.path.dirname(torch.__file__), a["torch"]))
-cpp_extension.load(name=a["name"], sources=[a["source"]], extra_cflags=a["flags"], build_directory=a["dir"],
+cpp_extension.load(name=a["name"], sources=a["sources"], extra_cflags=a["flags"], build_directory=a["dir"],
                    is_python_module=False, verbose=False)
-if not hasattr(torch.ops.goae_kernels, "triplane_decode"):
-    sys.exit("the built library does not register goae_kernels::triplane_decode")
+for op in a["ops"]:
+    if not hasattr(torch.ops.goae_kernels, op):
+        sys.exit("the built library does not register goae_kernels::" + op)
 with open(a["stamp"] + ".tmp", "w") as f:
     f.write(a["name"] + "\n")
     f.flush()
@@ -128,9 +135,9 @@ def build_root() -> Path:
 
 
 def build_folder() -> Path:
-    """This environment's build folder: its name hashes the source, the flags, the CPU, torch and Python."""
+    """This environment's build folder: its name hashes the sources, the flags, the CPU, torch and Python."""
     key = hashlib.sha1()
-    for part in (_SOURCE.read_bytes(), " ".join(_flags()).encode(), _cpu_info().encode(), torch.__version__.encode(),
+    for part in (*(source.read_bytes() for source in _SOURCES), " ".join(_flags()).encode(), _cpu_info().encode(), torch.__version__.encode(),
                  os.path.dirname(torch.__file__).encode(), sys.version.encode()):
         key.update(part + b"\0")
     return build_root() / f"goae_kernels_{key.hexdigest()[:12]}"
@@ -189,7 +196,7 @@ def _run_child(folder: Path, name: str, lock_fd: int, deadline: float) -> None:
     limit = deadline - time.monotonic()
     if limit < 1:
         raise TimeoutError(f"no time left for the build ({TIMEOUT_ENV} sets the limit)")
-    args = dict(name=name, source=str(_SOURCE), flags=_flags(), dir=str(folder), stamp=str(folder / _STAMP),
+    args = dict(name=name, sources=[str(s) for s in _SOURCES], ops=list(_OPS), flags=_flags(), dir=str(folder), stamp=str(folder / _STAMP),
                 torch=os.path.dirname(torch.__file__), limit=limit)
     log_path = folder / "goae-build.log"
     # Output to a file, not a pipe: a child whose parent was killed keeps building (and must not die of
@@ -275,9 +282,9 @@ def build(timeout: float | None = None) -> BuildResult:
 def _build() -> bool:
     """Build if needed, load into this process and register the fake kernel."""
     result = build()
-    if not hasattr(torch.ops.goae_kernels, "triplane_decode"):
+    if not all(hasattr(torch.ops.goae_kernels, op) for op in _OPS):
         torch.ops.load_library(str(result.library))
-    if not hasattr(torch.ops.goae_kernels, "triplane_decode"):
+    if not all(hasattr(torch.ops.goae_kernels, op) for op in _OPS):
         return False
     if not _fake_registered:   # once per process (a test may reset _state and load again)
         torch.library.register_fake("goae_kernels::triplane_decode")(_triplane_decode_fake)
@@ -335,6 +342,31 @@ def applicable(taps, decoder) -> bool:
     if net[0].weight.dtype != torch.float32 or net[0].weight.device.type != "cpu":
         return False
     return available()
+
+
+def bias_lrelu_applicable(x: torch.Tensor, b: torch.Tensor, noise: torch.Tensor | None) -> bool:
+    """Whether `bias_lrelu_` runs for x [N, C, H, W] (CPU float32, NCHW or channels-last, not tracked by
+    autograd, not under torch.compile), bias b [C] and noise [H, W] (or None) of x's dtype."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.ndim != 4:
+        return False
+    if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+        return False
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    if b.dtype != x.dtype or b.device != x.device or b.shape != (x.shape[1],):
+        return False
+    if noise is not None and (noise.dtype != x.dtype or noise.device != x.device
+                              or noise.shape[-2:] != x.shape[-2:] or noise.numel() != x.shape[2] * x.shape[3]):
+        return False
+    return available()
+
+
+def bias_lrelu_(x: torch.Tensor, b: torch.Tensor, noise: torch.Tensor | None, alpha: float, gain: float,
+                clamp: float | None) -> torch.Tensor:
+    """In place: x = clamp(lrelu(x + noise + b, alpha) * gain, -clamp, clamp) (clamp None: none); call
+    only when `bias_lrelu_applicable(x, b, noise)`. Returns x."""
+    return torch.ops.goae_kernels.bias_lrelu_(x, None if noise is None else noise.contiguous(), b.contiguous(),
+                                              float(alpha), float(gain), -1.0 if clamp is None else float(clamp))
 
 
 def decode_rays(taps, decoder, ray_origins: torch.Tensor, ray_directions: torch.Tensor, depths: torch.Tensor,

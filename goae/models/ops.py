@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
+
 def no_autocast(x: torch.Tensor):
     """Context that runs its body in fp32 when autocast is on for x's device (for the numerically
     fragile steps of a reduced-precision fast path: styles, demodulation, attention logits)."""
@@ -58,19 +61,30 @@ def activation_gain(act: str) -> float:
 
 def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: str = "linear",
              alpha: float | None = None, gain: float | None = None, clamp: float | None = None,
-             inplace: bool = False) -> torch.Tensor:
-    """y = clamp(act(x + b) * gain, -clamp, clamp); `b` is broadcast along axis `dim`.
+             inplace: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """y = clamp(act(x + noise + b) * gain, -clamp, clamp); `b` is broadcast along axis `dim`, `noise`
+    (a synthesis layer's, [H, W] or broadcastable to x) is added first.
 
     inplace=True overwrites `x` (same math, same op order): for a fresh temporary that autograd
-    does not track, it saves one full-size allocation per step (page faults dominate otherwise)."""
+    does not track, it saves one full-size allocation per step (page faults dominate otherwise). In
+    place, a CPU leaky ReLU over channels runs as one fused pass (`kernels.bias_lrelu_`, bit-identical)."""
     func, def_alpha, def_gain = _activation(act)
     alpha = float(def_alpha if alpha is None else alpha)
     gain = float(def_gain if gain is None else gain)
     if b is not None and (b.ndim != 1 or b.shape[0] != x.shape[dim]):
         raise ValueError(f"bias of shape {tuple(b.shape)} does not match axis {dim} of x {tuple(x.shape)}")
-    b = None if b is None else b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
     if inplace and x.requires_grad and torch.is_grad_enabled():
         inplace = False  # autograd may need x: never overwrite it
+    if noise is not None:
+        # In x's dtype first, as the official layer adds it (and a mixed-dtype add is a slow scalar loop).
+        noise = noise.to(x.dtype)
+    if inplace and act == "lrelu" and dim == 1 and b is not None and x.ndim == 4:
+        plane = None if noise is None or noise.numel() != x.shape[2] * x.shape[3] else noise.reshape(x.shape[2:])
+        if (noise is None or plane is not None) and kernels.bias_lrelu_applicable(x, b, plane):
+            return kernels.bias_lrelu_(x, b, plane, alpha, gain, clamp if clamp is not None and clamp >= 0 else None)
+    b = None if b is None else b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    if noise is not None:
+        x = x.add_(noise) if inplace else x + noise
     if not inplace:
         x = x if b is None else x + b
         x = func(x, alpha)

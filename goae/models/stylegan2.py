@@ -122,12 +122,14 @@ class SynthesisLayer(nn.Module):
                                 dtype=x.dtype) * self.noise_strength
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
-        x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=(self.up == 1),
+        # Fused modconv adds the noise right after the convolution: bias_act does that first, in the same
+        # pass as the bias and activation. The unfused form folds it into the demodulation (addcmul).
+        x = modulated_conv2d(x, self.weight, styles, noise=None if fused_modconv else noise, up=self.up,
+                             padding=self.padding, resample_filter=self.resample_filter, flip_weight=(self.up == 1),
                              fused_modconv=fused_modconv)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=clamp,
-                        inplace=True)  # x is the fresh conv output
+                        inplace=True, noise=noise if fused_modconv else None)  # x is the fresh conv output
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, w_dim={self.w_dim}, "
