@@ -112,6 +112,19 @@ def test_reference_column_speedups_and_verdicts(bench):
     assert g["value"] == pytest.approx(rows["5_end_to_end"] / e2e(fp32)) and g["met"] == (g["value"] >= 2.5)
     g = verdicts[("CPU peak RSS vs official", "fast")]
     assert g["met"] == (fast["peak_rss_bytes"] / 1e9 <= round(ref["peak_rss_gb"], 2))
+    g = verdicts[("CPU photo speed-up vs official", "fast")]
+    assert g["target"] == ">= 10.0 x" and g["met"] == (g["value"] >= 10.0)
+    assert verdicts[("CPU peak RSS, pipe() + views", "fp32")]["target"] == "<= 1.6 GB"
+    # The compute floor: the counted work of a photo and a view over this CPU's best measured rate.
+    for run in (fp32, fast):
+        c = run["compute"]
+        assert c["photo_gflop"] > c["view_gflop"] > 0 and all(r > 0 for r in c["rates_gflops"].values())
+        assert c["best_gflops"] == max(c["rates_gflops"].values())
+        assert c["photo_floor_s"] == pytest.approx(c["photo_gflop"] / c["best_gflops"])
+    assert fp32["compute"]["dtype"] == "float32"
+    g = verdicts[("CPU photo speed-up vs official", "fp32")]
+    assert g["ceiling"] == pytest.approx(rows["5_end_to_end"] / fp32["compute"]["photo_floor_s"], rel=1e-2)
+    assert "compute floor of a photo" in stdout and "compute ceiling here" in stdout
 
 
 def test_no_reference_no_official_column_no_verdicts(bench):
