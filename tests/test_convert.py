@@ -469,6 +469,19 @@ TINY_ENCODER = dict(img_size=64, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1,
 TINY_AFA = dict(stage_channels=(16, 32, 64), feature_channels=32)
 
 
+def test_convert_goae_with_an_empty_directions_list_ships_none(tmp_path, pkl):
+    """directions=[] means no directions (it used to fail with a TypeError after the models were built)."""
+    from goae.models.afa import AFA
+    from goae.models.encoder import GOAEncoder
+
+    torch.manual_seed(0)
+    torch.save(GOAEncoder(**TINY_ENCODER).state_dict(), tmp_path / "encoder.pt")
+    torch.save(AFA(**TINY_AFA).state_dict(), tmp_path / "afa.pt")
+    out = convert.convert_goae(pkl, tmp_path / "encoder.pt", tmp_path / "afa.pt", tmp_path / "goae",
+                               encoder_config=TINY_ENCODER, afa_config=TINY_AFA, directions=[])
+    assert (out / "model_index.json").is_file() and not (out / "directions").exists()
+
+
 def test_convert_goae_roundtrip(tmp_path, pkl, official, examples_dir):
     from goae import pipeline
     from goae.io import sha256_file

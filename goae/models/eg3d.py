@@ -212,8 +212,15 @@ def superresolution_class(name: str) -> type[_SuperresolutionBase]:
 # ------------------------------------------------------------------------------------------------
 # Generator
 
-_OFFICIAL_NAMED = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "sr_num_fp16_res",
-                   "mapping_kwargs", "rendering_kwargs", "sr_kwargs")
+# The official TriPlaneGenerator's named constructor arguments; the rest of its kwargs go to the synthesis network.
+OFFICIAL_NAMED_KWARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "sr_num_fp16_res",
+                         "mapping_kwargs", "rendering_kwargs", "sr_kwargs")
+
+
+def split_official_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Official constructor kwargs -> (the named ones, the synthesis network's)."""
+    return ({k: v for k, v in kwargs.items() if k in OFFICIAL_NAMED_KWARGS},
+            {k: v for k, v in kwargs.items() if k not in OFFICIAL_NAMED_KWARGS})
 
 
 def _plain(obj: Any) -> Any:
@@ -293,8 +300,7 @@ class EG3DGenerator(ModelMixin, ConfigMixin):
                    if k not in kw]
         if missing:
             raise EG3DConfigError(f"official kwargs lack {missing}")
-        named = {k: kw[k] for k in _OFFICIAL_NAMED if k in kw}
-        synthesis = {k: v for k, v in kw.items() if k not in _OFFICIAL_NAMED}
+        named, synthesis = split_official_kwargs(kw)
         if neural_rendering_resolution is not None:
             named["neural_rendering_resolution"] = int(neural_rendering_resolution)
         return cls(**named, synthesis_kwargs=synthesis, **overrides)

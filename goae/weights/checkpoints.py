@@ -30,7 +30,7 @@ _REQUIRED_KWARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels",
 def load_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema"):
     """Official network pickle -> goae `EG3DGenerator` (eval mode) with the pickled weights."""
     off = read_official_generator(pkl_path, key)  # validate the file before touching the model code
-    from goae.models.eg3d import _OFFICIAL_NAMED, EG3DGenerator  # lazily: the model code is only for loading
+    from goae.models.eg3d import EG3DGenerator, split_official_kwargs  # lazily: the model code is only for loading
 
     what = f"{pkl_path} ({key})"
     if off.class_name.rsplit(".", 1)[-1] != _GENERATOR_CLASS:
@@ -42,9 +42,8 @@ def load_official_generator(pkl_path: str | os.PathLike, key: str = "G_ema"):
     if missing:
         raise UnsupportedArchitectureError(f"{what} lacks the EG3D constructor kwargs {missing}")
     # Check the numbers before building anything: a 1 KB pickle with w_dim 16384 is 5 GB of model.
-    config = {k: v for k, v in kwargs.items() if k in _OFFICIAL_NAMED}
-    config.update(synthesis_kwargs={k: v for k, v in kwargs.items() if k not in _OFFICIAL_NAMED},
-                  neural_rendering_resolution=off.neural_rendering_resolution)
+    config, synthesis = split_official_kwargs(kwargs)
+    config.update(synthesis_kwargs=synthesis, neural_rendering_resolution=off.neural_rendering_resolution)
     check_config("generator", config, where=f"{what} constructor kwargs", error=UnsupportedArchitectureError)
 
     def build():

@@ -114,14 +114,14 @@ def _blame(path: str | os.PathLike):
 
 
 def _direction_files(directions) -> list[Path] | None:
-    """The files of a directions folder (hidden ones aside), or the list given; None for none."""
+    """The files of a directions folder (hidden ones aside), or the list given; None for none (or an empty list)."""
     if directions is None:
         return None
     if isinstance(directions, (str, os.PathLike)):
         if not Path(directions).is_dir():
             raise CheckpointNotFoundError(f"edit directions folder {directions} does not exist")
         return [f for f in sorted(Path(directions).iterdir()) if not f.name.startswith(".")]
-    return sorted(Path(f) for f in directions)
+    return sorted(Path(f) for f in directions) or None
 
 
 def _copy_directions(files: Sequence[Path], out: Path, num_ws: int, w_dim: int, domain: str = "human") -> list[str]:
