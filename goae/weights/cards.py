@@ -18,9 +18,10 @@ from goae import __version__
 from goae.io import atomic_write_bytes
 
 CARD_NAME = "README.md"
-EG3D_LICENSE_NAME = "nvidia-source-code-license-nc"
-EG3D_LICENSE_LINK = "https://github.com/NVlabs/eg3d/blob/main/LICENSE.txt"
-GOAE_RELEASE = "https://github.com/jiangyzy/GOAE"
+# The weights' terms (every card names them; the download command shows them too).
+EG3D_LICENSE_NAME = "nvidia-source-code-license-nc"  # the card metadata's license_name
+EG3D_LICENCE_URL = "https://github.com/NVlabs/eg3d/blob/main/LICENSE.txt"
+GOAE_REPO_URL = "https://github.com/jiangyzy/GOAE"
 # The training set of each domain's EG3D generator (goae.domains) and the dataset's own terms.
 TRAINING_DATA = {
     "human": ("FFHQ", "https://github.com/NVlabs/ffhq-dataset",
@@ -56,7 +57,7 @@ def model_card(kind: str, provenance: Provenance, repo_hint: str = "path/to/this
     """The card text. kind: 'pipeline' (GOAEPipeline folder) or 'generator' (EG3DGenerator folder)."""
     tags = ["goae", "eg3d", "gan-inversion", "3d-gan-inversion", "tri-plane", "image-to-3d", provenance.domain]
     front = {"library_name": "goae", "pipeline_tag": "image-to-3d", "license": "other",
-             "license_name": EG3D_LICENSE_NAME, "license_link": EG3D_LICENSE_LINK, "tags": tags}
+             "license_name": EG3D_LICENSE_NAME, "license_link": EG3D_LICENCE_URL, "tags": tags}
     lines = ["---", *(f"{k}: {json.dumps(v)}" for k, v in front.items()), "---", ""]
     title = "GOAE pipeline" if kind == "pipeline" else "EG3D generator"
     lines += [f"# {title} ({provenance.domain} domain)", "",
@@ -65,14 +66,14 @@ def model_card(kind: str, provenance: Provenance, repo_hint: str = "path/to/this
               "(`GOAEPipeline.from_pretrained`).", "",
               "## Licence: non-commercial weights", "",
               f"These weights are derived from NVIDIA's EG3D release, under the [NVIDIA Source Code License-NC]"
-              f"({EG3D_LICENSE_LINK}): research and other non-commercial use only."]
+              f"({EG3D_LICENCE_URL}): research and other non-commercial use only."]
     if provenance.domain in TRAINING_DATA:
         name, link, terms = TRAINING_DATA[provenance.domain]
         lines += ["", f"The EG3D generator was trained by NVIDIA on [{name}]({link}) (domain `{provenance.domain}`); "
                       f"that dataset is licensed {terms}."]
     if kind == "pipeline":
         lines += ["", f"The encoder and AFA weights, when converted from the official GOAE checkpoints "
-                      f"({GOAE_RELEASE}), keep their authors' terms: that repository publishes no licence, so "
+                      f"({GOAE_REPO_URL}), keep their authors' terms: that repository publishes no licence, so "
                       "ask its authors before any use beyond research."]
     lines += ["", "goae's code is Apache-2.0; that licence does not cover these weights.", "",
               "## Provenance", "", f"- domain: {provenance.domain}"

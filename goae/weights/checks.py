@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import reprlib
 import threading
 import warnings
 from dataclasses import dataclass
@@ -165,18 +166,24 @@ def check_config(component: str, config: Mapping[str, Any], where: str | None = 
         if n:
             n = int(n.rstrip("]"))
             if not isinstance(value, (list, tuple)) or len(value) != n or not all(_number_ok(v, lo, hi) for v in value):
-                raise error(f"{where}: '{key}' must be a list of {n} values, each {allowed}; got {_short(value)}")
+                raise error(f"{where}: '{key}' must be a list of {n} values, each {allowed}; got {short(value)}")
         elif not _number_ok(value, lo, hi):
-            raise error(f"{where}: '{key}' must be {allowed}; got {_short(value)}")
+            raise error(f"{where}: '{key}' must be {allowed}; got {short(value)}")
     if component == "encoder":
         grid = (config.get("img_size") or 256) // (config.get("patch_size") or 4)
         if grid > _MAX_ENCODER_GRID:
             raise error(f"{where}: img_size / patch_size must be at most {_MAX_ENCODER_GRID}; got {grid}")
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
+
+
+def short(value: Any) -> str:
+    """A value quoted in a message, at most 120 characters; reprlib's, so a (pickled) structure that shares
+    itself is not expanded 2**n times as plain repr would."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 _META_LOCK = threading.Lock()
@@ -236,8 +243,9 @@ def _regular_file(path: Path, what: str) -> Path:
 
 def _read_json(path: Path) -> dict:
     _regular_file(path, "the config file")
-    if path.stat().st_size > _MAX_JSON_BYTES:
-        raise WeightsFolderError(f"{path} is {path.stat().st_size} bytes; a config file is at most {_MAX_JSON_BYTES}")
+    size = path.stat().st_size
+    if size > _MAX_JSON_BYTES:
+        raise WeightsFolderError(f"{path} is {size} bytes; a config file is at most {_MAX_JSON_BYTES}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than json can parse
@@ -293,17 +301,17 @@ def check_pipeline_folder(folder: str | os.PathLike) -> PipelineInfo:
         looks_like_component = isinstance(value, (list, tuple)) and len(value) == 2 and all(
             v is None or isinstance(v, str) for v in value)
         if looks_like_component and key not in COMPONENTS:
-            raise WeightsFolderError(f"{folder / 'model_index.json'}: unexpected component {key!r} = {_short(value)}")
+            raise WeightsFolderError(f"{folder / 'model_index.json'}: unexpected component {key!r} = {short(value)}")
     for name, entry in COMPONENTS.items():
         if list(index.get(name) or []) != list(entry):
-            raise WeightsFolderError(f"{folder / 'model_index.json'}: {name!r} must be {list(entry)}, got {_short(index.get(name))}")
+            raise WeightsFolderError(f"{folder / 'model_index.json'}: {name!r} must be {list(entry)}, got {short(index.get(name))}")
     check_config("pipeline", index, where=str(folder / "model_index.json"))
     from goae.domains import DEFAULT_DOMAIN, DOMAINS  # lazily: goae.domains imports torch, this module does not
 
     domain = index.get("domain", DEFAULT_DOMAIN)
     if not isinstance(domain, str) or domain not in DOMAINS:  # a list or a dict is no name either
         raise WeightsFolderError(f"{folder / 'model_index.json'}: domain must be one of {sorted(DOMAINS)}, "
-                                 f"got {_short(index.get('domain'))}")
+                                 f"got {short(index.get('domain'))}")
     g, e, a = (check_component_folder(folder / name, name) for name in COMPONENTS)
     _check_domain_pivot(folder, domain, "domain" in index, g)
     res = index.get("afa_resolution", 32)

@@ -31,6 +31,7 @@ from typing import Callable, Mapping
 
 from goae import __version__
 from goae.io import one_line
+from goae.weights.cards import GOAE_REPO_URL
 from goae.weights.errors import CorruptDownloadError, DownloadError, DownloadInterruptedError
 
 MAX_FILE_BYTES = 8 << 30  # the released files are a few hundred MB; an endless stream stops here
@@ -38,13 +39,12 @@ CHUNK = 1 << 20
 # A transfer slower than this (bytes/s, averaged over windows of `timeout` seconds) stops like a dropped one:
 # its bytes are kept and resume. The socket timeout alone bounds each read, not the transfer.
 MIN_RATE = 1024
-USER_AGENT_URL = "https://github.com/jiangyzy/GOAE"
 
 
 def size_text(n: float) -> str:
     """A byte count for people: 512 B, 1.3 MB."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"
@@ -140,7 +140,7 @@ def new_opener() -> urllib.request.OpenerDirector:
 
 
 def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    return {"User-Agent": f"Mozilla/5.0 (compatible; goae/{__version__}; +{USER_AGENT_URL})",
+    return {"User-Agent": f"Mozilla/5.0 (compatible; goae/{__version__}; +{GOAE_REPO_URL})",
             "Accept-Encoding": "identity", **(extra or {})}
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import pickletools
-import reprlib
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,21 +17,13 @@ from typing import Any, Mapping
 import torch
 
 from goae.io import NotARegularFile, check_regular_file, one_line
-from goae.weights.checks import preview
+from goae.weights.checks import preview, short
 from goae.weights.errors import (CheckpointError, CheckpointNotFoundError, OversizedCheckpointError,
                                  TruncatedCheckpointError, WrongCheckpointError)
 
 ZIP_MAGIC = b"PK\x03\x04"
 TORCH_LEGACY_MAGIC = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]  # a legacy torch.save file's start
 
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 2, 4, 4, 4
-
-
-def short(x: Any) -> str:
-    # For quoting pickled data in messages: plain repr would expand a shared structure 2**n times.
-    text = _REPR.repr(x)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def first_line(e: BaseException) -> str:

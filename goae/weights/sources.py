@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 
 from goae.io import one_line
 from goae.paths import DIRECTIONS_DIR
+from goae.weights.cards import EG3D_LICENCE_URL, GOAE_REPO_URL
 from goae.weights.errors import DownloadError, ManualDownloadRequiredError
 from goae.weights.fetch import MIN_RATE, is_html, new_opener, open_url, read_body, read_text
 
@@ -40,15 +41,13 @@ DRIVE_EMBEDDED_FOLDER = "https://drive.google.com/embeddedfolderview?id={id}"
 DRIVE_FILE_URL = "https://drive.google.com/uc?export=download&id={id}"
 
 EG3D_LICENCE_NAME = "NVIDIA Source Code License for EG3D (NVIDIA Source Code License-NC)"
-EG3D_LICENCE_URL = "https://github.com/NVlabs/eg3d/blob/main/LICENSE.txt"
-GOAE_REPO_URL = "https://github.com/jiangyzy/GOAE"
 
 # The official edit directions are in the GOAE git repository (example/ws_edit, what its infer.py --edit
 # reads), not in the Drive folder: they come from GitHub's raw file host at a fixed commit, under the
 # GOAE authors' terms like the checkpoints. cat_* are for the AFHQ cats model (torch.save zips named .npy).
 GOAE_COMMIT = "ba7ef3d652aef73e7995d29a0261e5d08df406e2"
 DIRECTIONS_PAGE = f"{GOAE_REPO_URL}/tree/{GOAE_COMMIT}/example/ws_edit"
-DIRECTIONS_URL = "https://raw.githubusercontent.com/jiangyzy/GOAE/{commit}/example/ws_edit/{name}"
+DIRECTIONS_URL = "https://raw.githubusercontent.com/jiangyzy/GOAE/{commit}/example/ws_edit/{name}"  # GOAE_REPO_URL's
 # The sha256 of the files at that commit (git blobs 79ffb92, 3b81843, 7670b0c, e24dd28, 2cd5c92).
 DIRECTION_SHA256 = {
     "age.npy": "480e1067bafe89eb58d09eaddf45a61cbdf834b6dbb1d8e3ac8213be8428ba02",

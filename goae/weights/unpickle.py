@@ -35,11 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from goae.weights.checks import preview
+from goae.weights.checks import preview, short
 from goae.weights.errors import (CheckpointError, TruncatedCheckpointError, UnsafePickleError,
                                  WrongCheckpointError)
 from goae.weights.guards import (MAX_KWARGS_NODES, MAX_MODULES, TORCH_LEGACY_MAGIC, ZIP_MAGIC, Walk,
-                                 check_declared_bytes, check_zip, checkpoint_size, first_line, scan_pickle, short)
+                                 check_declared_bytes, check_zip, checkpoint_size, first_line, scan_pickle)
 
 # ----------------------------------------------------------------------------- inert records
 
