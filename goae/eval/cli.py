@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Sequence
 
-from goae.io import one_line
+from goae.io import exit_with_error, one_line
 
 
 def _yaws(text: str) -> tuple[float, ...]:
@@ -64,8 +64,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "goae eval") -> int:
 
     args = build_parser(prog).parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.resolution < 16 or args.resolution > 1024:
-        print(f"{prog}: error: --resolution must be in [16, 1024], got {args.resolution}", file=sys.stderr)
-        return 2
+        return exit_with_error(prog, f"--resolution must be in [16, 1024], got {args.resolution}", 2)
     quiet_native_logs(args.verbose)
     with native_log_filter(enabled=not args.verbose):
         return _run(args, prog)
@@ -85,8 +84,7 @@ def _run(args, prog: str) -> int:
         if args.precision != "fp32":
             pipe.enable_fast_path(args.precision)
     except Exception as e:
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return 2
+        return exit_with_error(prog, e, 2)
     if random_weights(pipe):
         print(f"{prog}: NOTE: the pipeline runs on RANDOM weights: these numbers measure nothing.", file=sys.stderr)
     nets = load_networks(args.lpips_trunk, args.lpips_lin, args.lpips_net, args.id_weights, args.inception,
@@ -97,8 +95,7 @@ def _run(args, prog: str) -> int:
     try:
         summary = evaluate(pipe, args.inputs, args.out, nets, opts, resume=args.resume)
     except OSError as e:
-        print(f"{prog}: error: cannot write {args.out}: {one_line(e)}", file=sys.stderr)
-        return 2
+        return exit_with_error(prog, f"cannot write {args.out}: {one_line(e)}", 2)
     if summary is None:  # a torchrun rank other than 0
         return 0
     print(f"{summary['measured']} measured, {summary['skipped']} skipped"
