@@ -470,7 +470,9 @@ TINY_AFA = dict(stage_channels=(16, 32, 64), feature_channels=32)
 
 
 def test_convert_goae_with_an_empty_directions_list_ships_none(tmp_path, pkl):
-    """directions=[] means no directions (it used to fail with a TypeError after the models were built)."""
+    """directions=[] means no directions (it used to fail with a TypeError after the models were built).
+    A digest the caller knows already (a download checked it) goes into the card as given, not hashed again."""
+    from goae.io import sha256_file
     from goae.models.afa import AFA
     from goae.models.encoder import GOAEncoder
 
@@ -478,8 +480,12 @@ def test_convert_goae_with_an_empty_directions_list_ships_none(tmp_path, pkl):
     torch.save(GOAEncoder(**TINY_ENCODER).state_dict(), tmp_path / "encoder.pt")
     torch.save(AFA(**TINY_AFA).state_dict(), tmp_path / "afa.pt")
     out = convert.convert_goae(pkl, tmp_path / "encoder.pt", tmp_path / "afa.pt", tmp_path / "goae",
-                               encoder_config=TINY_ENCODER, afa_config=TINY_AFA, directions=[])
+                               encoder_config=TINY_ENCODER, afa_config=TINY_AFA, directions=[],
+                               known_sha256={Path(pkl).name: "ab" * 32})
     assert (out / "model_index.json").is_file() and not (out / "directions").exists()
+    card = (out / "README.md").read_text()
+    assert f"| {Path(pkl).name} | `{'ab' * 32}` |" in card
+    assert f"| afa.pt | `{sha256_file(tmp_path / 'afa.pt')}` |" in card
 
 
 def test_convert_goae_roundtrip(tmp_path, pkl, official, examples_dir):

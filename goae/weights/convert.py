@@ -58,9 +58,12 @@ def convert_eg3d(pkl_path: str | os.PathLike, out_dir: str | os.PathLike, overwr
 
 
 def _provenance(sources: Mapping[str, str | os.PathLike], domain: str = "human", key_mapping: Sequence[str] = (),
-                notes: Sequence[str] = ()) -> "Provenance":
-    """Model-card provenance of a conversion: each source file's name and sha256, and the command."""
-    return Provenance(sources={Path(p).name: sha256_file(p) for p in sources.values()}, command=current_command(),
+                notes: Sequence[str] = (), known_sha256: Mapping[str, str] | None = None) -> "Provenance":
+    """Model-card provenance of a conversion: each source file's name and sha256 (hashed here unless the caller
+    already knows it: known_sha256 by file name), and the command."""
+    known = known_sha256 or {}
+    return Provenance(sources={Path(p).name: known.get(Path(p).name) or sha256_file(p) for p in sources.values()},
+                      command=current_command(),
                       note="converted from the official checkpoints by goae convert", domain=domain,
                       key_mapping=list(key_mapping), notes=list(notes))
 
@@ -151,13 +154,16 @@ def convert_goae(
     afa_config: Mapping[str, Any] | None = None,
     directions: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     domain: str | None = None,
+    known_sha256: Mapping[str, str] | None = None,
 ) -> Path:
     """Official EG3D pickle + encoder_FFHQ.pt + afa_FFHQ.pt (or the cat ones) -> GOAEPipeline folder
     (model_index.json with its `domain`, generator/, encoder/, afa/, README.md model card with the sources'
     sha256 and any key mapping), written atomically. The configs default to the released ones.
     `domain`: 'human' or 'cat'; None is human, but a generator with AFHQ's pivot is then refused (say which).
     `directions`: a folder of edit directions (the official ws_edit/*.npy), or a list of such files; those of the
-    domain are copied, validated and tagged with it, into the folder's directions/."""
+    domain are copied, validated and tagged with it, into the folder's directions/.
+    `known_sha256`: the sources' sha256 by file name where the caller has them already (a download checked
+    them), so the model card does not hash the files again."""
     from goae.pipeline import GOAEPipeline  # lazily: diffusers and the model code (seconds) only for this
 
     out_dir = Path(out_dir)
@@ -180,7 +186,7 @@ def convert_goae(
     afa.load_state_dict(afa_ck.state_dict, strict=True)
     pipe = GOAEPipeline(generator=generator, encoder=encoder.eval(), afa=afa.eval(), domain=domain)
     provenance = _provenance({"eg3d": eg3d_pkl, "encoder": encoder_pt, "afa": afa_pt}, domain=domain,
-                             key_mapping=key_mapping, notes=notes)
+                             key_mapping=key_mapping, notes=notes, known_sha256=known_sha256)
     pipe.provenance = provenance
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         pipe.save_pretrained(tmp, provenance=provenance, repo_hint=out_dir.name)  # with its model card

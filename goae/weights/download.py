@@ -368,7 +368,8 @@ def _convert(downloads: Path, out: Path, overwrite: bool, digests: Mapping[str, 
         with atomic_dir(out, overwrite=overwrite or out.is_dir()) as tmp:
             configs = {k: v for k, v in (("encoder_config", encoder_config), ("afa_config", afa_config)) if v is not None}
             inner = convert.convert_goae(paths[EG3D_FILE], paths[ENCODER_FILE], paths[AFA_FILE], tmp / "pipeline",
-                                         directions=[downloads / n for n in directions] or None, **configs)
+                                         directions=[downloads / n for n in directions] or None,
+                                         known_sha256=digests, **configs)
             for child in list(inner.iterdir()):
                 os.rename(child, tmp / child.name)
             inner.rmdir()
