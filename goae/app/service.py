@@ -7,10 +7,12 @@ domain and sends each photo, and every later step of its session, to the pipelin
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,6 +38,9 @@ from goae.runtime import release_cpu_memory
 # The errors a step raises for bad input or state: their message is for the visitor (anything else is a bug).
 USER_ERRORS = (AlignError, AppError, CameraError, DirectionError, DomainError, export.ExportError, RequestError)
 MAX_API_VIEWS = 16
+# A view event's last check and its taking the page (Session.show), and a step's putting a new result in the
+# session, happen one at a time: the check of a view cannot pass between a result's commit and its show().
+_SHOWING = threading.RLock()
 
 
 def no_progress(*args, **kwargs) -> None:
@@ -86,15 +91,21 @@ class GOAEApp:
 
     # -- sessions
     def new_session(self, session_id: str | None = None) -> Session:
-        return Session(folder=self.folders.session(session_id))
+        return self.folders.track(Session(folder=self.folders.session(session_id)))
 
     def end_session(self, session: Session | None) -> None:
         """A session ended (closed tab, expired state) or starts over with a new photo: its tri-plane caches
-        and files go."""
+        and files go, and its steps still running show nothing (`Session.ended`)."""
         if isinstance(session, Session):
-            self.end_folder(session.folder)
+            session.ended = True
+            self._remove(session.folder, session)
 
     def end_folder(self, folder: Path) -> None:
+        """A closed tab's session folder (the unload event knows only its id): whichever Session uses it ends."""
+        self._remove(folder)
+
+    def _remove(self, folder: Path, session: Session | None = None) -> None:
+        self.folders.end(folder, session)
         self.cache.discard(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -162,7 +173,7 @@ class GOAEApp:
         if face_index is None:  # a new photo: the previous one's results and files go
             folder = session.folder if isinstance(session, Session) else self.folders.session(session_id)
             self.end_session(session)
-            session = Session(folder=folder)
+            session = self.folders.track(Session(folder=folder))
         if photo is None:
             return Aligned(session)
         try:
@@ -189,19 +200,26 @@ class GOAEApp:
 
     @releases_memory
     def invert(self, session: Session | None, yaw: float, pitch: float, resolution: int,
-               progress: Progress = no_progress) -> Inverted:
-        """One encoder pass + AFA refinement + occlusion-aware mix; the tri-planes go to the session's cache."""
+               progress: Progress = no_progress) -> Inverted | None:
+        """One encoder pass + AFA refinement + occlusion-aware mix; the tri-planes go to the session's cache.
+        None when the session ended while it ran (a new photo, a closed tab): nothing is kept or shown."""
         if not isinstance(session, Session) or session.face is None:
             raise AppError("Upload a photo with a face first.")
         resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")  # before the slow part
+        if session.ended:  # replaced by a new photo before this step started
+            return None
         if (reused := self._reuse_inversion(session, yaw, pitch, resolution)) is not None:
             return reused
         t0 = time.perf_counter()
         out = self.model.invert(session.face, session.path(), yaw, pitch, resolution, progress)
-        if session.current != session.inversion:
-            self.cache.forget(session.current)  # the previous inversion's edit
-        session.inversion = session.current = self.cache.put(session.cache_keys[0], out.entry)
-        session.edits, session.shown = {}, (session.current, yaw, pitch)
+        with _SHOWING:
+            if session.ended:  # a new photo replaced this one meanwhile (its own inversion follows)
+                return None
+            edit = session.current if session.current != session.inversion else None
+            session.inversion = session.current = self.cache.put(session.cache_keys[0], out.entry)
+            session.edits = {}
+            session.show(yaw, pitch)
+        self.cache.forget(edit)  # the previous inversion's edit; after show(): a view that reads it is stale then
         return Inverted(session, out.reconstruction, str(out.bundle / "reconstruction.png"),
                         str(out.bundle / "ws.safetensors"), f"Inverted in {time.perf_counter() - t0:.1f} s ({out.device}).",
                         out.view)
@@ -215,36 +233,95 @@ class GOAEApp:
             return None
         if entry is None:
             return None
-        if session.current != session.inversion:
-            self.cache.forget(session.current)
+        edit = session.current if session.current != session.inversion else None
         session.current, session.edits = session.inversion, {}
         view = self.model.view(entry, yaw, pitch, resolution, session.path())
-        session.shown = (session.current, yaw, pitch)
+        with _SHOWING:
+            session.show(yaw, pitch)
+        self.cache.forget(edit)
         rec = session.path("inversion/reconstruction.png")
         return Inverted(session, _read_rgb(rec), str(rec), str(session.path("inversion/ws.safetensors")),
                         "Already inverted (the same photo, face and crop): shown again, not re-run.", view)
 
+    # -- the view events: a preview while a slider moves, the full render when it is let go, and the settling
+    # after a new result. They run one at a time, in order, in a queue of their own beside the model steps, and
+    # only read the session: one that a new result, a full render or the session's end overtook shows nothing
+    # (view None, image None), and writes under the session's views/ folder.
     @releases_memory
     def view(self, session: Session | None, yaw: float, pitch: float, resolution: int) -> Shown:
-        """Novel view + its depth from the cached tri-planes (the inversion or its edit)."""
+        """Novel view + its depth from the cached tri-planes (the inversion or its edit). view None: nothing
+        inverted yet (the sliders just move), or overtaken."""
         if not isinstance(session, Session) or session.current is None:
-            return Shown(session)  # nothing inverted yet: the sliders just move
+            return Shown(session)
         resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")
-        view = self.model.view(self.cache.get(session.current), yaw, pitch, resolution, session.path())
-        session.shown = (session.current, yaw, pitch)
-        return Shown(session, view)
+        return self._render(session, yaw, pitch, resolution, counted=True)
 
     @releases_memory
     def preview(self, session: Session | None, yaw: float, pitch: float) -> Preview:
-        """The fast preview while a slider moves; nothing before an inversion."""
-        if not isinstance(session, Session) or session.current is None:
+        """The fast preview while a slider moves; nothing before an inversion, nor when overtaken."""
+        if not isinstance(session, Session) or session.current is None or session.ended:
             return Preview(session)
         yaw, pitch = check_angles(yaw, pitch, what="")
         if session.shown == (session.current, yaw, pitch):
             # A late preview (the page sends the last one held back while the previous ran) of the position
             # whose full render is already shown: it would cover the full render with the blurry preview.
             return Preview(session)
-        return Preview(session, *self.model.preview(self.cache.get(session.current), yaw, pitch))
+        moment = session.moment()
+        entry = self._entry(session, moment)
+        if entry is None:
+            return Preview(session)
+        image, depth = self.model.preview(entry, yaw, pitch)
+        with _SHOWING:
+            if not session.still(moment):
+                return Preview(session)
+            session.views += 1
+        return Preview(session, image, depth)
+
+    @releases_memory
+    def settle(self, session: Session | None, yaw: float, pitch: float, resolution: int) -> Shown:
+        """After a new result (an inversion or edit, whose step shows its own view): its full render at the
+        sliders' position is the page's last view. The two queues' outputs reach the page in either order, so a
+        view shown since the last settling may have landed after the result's; and the sliders may have moved
+        while the result was made. Then it is rendered again; else nothing (view None)."""
+        if not isinstance(session, Session) or session.current is None or session.ended:
+            return Shown(session)
+        resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")
+        if session.views == session.settled and session.shown == (session.current, yaw, pitch):
+            return Shown(session)
+        session.settled = session.views
+        return self._render(session, yaw, pitch, resolution)
+
+    def _entry(self, session: Session, moment: tuple) -> dict | None:
+        """The tri-planes of what the session shows; None when it was replaced or ended meanwhile."""
+        try:
+            return self.cache.get(session.current)
+        except AppError:
+            if session.still(moment):
+                raise
+            return None
+
+    def _render(self, session: Session, yaw: float, pitch: float, resolution, counted: bool = False) -> Shown:
+        """The full render for a view event (`counted`: the slider's, not the settling's)."""
+        moment = session.moment()
+        entry = self._entry(session, moment)
+        if entry is None:
+            return Shown(session)
+        try:
+            view = self.model.view(entry, yaw, pitch, resolution, session.views_folder())
+        except Exception:
+            if session.still(moment):
+                raise
+            view = None  # e.g. its folder went with the session: it would not be shown anyway
+        with _SHOWING:
+            if session.still(moment):
+                session.show(yaw, pitch)
+                session.views += counted
+                return Shown(session, view)
+        if session.ended:  # its folder went (or a new photo's session has it): leave nothing there
+            shutil.rmtree(session.folder / "views", ignore_errors=True)
+            with contextlib.suppress(OSError):
+                session.folder.rmdir()  # made again by this view alone
+        return Shown(session)
 
     @releases_memory
     def video(self, session: Session | None, frames: int, fps: int, resolution: int,
@@ -267,8 +344,9 @@ class GOAEApp:
 
     @releases_memory
     def edit(self, session: Session | None, yaw: float, pitch: float, resolution: int, *strengths: float,
-             progress: Progress = no_progress) -> Edited:
-        """W+ edit of the inversion (GOAEPipeline.edit); views, video and mesh then follow the edited face."""
+             progress: Progress = no_progress) -> Edited | None:
+        """W+ edit of the inversion (GOAEPipeline.edit); views, video and mesh then follow the edited face.
+        None when the session ended while it ran."""
         session = self._need_result(session)
         if not self.directions:
             raise AppError(how_to_get_directions(self.domain.name))
@@ -276,17 +354,22 @@ class GOAEApp:
         resolution, (yaw, pitch) = self._resolution(resolution), check_angles(yaw, pitch, what="")
         session.edits = {k: v for k, v in edits.items() if v}
         if not session.edits:  # all zero: back to the inversion itself
-            self.cache.forget(session.current if session.current != session.inversion else None)
+            edit = session.current if session.current != session.inversion else None
             session.current = session.inversion
             view = self.model.view(self.cache.get(session.inversion), yaw, pitch, resolution, session.path())
-            session.shown = (session.current, yaw, pitch)
+            with _SHOWING:
+                session.show(yaw, pitch)
+            self.cache.forget(edit)
             path = session.path("inversion/reconstruction.png")
             return Edited(session, _read_rgb(path), str(path), view)
         progress(0.1, desc="Editing")
         out = self.model.edit(self.cache.get(session.inversion), edit_offset(self.directions, edits), yaw, pitch,
                               resolution, session.path(), export.edit_file_name(session.edits))
-        session.current = self.cache.put(session.cache_keys[1], out.entry)
-        session.shown = (session.current, yaw, pitch)
+        with _SHOWING:
+            if session.ended:
+                return None
+            session.current = self.cache.put(session.cache_keys[1], out.entry)
+            session.show(yaw, pitch)
         return Edited(session, out.image, out.path, out.view)
 
     # -- stateless API calls

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,8 @@ class Folders:
         parent = Path(parent or tempfile.gettempdir())
         self.remove_stale(parent)
         self.root = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=parent))
+        # The Session that uses each folder now, to end it when its tab closes (the unload event has only the id).
+        self._sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         atexit.register(self.remove_all)
 
     @classmethod
@@ -121,6 +124,19 @@ class Folders:
         """The folder of a session (not yet made); the id (Gradio's session hash) is never used as a name."""
         name = hashlib.sha256((session_id or uuid.uuid4().hex).encode()).hexdigest()[:24]
         return self.root / "sessions" / name
+
+    def track(self, session: Session) -> Session:
+        """`session` now uses its folder (a new photo's Session replaces the previous one there)."""
+        self._sessions[str(session.folder)] = session
+        return session
+
+    def end(self, folder: Path, session: Session | None = None) -> None:
+        """The session that uses `folder` (or `session`, if it still does) ended: its steps still running show
+        and keep nothing. A new photo's Session in the same folder is not this one."""
+        tracked = self._sessions.get(str(folder))
+        if tracked is not None and (session is None or session is tracked):
+            del self._sessions[str(folder)]
+            tracked.ended = True
 
     def api_call(self) -> Path:
         """A new folder for one stateless API call; those of earlier calls older than API_FILES_TTL_S go."""
@@ -164,6 +180,31 @@ class Session:
     current: str | None = None     # cache key of what is shown: the inversion or its edit
     edits: dict[str, float] = field(default_factory=dict)
     shown: tuple | None = None     # (cache key, yaw, pitch) of the last full render: a later preview of it is stale
+    # The view events (previews, full renders) run beside the model steps and only read the session: one that
+    # saw a new result, a full render or the session's end while it ran is stale and shows nothing.
+    renders: int = 0               # new results and full renders shown so far
+    views: int = 0                 # previews and full renders of the view events shown so far
+    settled: int = 0               # `views` when the view was last settled after a new result (GOAEApp.settle)
+    ended: bool = False            # a new photo replaced it, its tab closed or its state expired
+
+    def show(self, yaw: float, pitch: float) -> None:
+        """A full render of `current` at (yaw, pitch) is on its way to the page: views that started before it are
+        stale. Every step that shows a new result or view calls this once its result is in the session."""
+        self.shown, self.renders = (self.current, yaw, pitch), self.renders + 1
+
+    def moment(self) -> tuple:
+        """What a view event sees when it starts; `still(moment)` when it ends says whether it may be shown."""
+        return self.current, self.renders
+
+    def still(self, moment: tuple) -> bool:
+        return not self.ended and self.moment() == moment
+
+    def views_folder(self) -> Path:
+        """Where the view events write their files: apart from the files of a new result (an inversion or edit
+        writes the session's folder itself while a view may be running)."""
+        path = self.path("views")
+        path.mkdir(exist_ok=True)
+        return path
 
     def path(self, name: str = "") -> Path:
         """The session's folder, or a file in it; the folder is made on first use."""

@@ -15,7 +15,13 @@ from goae.app.state import SESSION_TTL_S, Session
 from goae.edit import how_to_get_directions
 
 EDIT_LABELS = {"glass": "glasses"}
-MODEL_QUEUE = "model"  # every event that runs the networks shares this one queue slot
+# Queues: the events that make a result (inversions, edits, video, mesh, the stateless API) share one slot; turning
+# the head (slider previews, full renders, the settling after a result) has a slot of its own beside it, so a
+# slider answers while an inversion runs (on ZeroGPU each call has its own GPU worker). The view events run one
+# at a time, in order, only read the session (never an output: a step of the other queue owns it) and show
+# nothing once a new result, a full render or the session's end overtook them (goae.app.service).
+MODEL_QUEUE = "model"
+VIEW_QUEUE = "view"
 
 
 def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
@@ -132,6 +138,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
         # The stateless API (/invert, /render_view, /edit): hidden components, the page's first events.
         # Every event has a chosen name; those that only the page uses are private (not in the API, not MCP tools).
         model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+        views = dict(concurrency_id=VIEW_QUEUE, concurrency_limit=1)
         add_api(apps, example_dirs, model)
 
         def show(*paths):  # download buttons appear once their file exists
@@ -160,6 +167,11 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
 
         def view_page(v, yaw, pitch, preview=False):  # in `view_outputs` order
             return v.image, *show(v.path), v.depth_preview, *show(v.depth_preview, v.depth16), shown(yaw, pitch, preview)
+
+        def replaced(out) -> bool:
+            """The step's session ended while it ran (a new photo, whose session the page holds now): nothing of
+            it is shown, and the ended session is not written back over the new one."""
+            return out is None or (isinstance(out.session, Session) and out.session.ended)
 
         @user_errors
         def align(photo, session, domain=None, box=None, yaw=None, pitch=None, request: gr.Request = None):
@@ -212,6 +224,8 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 resolution: neural rendering resolution (the model's own by default; lower is faster).
             """
             out = apps.of(session).invert(session, yaw, pitch, resolution, progress=progress)
+            if replaced(out):
+                return (gr.skip(),) * len(inverted_out)
             return (out.session, out.reconstruction, *show(out.reconstruction_path, out.latent_path), out.status,
                     *view_page(out.view, yaw, pitch))
 
@@ -231,9 +245,9 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 pitch: pitch in degrees.
             """
             out = apps.of(session).preview(session, yaw, pitch)
-            if out.image is None:
-                return out.session, gr.skip(), gr.skip(), gr.skip()
-            return out.session, out.image, out.depth, shown(yaw, pitch, preview=True)
+            if out.image is None:  # nothing inverted yet, a late preview, or overtaken
+                return gr.skip(), gr.skip(), gr.skip()
+            return out.image, out.depth, shown(yaw, pitch, preview=True)
 
         @user_errors
         def render(session, yaw, pitch, resolution):
@@ -245,9 +259,19 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 resolution: neural rendering resolution.
             """
             out = apps.of(session).view(session, yaw, pitch, resolution)
-            if out.view is None:  # nothing inverted yet
-                return out.session, None, *show(None), None, *show(None, None), ""
-            return out.session, *view_page(out.view, yaw, pitch)
+            if out.view is not None:
+                return view_page(out.view, yaw, pitch)
+            if not isinstance(session, Session) or session.current is None:  # nothing inverted yet
+                return None, *show(None), None, *show(None, None), ""
+            return (gr.skip(),) * len(view_outputs)  # overtaken by a new result or the session's end
+
+        @user_errors
+        def settle(session, yaw, pitch, resolution):
+            """After a new result: its full render at the sliders' position is the view's last word."""
+            out = apps.of(session).settle(session, yaw, pitch, resolution)
+            if out.view is None:
+                return (gr.skip(),) * len(view_outputs)
+            return view_page(out.view, yaw, pitch)
 
         @user_errors
         def make_video(session, frames, fps, resolution, progress=gr.Progress()):
@@ -259,6 +283,8 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 resolution: neural rendering resolution.
             """
             out = apps.of(session).video(session, frames, fps, resolution, progress=progress)
+            if replaced(out):
+                return gr.skip(), gr.skip(), gr.skip()
             return out.session, out.path, *show(out.path)
 
         @user_errors
@@ -269,6 +295,8 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 grid: the grid resolution (64-256 per side).
             """
             out = apps.of(session).mesh(session, grid, progress=progress)
+            if replaced(out):
+                return (gr.skip(),) * 5
             return out.session, out.glb, *show(out.glb, out.ply), out.text
 
         for session_step in (align, choose_face, reconstruct, preview, render, make_video, make_mesh):
@@ -276,30 +304,41 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             # as a session step needs the page's state, which an MCP call has not.
         aligned_out = [session, aligned, camera_md, faces, dl_aligned, *reset]
         inverted_out = [session, recon, dl_recon, dl_latent, status, *view_outputs]
+        # always_last: a photo changed again while its previous inversion runs is inverted after it (that one, of
+        # a replaced session, shows nothing), not dropped.
         then_invert = dict(fn=reconstruct_if_aligned, inputs=[session, yaw, pitch, resolution], outputs=inverted_out,
-                           api_visibility="private", **model)
+                           api_visibility="private", trigger_mode="always_last", **model)
+        # Every step that shows a new result is followed by its settling, in the view queue (after the view events
+        # already there): see GOAEApp.settle.
+        settled = dict(fn=settle, inputs=[session, yaw, pitch, resolution], outputs=view_outputs,
+                       api_visibility="private", show_progress="hidden", **views)
         align_in = [photo, session, subject, cat_box, cat_yaw, cat_pitch]
         cleared = dict(fn=after_failure, inputs=None, outputs=aligned_out, api_visibility="private")
         aligning = photo.change(align, align_in, aligned_out, api_name="align")
-        aligning.success(api_name="reconstruct_after_align", **then_invert)
+        aligning.success(api_name="reconstruct_after_align", **then_invert).success(
+            api_name="settle_after_align", **settled)
         aligning.failure(api_name="clear_after_align", **cleared)
         # Another domain or other cat options: the same photo again, with that aligner.
         subject.change(choose_domain, [subject], [cat_options, *edit_groups.values()], api_name="choose_domain",
                        api_visibility="private")
         subject.input(recrop_quietly, align_in, aligned_out, api_name="crop_for_domain", api_visibility="private",
-                      **model).success(api_name="reconstruct_after_domain", **then_invert)
+                      **model).success(api_name="reconstruct_after_domain", **then_invert).success(
+            api_name="settle_after_domain", **settled)
         cropping = crop_btn.click(align, align_in, aligned_out, api_name="crop_again", api_visibility="private",
                                   **model)
-        cropping.success(api_name="reconstruct_after_crop", **then_invert)
+        cropping.success(api_name="reconstruct_after_crop", **then_invert).success(
+            api_name="settle_after_crop", **settled)
         cropping.failure(api_name="clear_after_crop", **cleared)
         faces.input(choose_face, [faces, session], aligned_out, api_name="choose_face").success(
-            api_name="reconstruct_after_choice", **then_invert)
-        invert_btn.click(reconstruct, [session, yaw, pitch, resolution], inverted_out, api_name="reconstruct", **model)
-        # A head that follows the slider: quick previews while it moves, the full render when it is let go.
-        gr.on([yaw.input, pitch.input], preview, [session, yaw, pitch], [session, view, depth, view_info],
-              api_name="preview", trigger_mode="always_last", show_progress="hidden", **model)
-        gr.on([yaw.release, pitch.release], render, [session, yaw, pitch, resolution], [session, *view_outputs],
-              api_name="render", trigger_mode="always_last", show_progress="minimal", **model)
+            api_name="reconstruct_after_choice", **then_invert).success(api_name="settle_after_choice", **settled)
+        invert_btn.click(reconstruct, [session, yaw, pitch, resolution], inverted_out, api_name="reconstruct",
+                         **model).success(api_name="settle_after_reconstruct", **settled)
+        # A head that follows the slider: quick previews while it moves, the full render when it is let go; both in
+        # the view queue, so a late preview runs after the full render and is dropped there (GOAEApp.preview).
+        gr.on([yaw.input, pitch.input], preview, [session, yaw, pitch], [view, depth, view_info],
+              api_name="preview", trigger_mode="always_last", show_progress="hidden", **views)
+        gr.on([yaw.release, pitch.release], render, [session, yaw, pitch, resolution], view_outputs,
+              api_name="render", trigger_mode="always_last", show_progress="minimal", **views)
         video_btn.click(make_video, [session, frames, fps, resolution], [session, video, dl_video], api_name="video",
                         **model)
         mesh_btn.click(make_mesh, [session, mesh_res], [session, model3d, dl_glb, dl_ply, mesh_md], api_name="mesh",
@@ -322,6 +361,8 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                     raise gr.Error(f"The photo was cropped as a {session.domain}: choose '{title}' above to edit it, "
                                    f"or crop it again as a {apps.get(dname).domain.title.lower()}.")
                 out = apps.get(dname).edit(session, yaw, pitch, resolution, *strengths, progress=progress)
+                if replaced(out):
+                    return (gr.skip(),) * (3 + len(view_outputs))
                 return out.session, out.image, *show(out.path), *view_page(out.view, yaw, pitch)
             edit_session._mcp_type = "session"
             return edit_session
@@ -329,7 +370,8 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
         for dname, (sliders, edit_btn) in edit_controls.items():
             edit_btn.click(edit_for(dname), [session, yaw, pitch, resolution, *sliders],
                            [session, edited, dl_edit, *view_outputs],
-                           api_name="edit_session" if dname == app.domain.name else f"edit_session_{dname}", **model)
+                           api_name="edit_session" if dname == app.domain.name else f"edit_session_{dname}",
+                           **model).success(api_name=f"settle_after_edit_{dname}", **settled)
 
         def end_session(request: gr.Request):
             """The tab closed: the session's tri-planes and files go now (its state follows within the hour)."""
