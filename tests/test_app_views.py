@@ -56,9 +56,14 @@ def _during(monkeypatch, obj, name: str, step):
 
 # ------------------------------------------------------------------------------------------ the page's wiring
 @pytest.fixture(scope="module")
-def demo(examples_dir):
+def app_module(examples_dir):
     return import_app({"GOAE_WEIGHTS": "random-small", "GOAE_DIRECTIONS": str(examples_dir / "goae" / "ws_edit"),
-                       "GOAE_EXAMPLES": str(examples_dir / "wild")}).demo
+                       "GOAE_EXAMPLES": str(examples_dir / "wild")})
+
+
+@pytest.fixture(scope="module")
+def demo(app_module):
+    return app_module.demo
 
 
 def test_view_events_have_their_own_queue_and_never_write_the_session(demo):
@@ -194,3 +199,21 @@ def test_the_page_skips_what_is_overtaken(goae_app, demo, examples_dir):
     ended = Session(folder=Path("/nonexistent"), current="gone", ended=True)
     for out in (render(ended, 10, 0, 64), settle(ended, 10, 0, 64)):
         assert len(out) == 6 and all(isinstance(v, type(gr.skip())) for v in out)
+
+
+def test_a_replaced_session_written_back_into_the_page_heals(app_module, examples_dir):
+    """A step of the previous photo that finished around a new photo's alignment may still write its (ended)
+    Session into the page's state: the page's next step uses the new photo's Session of the same folder, and
+    ending the old one again leaves the new one's files."""
+    app = app_module.goae_app
+    render = {fn.api_name: fn for fn in app_module.demo.fns.values()}["render"].fn
+    old = app.align(examples_dir / "wild" / "obama.jpg", None, session_id="a tab").session
+    new = app.align(examples_dir / "wild" / "astronaut.png", old).session
+    app.invert(new, 0, 0, 64, progress=no_progress)
+    assert app.live(old) is new and app.live(new) is new
+    shown = render(old, 20, 0, 64)               # the state still holds `old`: the new photo's view is shown
+    assert isinstance(shown[0], np.ndarray) and new.shown == (new.current, 20, 0)
+    app.end_session(old)                          # e.g. its state expiring: already ended, nothing more goes
+    assert not new.ended and (new.folder / "aligned.png").is_file() and app.cache.get(new.current)
+    app.end_folder(new.folder)                   # the tab closes
+    assert app.live(old) is old and app.live(new) is new and new.ended

@@ -96,9 +96,16 @@ class GOAEApp:
     def end_session(self, session: Session | None) -> None:
         """A session ended (closed tab, expired state) or starts over with a new photo: its tri-plane caches
         and files go, and its steps still running show nothing (`Session.ended`)."""
-        if isinstance(session, Session):
+        if isinstance(session, Session) and not session.ended:  # once: its folder may be a new photo's now
             session.ended = True
             self._remove(session.folder, session)
+
+    def live(self, session):
+        """The session the page's tab has now: `session`, or, if it ended because a new photo replaced it (and a
+        step that ran meanwhile wrote it back into the page's state), the new photo's Session in its folder."""
+        if isinstance(session, Session) and session.ended:
+            return self.folders.current(session.folder) or session
+        return session
 
     def end_folder(self, folder: Path) -> None:
         """A closed tab's session folder (the unload event knows only its id): whichever Session uses it ends."""
@@ -444,6 +451,9 @@ class AppDomains:
             raise AppError(f"no {name!r} pipeline is loaded here; this app inverts: "
                            f"{', '.join(a.domain.title.lower() + 's' for a in self.apps.values())}")
         return self.apps[name]
+
+    def live(self, session):
+        return self.default.live(session)  # the pipelines share the folders
 
     def of(self, session) -> GOAEApp:
         """The app of the session's domain (the default one before any photo)."""

@@ -130,6 +130,10 @@ class Folders:
         self._sessions[str(session.folder)] = session
         return session
 
+    def current(self, folder: Path) -> Session | None:
+        """The Session that uses `folder` now (None once its tab closed)."""
+        return self._sessions.get(str(folder))
+
     def end(self, folder: Path, session: Session | None = None) -> None:
         """The session that uses `folder` (or `session`, if it still does) ended: its steps still running show
         and keep nothing. A new photo's Session in the same folder is not this one."""

@@ -186,6 +186,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 yaw: cats only: the photo's camera yaw in degrees.
                 pitch: cats only: the photo's camera pitch in degrees.
             """
+            session = apps.live(session)
             return aligned_page(apps.align(photo, session, domain, sid(request), box, yaw, pitch))
 
         def recrop_quietly(photo, session, domain=None, box=None, yaw=None, pitch=None, request: gr.Request = None):
@@ -211,6 +212,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             Args:
                 face_index: the face to use (0-based, left to right).
             """
+            session = apps.live(session)
             return aligned_page(apps.of(session).choose_face(face_index, session))
 
         @user_errors
@@ -223,6 +225,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 pitch: the view's pitch in degrees (up/down).
                 resolution: neural rendering resolution (the model's own by default; lower is faster).
             """
+            session = apps.live(session)
             out = apps.of(session).invert(session, yaw, pitch, resolution, progress=progress)
             if replaced(out):
                 return (gr.skip(),) * len(inverted_out)
@@ -231,6 +234,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
 
         def reconstruct_if_aligned(session, yaw, pitch, resolution, progress=gr.Progress()):
             """/reconstruct after a photo or face choice; nothing when the photo was cleared."""
+            session = apps.live(session)
             if not isinstance(session, Session) or session.face is None:
                 return (session, *[gr.skip()] * 10)
             return reconstruct(session, yaw, pitch, resolution, progress)
@@ -244,6 +248,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 yaw: yaw in degrees.
                 pitch: pitch in degrees.
             """
+            session = apps.live(session)
             out = apps.of(session).preview(session, yaw, pitch)
             if out.image is None:  # nothing inverted yet, a late preview, or overtaken
                 return gr.skip(), gr.skip(), gr.skip()
@@ -258,6 +263,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 pitch: pitch in degrees.
                 resolution: neural rendering resolution.
             """
+            session = apps.live(session)
             out = apps.of(session).view(session, yaw, pitch, resolution)
             if out.view is not None:
                 return view_page(out.view, yaw, pitch)
@@ -268,6 +274,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
         @user_errors
         def settle(session, yaw, pitch, resolution):
             """After a new result: its full render at the sliders' position is the view's last word."""
+            session = apps.live(session)
             out = apps.of(session).settle(session, yaw, pitch, resolution)
             if out.view is None:
                 return (gr.skip(),) * len(view_outputs)
@@ -282,6 +289,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                 fps: frames per second.
                 resolution: neural rendering resolution.
             """
+            session = apps.live(session)
             out = apps.of(session).video(session, frames, fps, resolution, progress=progress)
             if replaced(out):
                 return gr.skip(), gr.skip(), gr.skip()
@@ -294,6 +302,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
             Args:
                 grid: the grid resolution (64-256 per side).
             """
+            session = apps.live(session)
             out = apps.of(session).mesh(session, grid, progress=progress)
             if replaced(out):
                 return (gr.skip(),) * 5
@@ -356,6 +365,7 @@ def build_demo(app: GOAEApp | AppDomains) -> gr.Blocks:
                     resolution: neural rendering resolution.
                     strengths: one strength per edit direction, in the order of the sliders.
                 """
+                session = apps.live(session)
                 if isinstance(session, Session) and session.face is not None and session.domain != dname:
                     title = apps.get(session.domain).domain.title
                     raise gr.Error(f"The photo was cropped as a {session.domain}: choose '{title}' above to edit it, "
