@@ -188,7 +188,7 @@ def test_settling_after_a_new_result(goae_app, session, monkeypatch):
     assert not _same(turned.image, edited.view.image)
 
 
-def test_the_page_skips_what_is_overtaken(goae_app, demo, examples_dir):
+def test_the_page_skips_what_is_overtaken(demo):
     """The page's callbacks: an overtaken view or settling changes nothing on the page (gr.skip for each
     output); before any inversion a full render clears the view."""
     by_name = {fn.api_name: fn for fn in demo.fns.values()}
