@@ -46,7 +46,7 @@ STAGES = [
     ("superresolution", "  super-resolution"),
     ("afa_mix", "AFA + occlusion-aware mix (sum of the 2 below)"),
     ("afa", "  AFA (refine)"),
-    ("fuse", "  fuse: F tri-planes, depth, mask, mix"),
+    ("fuse", "  fuse: F tri-planes, mask, mix"),
     ("final_render", "final render"),
     ("end_to_end", "end-to-end pipe(image, camera)"),
     ("novel_view", "novel-view frame (cached tri-planes)"),
@@ -56,10 +56,9 @@ STAGES = [
 PIPELINE_STAGES = ("encode", "first_render", "afa_mix", "final_render")  # what end_to_end is made of
 
 # Rows of the official timing JSON (../shared/tools/official_speed) -> this benchmark's stage keys, so that
-# each pair does the same work. The official code synthesises the F tri-planes (backbone 64..256) inside its
-# final render (4a: its output image is the F render), goae inside `fuse` (the final render is the mixed
-# planes'): the official F backbone counts with AFA + mix here, and its final render is 4b + 4c. goae's fuse
-# also renders the F depth alone (no colour, no super-resolution); the official mix reuses the F render's.
+# each pair does the same work. Both render the F tri-planes at the input camera as the reconstruction and
+# take the mask from its depth. The official code times the F backbone (64..256) inside its final render
+# (4a), goae inside `fuse`: the official 4a counts with AFA + mix here, and its final render is 4b + 4c.
 OFFICIAL_ROWS = {"encode": ["1_encoder"], "first_render": ["2_first_render"],
                  "generator": ["2a_backbone_4to32", "2b_backbone_64to256"], "volume_rendering": ["2c_volume_render_128"],
                  "superresolution": ["2d_superres_to_512"], "afa_mix": ["3_afa_plus_mix", "4a_backbone_64to256"],
@@ -265,9 +264,14 @@ def worker(spec: dict) -> dict:
         stages["first_render"] = stage_entry([sum(s) for s in zip(*parts)], B)
 
         adain = run("afa", lambda: method.refine(x_512, image_w, x_rec)["feature_map_adain"], B)
-        planes = run("fuse", lambda: method.fuse(ws, adain, img_rec, c, planes_w)[0], B)
+        # As GOAE.forward: the F tri-planes, their render at the input camera (the reconstruction), the mix
+        # from its depth. `fuse` = the F backbone + the mix, timed apart around the render.
+        planes_f = run("fuse_planes", lambda: method.synthesize_from(ws, adain, img_rec), B)
+        final = run("final_render", lambda: method.render(planes_f, ws, c), B)
+        run("fuse_mix", lambda: method.mix(planes_w, planes_f, final), B)
+        stages["fuse"] = stage_entry([a + b for a, b in zip(stages.pop("fuse_planes")["samples_s"],
+                                                            stages.pop("fuse_mix")["samples_s"])], B)
         stages["afa_mix"] = stage_entry([a + b for a, b in zip(stages["afa"]["samples_s"], stages["fuse"]["samples_s"])], B)
-        run("final_render", lambda: method.render(planes, ws, c), B)
 
     result["peak_rss_stages_bytes"] = peak_rss_bytes()  # + the stage split (holds every intermediate)
     if not cuda and B == 1:

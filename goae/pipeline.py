@@ -59,7 +59,7 @@ Progress = Callable[[float, str], Any]  # progress(fraction of the call done, de
 # time). Shares are rough CPU proportions; "align" runs only when the pipeline aligns the photos itself.
 STAGES = (("align", "Aligning the face", 0.10), ("encode", "Encoding (Swin-V2 → W+)", 0.15),
           ("render_w", "Rendering the first reconstruction", 0.20), ("refine", "Refining (AFA)", 0.15),
-          ("fuse", "Fusing (occlusion-aware mix)", 0.20), ("render", "Final render", 0.20))
+          ("fuse", "Refined tri-planes", 0.10), ("render", "Final render and occlusion-aware mix", 0.30))
 CACHE_KEYS = ("ws", "planes", "camera")  # what a kept result needs; the edit features are optional
 
 
@@ -69,7 +69,9 @@ class GOAEOutput(BaseOutput):
 
     ws:          [B,14,w_dim] W+ codes in the canonical latent space (w_avg included).
     planes:      [B,96,256,256] occlusion-aware mixed tri-planes: the cache for every other view.
-    image:       [B,3,512,512] final render at the input camera, in [-1, 1].
+    image:       [B,3,512,512] the reconstruction, in [-1, 1]: the refined (F) tri-planes rendered at the input
+                 camera, as the official forward returns it and its infer.py saves it (an edit: the mixed
+                 tri-planes', as the official Net.edit renders it). Other views render `planes`.
     image_raw:   [B,3,128,128] neural-rendering RGB before super-resolution, in [-1, 1].
     image_depth: [B,1,128,128] ray depth (distance along the ray from the camera, world units).
     camera:      [B,25] the EG3D camera label the photo was inverted with.

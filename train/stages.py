@@ -296,7 +296,9 @@ class AFAStage(Stage):
 
     def run(self, batch: dict, step: int) -> dict[str, torch.Tensor]:
         """-> ws, rgb (final), rgb_w (W render), mask, image_depth (final)."""
-        fwd = self.method(batch["x"], batch["x_enc"], batch["c"], superresolution=self.sr,
+        # The loss sees the mixed tri-planes' render at the input camera (reconstruction="mix"): what the
+        # cache will show, with the W features kept where the input camera saw no surface.
+        fwd = self.method(batch["x"], batch["x_enc"], batch["c"], superresolution=self.sr, reconstruction="mix",
                           afa_image_resolution=self.cfg["train"]["afa_image_resolution"], blur_sigma=self.blur_sigma(step))
         return {"ws": fwd.ws, "rgb": self.rgb(fwd.final), "rgb_w": self.rgb(fwd.render_w), "mask": fwd.mask["mask"],
                 "image_depth": fwd.final.image_depth}

@@ -4,9 +4,10 @@
     synthesize ws -> generator features at the AFA level (x_rec, img_rec) -> W tri-planes
     render     W tri-planes at the input camera -> first reconstruction
     refine     AFA(input, reconstruction, x_rec): residual-aligned features (gamma * x_rec + beta)
-    fuse       F tri-planes from the refined features; visibility mask of their surface seen from the
-               input camera; occlusion-aware mix of F (visible) and W (occluded) tri-planes
-    render     the mixed tri-planes (the cache) at any camera
+    fuse       F tri-planes from the refined features; their render at the input camera is the
+               reconstruction (what the official infer.py saves); the visibility mask of their surface
+               seen from there; occlusion-aware `mix` of F (visible) and W (occluded) tri-planes
+    render     the mixed tri-planes (the cache) at any camera: views, videos, meshes, edits
 
 `GOAE` holds references to the three components and is differentiable: `GOAEPipeline` runs it under
 no_grad with its pre/post-processing, training runs it with autograd, the benchmarks time its steps.
@@ -41,8 +42,10 @@ class GOAEForward(BaseOutput):
     """Every boundary of one GOAE forward (batched along dim 0).
 
     ws [B,num_ws,w] canonical W+ codes (w_avg included); delta: their offsets from the base code;
-    planes [B,96,256,256] mixed tri-planes (the cache); final / render_w: RenderOutput of the mixed and
-    the W tri-planes at the input camera; planes_w / planes_f: W and refined tri-planes; x_rec / img_rec:
+    planes [B,96,256,256] mixed tri-planes (the cache); final: the reconstruction at the input camera (the
+    F tri-planes' render, as the official forward returns it; `GOAE.forward(reconstruction="mix")` and
+    `GOAE.edit`: the mixed tri-planes'); render_w: the W tri-planes' render there;
+    planes_w / planes_f: W and refined tri-planes; x_rec / img_rec:
     generator features / skip image at the AFA level; afa: AFA outputs (feature_map_adain, gamma, beta,
     features); mask: visibility-mask stages (mask_hits, mask_thresh, mask).
     """
@@ -140,32 +143,46 @@ class GOAE:
     def fuse(self, ws: torch.Tensor, features: torch.Tensor, img: torch.Tensor, c: torch.Tensor,
              planes_w: torch.Tensor, ws_features: torch.Tensor | None = None,
              blur_sigma: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Occlusion-aware fusion: F tri-planes from the refined `features` (synthesised with
-        `ws_features`, default ws), the visibility mask of their surface seen from c, and the mix of F
-        (visible) with W (occluded) tri-planes. Returns (mixed planes, mask stages, F planes)."""
+        """Occlusion-aware fusion where the F render itself is not wanted (edits, `reconstruction="mix"`):
+        F tri-planes from the refined `features` (synthesised with `ws_features`, default ws), a depth-only
+        render of them at c, then `mix`. Returns (mixed planes, mask stages, F planes)."""
         planes_f = self.synthesize_from(ws if ws_features is None else ws_features, features, img)
         # Only the depth and rays of the F render are needed for the mask: a depth-only render
         # (no colour features, no super-resolution) gives the same depth at a third of the cost.
         depth = self.render(planes_f, ws, c, superresolution=False, features=False)
-        m = visibility_mask(depth.ray_origins, depth.ray_directions, depth.image_depth,
+        mixed, m = self.mix(planes_w, planes_f, depth, blur_sigma)
+        return mixed, m, planes_f
+
+    def mix(self, planes_w: torch.Tensor, planes_f: torch.Tensor, render_f: RenderOutput,
+            blur_sigma: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The occlusion-aware mix (official `Net.mix_fusion`): the visibility mask of the F surface that
+        `render_f` (a render of planes_f at the input camera, its rays and depth) sees, then F where it is
+        visible and W where it is occluded. Returns (mixed planes shaped like planes_w, mask stages)."""
+        m = visibility_mask(render_f.ray_origins, render_f.ray_directions, render_f.image_depth,
                             blur_sigma=self.mask_blur_sigma if blur_sigma is None else blur_sigma,
                             threshold=self.mask_threshold, box_warp=self.generator.box_warp)
         n = planes_w.shape[0]
         mixed = occlusion_aware_mix(planes_w.view(n, 3, -1, *planes_w.shape[-2:]),
                                     planes_f.view(n, 3, -1, *planes_f.shape[-2:]), m["mask"])
-        return mixed.reshape(planes_w.shape), m, planes_f
+        return mixed.reshape(planes_w.shape), m
 
     # ------------------------------------------------------------------------------------ the method
     def forward(self, x: torch.Tensor, x_enc: torch.Tensor, c: torch.Tensor, stage: str = "fine",
                 superresolution: bool = True, afa_image_resolution: int | None = None,
-                blur_sigma: float | None = None, intermediates: bool = True,
+                blur_sigma: float | None = None, intermediates: bool = True, reconstruction: str = "f",
                 on_stage: Callable[[str], None] | None = None) -> GOAEForward:
         """Invert x [B,3,H,W] (encoder input x_enc) taken with cameras c [B,25].
 
         superresolution=False compares and refines on the neural rendering (cheaper training).
         intermediates=False keeps only what the result needs (inference memory).
+        reconstruction: "f" (the official forward) renders the F tri-planes at c, which is the
+        reconstruction and whose depth gives the mask; "mix" renders the mixed tri-planes there instead
+        (the mask from a depth-only F render), which is what goae's training supervises.
         on_stage(name) is called as each stage starts, for progress reports: "encode", "render_w" (the
-        first reconstruction), "refine" (AFA), "fuse" (occlusion-aware mix), "render" (the final render)."""
+        first reconstruction), "refine" (AFA), "fuse" (the F tri-planes), "render" (the final render;
+        the occlusion-aware mix follows it)."""
+        if reconstruction not in ("f", "mix"):
+            raise ValueError(f"reconstruction must be 'f' or 'mix', got {reconstruction!r}")
         report = on_stage or (lambda name: None)
         report("encode")
         ws, delta = self.encode(x_enc, stage)
@@ -176,12 +193,23 @@ class GOAE:
         report("refine")
         afa = self.refine(x, rec, x_rec, afa_image_resolution)
         report("fuse")
-        planes, mask, planes_f = self.fuse(ws, afa["feature_map_adain"], img_rec, c, planes_w, blur_sigma=blur_sigma)
-        if not intermediates:  # free the large intermediates before the final render
-            planes_w = planes_f = render_w = None
-            afa = {"feature_map_adain": afa["feature_map_adain"]}
-        report("render")
-        final = self.render(planes, ws, c, superresolution=superresolution)
+        if reconstruction == "f":
+            planes_f = self.synthesize_from(ws, afa["feature_map_adain"], img_rec)
+            if not intermediates:  # free the large intermediates before the final render
+                render_w, afa = None, {"feature_map_adain": afa["feature_map_adain"]}
+            report("render")
+            final = self.render(planes_f, ws, c, superresolution=superresolution)
+            planes, mask = self.mix(planes_w, planes_f, final, blur_sigma)
+            if not intermediates:
+                planes_w = planes_f = None
+        else:
+            planes, mask, planes_f = self.fuse(ws, afa["feature_map_adain"], img_rec, c, planes_w,
+                                               blur_sigma=blur_sigma)
+            if not intermediates:  # free the large intermediates before the final render
+                planes_w = planes_f = render_w = None
+                afa = {"feature_map_adain": afa["feature_map_adain"]}
+            report("render")
+            final = self.render(planes, ws, c, superresolution=superresolution)
         return GOAEForward(ws=ws, delta=delta, planes=planes, final=final, render_w=render_w, planes_w=planes_w,
                            planes_f=planes_f, x_rec=x_rec, img_rec=img_rec, afa=afa, mask=mask)
 
