@@ -607,7 +607,12 @@ def _view_pixels(page):
 def _edit(page, age: float) -> None:
     """Set the age slider of the Edit tab and apply it (no waiting)."""
     page.locator("button[role=tab]", has_text="Edit").click()
-    page.locator("#edit-age input[type=range]").fill(str(age))
+    number = page.locator("#edit-age input[type=number]")
+    number.fill(str(age))
+    number.press("Enter")
+    # The click sends the slider's value: only once the page has taken the new one.
+    page.wait_for_function("v => Number(document.querySelector('#edit-age input[type=range]').value) === v",
+                           arg=float(age))
     page.click("#edit-btn")
 
 
