@@ -299,8 +299,8 @@ def worker(spec: dict) -> dict:
 def compute_floor(pipe, images, cameras, out, views, one, mode: str) -> dict:
     """The arithmetic of one photo and one view (convolutions and matrix products, counted by
     torch.utils.flop_counter; the fused render kernel's MLP is not counted) and this CPU's best measured
-    rates for those ops in the mode's dtype: work / best rate is a floor no implementation of the same
-    method reaches on this machine (every op at the best rate, nothing else costing time)."""
+    rates for those ops in the mode's dtype: work / best rate is a floor for the method on this machine at
+    the rates PyTorch reaches here (every op at the best rate, nothing else costing time)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
@@ -316,13 +316,7 @@ def compute_floor(pipe, images, cameras, out, views, one, mode: str) -> dict:
         and pipe.fast_path.precision == "bf16" else torch.float32
 
     def best_rate(fn, flop: float) -> float:
-        fn()
-        times = []
-        for _ in range(5):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return flop / min(times) / 1e9
+        return flop / min(timed(fn, 5, 1, lambda: None)[0]) / 1e9
 
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     x = torch.randn(1, 256, 128, 128, dtype=dtype).contiguous(memory_format=torch.channels_last)
@@ -490,7 +484,7 @@ def goals(report: dict) -> list[dict]:
         v = per_item(r, key)
         return ref[key] / v if v and key in ref else None
 
-    def ceiling(r, key, floor_key):  # the most any implementation of the method could reach here
+    def ceiling(r, key, floor_key):  # the speed-up if every op ran at the best rate measured here
         floor = (r or {}).get("compute", {}).get(floor_key)
         return round(ref[key] / floor, 2) if floor and key in ref else None
 

@@ -193,23 +193,22 @@ class GOAE:
         report("refine")
         afa = self.refine(x, rec, x_rec, afa_image_resolution)
         report("fuse")
+        features = afa["feature_map_adain"]
+        if not intermediates:  # free the large intermediates before the final render
+            render_w, afa = None, {"feature_map_adain": features}
         if reconstruction == "f":
-            planes_f = self.synthesize_from(ws, afa["feature_map_adain"], img_rec)
-            if not intermediates:  # free the large intermediates before the final render
-                render_w, afa = None, {"feature_map_adain": afa["feature_map_adain"]}
+            planes_f = self.synthesize_from(ws, features, img_rec)
             report("render")
             final = self.render(planes_f, ws, c, superresolution=superresolution)
             planes, mask = self.mix(planes_w, planes_f, final, blur_sigma)
+        else:
+            planes, mask, planes_f = self.fuse(ws, features, img_rec, c, planes_w, blur_sigma=blur_sigma)
             if not intermediates:
                 planes_w = planes_f = None
-        else:
-            planes, mask, planes_f = self.fuse(ws, afa["feature_map_adain"], img_rec, c, planes_w,
-                                               blur_sigma=blur_sigma)
-            if not intermediates:  # free the large intermediates before the final render
-                planes_w = planes_f = render_w = None
-                afa = {"feature_map_adain": afa["feature_map_adain"]}
             report("render")
             final = self.render(planes, ws, c, superresolution=superresolution)
+        if not intermediates:
+            planes_w = planes_f = None
         return GOAEForward(ws=ws, delta=delta, planes=planes, final=final, render_w=render_w, planes_w=planes_w,
                            planes_f=planes_f, x_rec=x_rec, img_rec=img_rec, afa=afa, mask=mask)
 
