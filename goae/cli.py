@@ -210,7 +210,7 @@ def _setup(args, device=None):
         pipe = load_pipeline(args.weights, seed=args.seed, device=device)
         check_weights(pipe)
         if args.precision != "fp32":
-            pipe.enable_fast_path(args.precision)
+            pipe.enable_fast_path(args.precision, keep_fp32_weights=False)  # one run, never back to fp32
     except Exception as e:  # weights missing / unreadable, no such device
         raise SetupError(one_line(e)) from None
     domain = pipe.domain

@@ -12,6 +12,10 @@ What stays fp32 under autocast, because it is numerically fragile or cheap:
 - LayerNorms (torch's autocast runs them in fp32), the volume renderer and the occlusion mask
   (the pipeline runs rendering outside autocast).
 Every tensor the pipeline returns is float32.
+
+`keep_fp32_weights=False` stores the weights that only ever run under autocast (the encoder's and AFA's
+stock Linear and Conv2d layers) in the reduced dtype: autocast would cast them at every call anyway, so
+outputs are identical and those weights take half the memory, but the fp32 path cannot come back.
 """
 from __future__ import annotations
 
@@ -97,6 +101,7 @@ class FastPath:
     compile: bool = False
     device_type: str = "cpu"
     compile_backend: str = "inductor"
+    fp32_weights: bool = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -121,6 +126,55 @@ class FastPath:
         cuDNN convolutions use TF32 (they run in bf16/fp16 under autocast anyway), while matmuls
         (attention logits, style affines, the renderer's decoder MLP) stay full fp32."""
         return self.device_type == "cuda"
+
+
+# Layers computed in fp32 on purpose inside the autocast regions: their weights stay fp32.
+_FP32_PARTS = ("cpb_mlp",)  # Swin-V2's continuous position bias MLP (goae.models.swin_v2)
+
+
+def reducible_parameters(pipe) -> dict[str, nn.Parameter]:
+    """The parameters a fast path may store in its reduced dtype: weights and biases of the encoder's and
+    AFA's Linear and Conv2d layers with the stock forward (autocast casts all of them at every call;
+    custom layers such as AFA's EqualConv2d scale their weight first, and norms run in fp32), minus
+    `_FP32_PARTS`. By qualified name ("encoder.swin_model...")."""
+    found = {}
+    for owner, root in (("encoder", pipe.encoder), ("afa", pipe.afa)):
+        for name, m in root.named_modules():
+            stock = ((isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward)
+                     or (isinstance(m, nn.Conv2d) and type(m).forward is nn.Conv2d.forward))
+            if stock and not set(name.split(".")) & set(_FP32_PARTS):
+                found.update({f"{owner}.{name}.{k}": p for k, p in m.named_parameters(recurse=False)})
+    return found
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def stored_weights_dtype(pipe) -> torch.dtype:
+    """The dtype the reducible weights are stored in: float32 unless a fast path reduced them."""
+    params = reducible_parameters(pipe)
+    return next(iter(params.values())).dtype if params else torch.float32
+
+
+def store_weights(pipe, fast: FastPath | None) -> None:
+    """Store the reducible weights as `fast` asks (its dtype unless fp32_weights), or raise FastPathError
+    where that needs fp32 values the pipeline no longer has (nothing is changed then)."""
+    params = reducible_parameters(pipe)
+    stored = next(iter(params.values())).dtype if params else torch.float32
+    want = torch.float32 if fast is None or fast.fp32_weights or fast.precision == "fp32" else fast.dtype
+    if stored == want:
+        return
+    if stored != torch.float32:
+        asked = "the fp32 path" if want == torch.float32 else f"a {fast.precision} fast path"
+        raise FastPathError(f"the encoder and AFA weights are stored in {dtype_name(stored)} "
+                            f"(enable_fast_path(keep_fp32_weights=False)) and their fp32 values are gone: "
+                            f"for {asked}, load the pipeline again")
+    for p in params.values():
+        p.data = p.data.to(want)
+    if p.device.type == "cpu":
+        from goae.runtime import release_cpu_memory
+        release_cpu_memory()  # the freed fp32 copies are holes in the C heap: give their pages back
 
 
 def _synthesis_blocks(generator) -> list[nn.Module]:

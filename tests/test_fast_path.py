@@ -86,6 +86,41 @@ def test_disable_restores_exact_fp32(pipe, photo, ref):
         assert torch.equal(getattr(out, k), getattr(ref, k)), k
 
 
+def test_reduced_weights_give_identical_outputs_and_refuse_fp32(photo, tmp_path):
+    """keep_fp32_weights=False stores what autocast casts anyway: the same outputs, bit for bit, half the
+    bytes for those weights; the fp32 path, a save and an fp32-weight fast path are then refused."""
+    kept, reduced = (GOAEPipeline.from_preset("small", 0) for _ in range(2))
+    kept.enable_fast_path("bf16", keep_fp32_weights=True)
+    before = sum(p.numel() * p.element_size() for p in fast.reducible_parameters(reduced).values())
+    reduced.enable_fast_path("bf16", keep_fp32_weights=False)
+    params = fast.reducible_parameters(reduced)
+    assert {p.dtype for p in params.values()} == {torch.bfloat16}
+    assert sum(p.numel() * p.element_size() for p in params.values()) * 2 == before
+    # what must stay fp32 does: norms, the position-bias MLP, the generator, AFA's scaled convolutions
+    assert not any("cpb_mlp" in k or "norm" in k for k in params)
+    assert all(p.dtype == torch.float32 for p in reduced.generator.parameters())
+    assert reduced.afa.output_layer[0].weight.dtype == torch.float32
+    a, b = kept(*photo), reduced(*photo)
+    for k in FIELDS:
+        assert torch.equal(getattr(a, k), getattr(b, k)), k
+    va = kept.render_view(a, camera_label(0.3, 0.0), planes=a.planes, ws=a.ws)
+    vb = reduced.render_view(b, camera_label(0.3, 0.0), planes=b.planes, ws=b.ws)
+    assert torch.equal(va.image, vb.image)
+
+    for undo in (reduced.disable_fast_path, lambda: reduced.to(torch.float32),
+                 lambda: reduced.enable_fast_path("bf16", keep_fp32_weights=True),
+                 lambda: reduced.save_pretrained(tmp_path / "saved")):
+        with pytest.raises(fast.FastPathError, match="load the pipeline again|lose precision"):
+            undo()
+    assert not (tmp_path / "saved").exists()
+    assert reduced.fast_path.fp32_weights is False and fast.stored_weights_dtype(reduced) == torch.bfloat16
+    reduced.to(torch.bfloat16)  # the same fast path again is fine, and keeps the stored weights
+    assert reduced.fast_path.fp32_weights is False
+    # the default keeps fp32 masters: the parity path comes back exactly
+    kept.disable_fast_path()
+    assert fast.stored_weights_dtype(kept) == torch.float32
+
+
 def test_preview_resolution_shapes(pipe, ref):
     native = pipe.generator.neural_rendering_resolution
     full = pipe.render_view(ref, camera_label(0.2, 0.0))

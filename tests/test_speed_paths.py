@@ -4,6 +4,7 @@
   gradients through in training; the one-gather window permutation + fused attention equal roll /
   partition / explicit softmax attention to fp32 rounding (1e-5; the goldens in test_parity_goae.py
   check the whole encoder).
+- Super-resolution: the last block computed in strips of rows equals the whole-image block.
 """
 from __future__ import annotations
 
@@ -121,6 +122,33 @@ def test_position_bias_live_in_training_gradients_reach_cpb_mlp():
     model.eval().zero_grad()
     sum(o.square().sum() for o in model(x)).backward()
     assert model.layers[0].blocks[0].attn.cpb_mlp[0].weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------- super-resolution
+@pytest.mark.parametrize("rows", [1, 5, 16, 1000])
+def test_super_resolution_in_strips_equals_the_whole_image(rows, monkeypatch):
+    """The last super-resolution block run `rows` input rows at a time (the working set of a strip) gives
+    the whole-image pixels; one row of context fewer than STRIP_HALO changes the seams (the test bites)."""
+    from goae.models.stylegan2 import SynthesisBlock
+    from goae.pipeline import GOAEPipeline
+
+    sr = GOAEPipeline.from_preset("small", 0).generator.superresolution
+    g = torch.Generator().manual_seed(4)
+    r = sr.input_resolution
+    rgb, feats = torch.randn(2, 3, r, r, generator=g), 3 * torch.randn(2, 32, r, r, generator=g)
+    ws = torch.randn(2, 14, sr.block1.w_dim, generator=g)
+    with torch.no_grad():
+        monkeypatch.setattr(sr, "strip_rows", None)
+        whole = sr(rgb, feats, ws)
+        monkeypatch.setattr(sr, "strip_rows", rows)
+        strips = sr(rgb, feats, ws)
+        torch.testing.assert_close(strips, whole, atol=1e-5, rtol=1e-5)
+        if rows < sr.block1.resolution // 2:  # more than one strip: seams exist
+            monkeypatch.setattr(SynthesisBlock, "STRIP_HALO", SynthesisBlock.STRIP_HALO - 1)
+            assert (sr(rgb, feats, ws) - whole).abs().max() > 1e-3
+    # training (gradients on) and noise run the block whole, as before
+    monkeypatch.setattr(SynthesisBlock, "image_in_strips", lambda *a, **k: pytest.fail("strips with gradients"))
+    sr(rgb, feats, ws)
 
 
 # ----------------------------------------------------------------------------------------- meshes

@@ -101,7 +101,7 @@ def create_app(weights: str | None = None, directions: str | None = None, exampl
             log.warning("goae app: two %s pipelines given; keeping %s", name, apps[name].pipe.weights_label)
             continue
         if fast:
-            pipe.enable_fast_path("auto")
+            pipe.enable_fast_path("auto", keep_fp32_weights=False)  # the app never goes back to fp32
             log.info("goae app: fast path %s", pipe.fast_path)
         dirs, notes = directions_for(pipe, directions)
         if banner and len(loaded) > 1:

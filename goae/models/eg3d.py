@@ -139,6 +139,7 @@ class _SuperresolutionBase(nn.Module):
     first_block_upsamples: bool
     resize_only_if_smaller = False  # 4X resizes only smaller inputs, the others any mismatch
     has_resample_filter = True  # 2X/4X register an (unused) filter buffer at top level
+    strip_rows: int | None = 128  # inference: the last block's input rows per strip (None: all at once)
 
     def __init__(self, channels: int, img_resolution: int, sr_num_fp16_res: int, sr_antialias: bool,
                  w_dim: int = 512, sr_channels: list[int] | None = None, **block_kwargs):
@@ -172,6 +173,9 @@ class _SuperresolutionBase(nn.Module):
             x = F.interpolate(x, size=target, mode="bilinear", align_corners=False, antialias=self.sr_antialias)
             rgb = F.interpolate(rgb, size=target, mode="bilinear", align_corners=False, antialias=self.sr_antialias)
         x, rgb = self.block0(x, rgb, ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
+        if self.strip_rows and noise_mode == "none" and not torch.is_grad_enabled():
+            # the same pixels with a fraction of the last block's working set (it only returns its image)
+            return self.block1.image_in_strips(x, rgb, ws, self.strip_rows, fused_modconv=fused_modconv)
         x, rgb = self.block1(x, rgb, ws, noise_mode=noise_mode, fused_modconv=fused_modconv)
         return rgb
 

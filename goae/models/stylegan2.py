@@ -231,14 +231,39 @@ class SynthesisBlock(nn.Module):
                            noise_mode=noise_mode)
             x = self.conv1(x, next(w_iter), fused_modconv=fused, noise_mode=noise_mode)
         if img is not None and self.up > 1:
-            with no_autocast(img):  # the skip image / tri-planes accumulate in fp32
-                img = upsample2d(img.float(), self.resample_filter, up=self.up)
+            img = self.upsample_image(img)
         if self.is_last or self.architecture == "skip":
             y = self.torgb(x, next(w_iter), fused_modconv=fused).to(torch.float32)
             # Out of place on purpose: the official in-place add overwrites the caller's tensor.
             img = y if img is None else img + y
         # img is the RGB / tri-plane output (callers view it): always plain NCHW.
         return x, (img if img is None else img.contiguous())
+
+    def upsample_image(self, img: torch.Tensor) -> torch.Tensor:
+        """The previous block's image at this block's resolution (the skip path)."""
+        with no_autocast(img):  # the skip image / tri-planes accumulate in fp32
+            return upsample2d(img.float(), self.resample_filter, up=self.up)
+
+    # Input rows of context above and below each strip: conv0 (3x3 transposed + 4-tap FIR) and conv1 (3x3)
+    # reach exactly 2 input rows (1 changes the pixels at the seams; the tests check both).
+    STRIP_HALO = 2
+
+    def image_in_strips(self, x: torch.Tensor, img: torch.Tensor | None, ws: torch.Tensor, rows: int,
+                        fused_modconv=None) -> torch.Tensor:
+        """The image `forward` returns (skip architecture), computed `rows` input rows at a time: each strip
+        runs with STRIP_HALO rows of context on both sides, so every output pixel sums the same terms as in
+        `forward` while the full-resolution activations exist one strip at a time (the 512^2 layer of the
+        super-resolution is the largest working set of a render). No noise (noise_mode 'none')."""
+        if not (self.is_last or self.architecture == "skip") or rows < 1:
+            raise ValueError("image_in_strips needs a block with an image output and rows >= 1")
+        H, halo, parts = x.shape[2], self.STRIP_HALO, []
+        for r0 in range(0, H, rows):
+            r1 = min(r0 + rows, H)
+            a, b = max(r0 - halo, 0), min(r1 + halo, H)
+            _, y = self.forward(x[:, :, a:b], None, ws, fused_modconv=fused_modconv, noise_mode="none")
+            parts.append(y[:, :, (r0 - a) * self.up:(r1 - a) * self.up])
+        y = torch.cat(parts, dim=2)
+        return y if img is None else self.upsample_image(img) + y
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, architecture={self.architecture}, up={self.up}"
