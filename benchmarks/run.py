@@ -200,6 +200,8 @@ def worker(spec: dict) -> dict:
     if device.type == "cpu" and spec.get("allocator", "tuned") == "tuned":
         from goae.runtime import tune_cpu_allocator  # what the app and CLI do at start
         result["allocator_tuned"] = tune_cpu_allocator()
+    from goae.runtime import cpu_allocator
+    result["cpu_allocator"] = cpu_allocator()  # jemalloc: preloaded by the parent (--allocator jemalloc)
     t0 = time.perf_counter()
     pipe = build_pipeline(spec["preset"]).to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -540,8 +542,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--modes", nargs="+", default=["fp32", "fast"], choices=["fp32", "fast"])
     ap.add_argument("--precision", default="auto", help="fast path precision: auto|bf16|fp16|fp32")
     ap.add_argument("--compile", action="store_true", help="fast path with torch.compile")
-    ap.add_argument("--allocator", default="tuned", choices=["tuned", "default"],
+    ap.add_argument("--allocator", default="tuned", choices=["tuned", "default", "jemalloc"],
                     help="CPU: goae.runtime.tune_cpu_allocator() in both modes as the app and CLI do (tuned), "
+                         "jemalloc preloaded into the measuring processes (jemalloc; it must be installed), "
                          "or glibc's defaults")
     ap.add_argument("--preset", default="full", choices=["full", "small"], help="small: tiny model, for tests only")
     ap.add_argument("--mesh", type=int, nargs="*", help="mesh resolutions (default 128 256; --quick: 128)")
@@ -565,6 +568,8 @@ def spawn(spec: dict, tmp: Path) -> dict:
     spec_path, result_path = tmp / f"{name}.spec.json", tmp / f"{name}.result.json"
     spec_path.write_text(json.dumps({**spec, "result": str(result_path)}))
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+    if spec.get("allocator") == "jemalloc":
+        env["LD_PRELOAD"] = " ".join(filter(None, [spec["jemalloc"], env.get("LD_PRELOAD", "")]))
     proc = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], env=env,
                           stdout=subprocess.PIPE, stderr=None, text=True)
     if proc.returncode != 0 or not result_path.exists():
@@ -598,6 +603,14 @@ def main(argv=None) -> int:
     if photo is not None and not photo.is_file():
         print(f"error: --photo {photo} not found", file=sys.stderr)
         return 2
+    jemalloc = None
+    if args.allocator == "jemalloc":
+        from goae.runtime import jemalloc_library
+        jemalloc = jemalloc_library()
+        if jemalloc is None:
+            print("error: --allocator jemalloc but no libjemalloc.so.2 is installed "
+                  "(Debian/Ubuntu: apt-get install libjemalloc2)", file=sys.stderr)
+            return 2
     if photo is None and DEFAULT_PHOTO.is_file():
         photo = DEFAULT_PHOTO
     cuda = args.device.startswith("cuda")
@@ -623,7 +636,7 @@ def main(argv=None) -> int:
                 spec = {"mode": mode, "batch": batch, "preset": args.preset, "device": args.device,
                         "threads": args.threads, "repeats": args.repeats, "warmup": args.warmup,
                         "precision": args.precision, "compile": args.compile, "preview_res": args.preview_res,
-                        "allocator": args.allocator,
+                        "allocator": args.allocator, "jemalloc": jemalloc,
                         "mesh": args.mesh if batch == args.batch[0] else [],
                         "image": str(image_path), "camera": str(camera_path)}
                 report["runs"].append(spawn(spec, tmp))

@@ -117,6 +117,32 @@ def setup_server_allocator(arenas: int = 2) -> bool:
     return all(libc.mallopt(param, value) == 1 for param, value in values.items())
 
 
+# Where Debian/Ubuntu (libjemalloc2), Fedora and Alpine put jemalloc.
+_JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                   "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2")
+
+
+def jemalloc_library() -> str | None:
+    """The path of an installed jemalloc (for LD_PRELOAD), or None. jemalloc reuses freed memory without
+    glibc's heap fragmentation: a full-size fp32 photo + views peaks at the same RSS in every run."""
+    found = next((p for p in _JEMALLOC_PATHS if os.path.isfile(p)), None)
+    return found or ctypes.util.find_library("jemalloc")
+
+
+def cpu_allocator() -> str:
+    """The C allocator this process runs on: 'jemalloc' or 'tcmalloc' where preloaded, else 'glibc' (Linux)
+    or 'system'."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "system"
+    for name in ("jemalloc", "tcmalloc"):
+        if f"lib{name}" in maps:
+            return name
+    return "glibc" if _glibc() is not None else "system"
+
+
 def release_cpu_memory() -> bool:
     """Give the free memory that the C heap holds back to the system (glibc's malloc_trim), e.g. after each
     request of a server: freed tensors and buffers otherwise stay in the process as fragmented heap.

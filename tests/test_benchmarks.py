@@ -71,6 +71,7 @@ def check_run(run):
     # The build's peak is set aside (as official_speed does): the peaks are the inference's, over the built model.
     assert run["peak_reset_after_build"] is True
     assert run["peak_rss_bytes"] >= run["rss_after_build_bytes"] > 100e6
+    assert run["cpu_allocator"] in ("glibc", "system")  # nothing preloaded unless --allocator jemalloc
 
 
 def test_env_is_this_machine(bench):
@@ -157,3 +158,20 @@ def test_peak_rss_reset_sets_an_earlier_peak_aside():
     high, ok, low, now = proc.stdout.split()
     assert ok == "True" and int(high) > int(now) + 350e6
     assert int(now) - (16 << 20) <= int(low) < int(high) - 350e6   # a few pages may come between the reads
+
+
+def test_jemalloc_allocator_runs_the_workers_on_it(tmp_path):
+    """--allocator jemalloc preloads an installed jemalloc into the measuring processes (the JSON says
+    which allocator each ran on), or refuses in one line where none is installed."""
+    from goae.runtime import jemalloc_library
+
+    out = tmp_path / "je.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--preset", "small", "--quick", "--repeats", "1",
+           "--warmup", "0", "--threads", "2", "--modes", "fp32", "--mesh", "--allocator", "jemalloc", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if jemalloc_library() is None:
+        assert proc.returncode == 2 and "libjemalloc2" in proc.stderr and not out.exists()
+        return
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = run_of(json.loads(out.read_text()), "fp32")
+    assert run["cpu_allocator"] == "jemalloc" and run["stages"]["end_to_end"]["median_s"] > 0
