@@ -151,18 +151,18 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def stored_weights_dtype(pipe) -> torch.dtype:
+def stored_weights_dtype(pipe, params: dict[str, nn.Parameter] | None = None) -> torch.dtype:
     """The dtype the reducible weights are stored in: float32 unless a fast path reduced them."""
-    params = reducible_parameters(pipe)
+    params = reducible_parameters(pipe) if params is None else params
     return next(iter(params.values())).dtype if params else torch.float32
 
 
 def store_weights(pipe, fast: FastPath | None) -> None:
-    """Store the reducible weights as `fast` asks (its dtype unless fp32_weights), or raise FastPathError
-    where that needs fp32 values the pipeline no longer has (nothing is changed then)."""
+    """Store the reducible weights as `fast` asks (fp32 unless fast.fp32_weights is False), or raise
+    FastPathError where that needs fp32 values the pipeline no longer has (nothing is changed then)."""
     params = reducible_parameters(pipe)
-    stored = next(iter(params.values())).dtype if params else torch.float32
-    want = torch.float32 if fast is None or fast.fp32_weights or fast.precision == "fp32" else fast.dtype
+    stored = stored_weights_dtype(pipe, params)
+    want = torch.float32 if fast is None or fast.fp32_weights else fast.dtype
     if stored == want:
         return
     if stored != torch.float32:
@@ -172,7 +172,7 @@ def store_weights(pipe, fast: FastPath | None) -> None:
                             f"for {asked}, load the pipeline again")
     for p in params.values():
         p.data = p.data.to(want)
-    if p.device.type == "cpu":
+    if next(iter(params.values())).device.type == "cpu":
         from goae.runtime import release_cpu_memory
         release_cpu_memory()  # the freed fp32 copies are holes in the C heap: give their pages back
 

@@ -534,10 +534,10 @@ class GOAEPipeline(DiffusersBase):
         Returns self.
         """
         backend = compile if isinstance(compile, str) else "inductor"
-        fast = fastpath.FastPath(precision=fastpath.resolve_precision(precision, self.device),
-                                 channels_last=bool(channels_last), compile=bool(compile),
+        precision = fastpath.resolve_precision(precision, self.device)
+        fast = fastpath.FastPath(precision=precision, channels_last=bool(channels_last), compile=bool(compile),
                                  device_type=self.device.type, compile_backend=backend,
-                                 fp32_weights=bool(keep_fp32_weights))
+                                 fp32_weights=bool(keep_fp32_weights) or precision == "fp32")
         fastpath.store_weights(self, fast)
         fastpath.apply(self, fast)
         self._fast_path = fast

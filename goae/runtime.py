@@ -123,8 +123,8 @@ _JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch
 
 
 def jemalloc_library() -> str | None:
-    """The path of an installed jemalloc (for LD_PRELOAD), or None. jemalloc reuses freed memory without
-    glibc's heap fragmentation: a full-size fp32 photo + views peaks at the same RSS in every run."""
+    """The path of an installed jemalloc (for LD_PRELOAD), or None. Preloaded, jemalloc trades time for a
+    peak RSS that does not depend on how glibc's heap happens to fragment (README, Speed)."""
     found = next((p for p in _JEMALLOC_PATHS if os.path.isfile(p)), None)
     return found or ctypes.util.find_library("jemalloc")
 

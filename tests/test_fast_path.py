@@ -119,6 +119,10 @@ def test_reduced_weights_give_identical_outputs_and_refuse_fp32(photo, tmp_path)
     # the default keeps fp32 masters: the parity path comes back exactly
     kept.disable_fast_path()
     assert fast.stored_weights_dtype(kept) == torch.float32
+    # an fp32 "fast path" has nothing to reduce: it says so, and the parity path stays reachable
+    kept.enable_fast_path("fp32", keep_fp32_weights=False)
+    assert kept.fast_path.fp32_weights is True and fast.stored_weights_dtype(kept) == torch.float32
+    kept.disable_fast_path()
 
 
 def test_preview_resolution_shapes(pipe, ref):

@@ -142,10 +142,12 @@ def test_super_resolution_in_strips_equals_the_whole_image(rows, monkeypatch):
         whole = sr(rgb, feats, ws)
         monkeypatch.setattr(sr, "strip_rows", rows)
         strips = sr(rgb, feats, ws)
-        torch.testing.assert_close(strips, whole, atol=1e-5, rtol=1e-5)
+        # bit-identical here; the bound is the parity README's for images, as another CPU's convolutions
+        # may sum a sub-image in another order
+        torch.testing.assert_close(strips, whole, atol=5e-4, rtol=1e-5)
         if rows < sr.block1.resolution // 2:  # more than one strip: seams exist
             monkeypatch.setattr(SynthesisBlock, "STRIP_HALO", SynthesisBlock.STRIP_HALO - 1)
-            assert (sr(rgb, feats, ws) - whole).abs().max() > 1e-3
+            assert (sr(rgb, feats, ws) - whole).abs().max() > 0.1
     # training (gradients on) and noise run the block whole, as before
     monkeypatch.setattr(SynthesisBlock, "image_in_strips", lambda *a, **k: pytest.fail("strips with gradients"))
     sr(rgb, feats, ws)
